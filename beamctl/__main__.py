@@ -1,0 +1,3 @@
+from beamctl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Commands about the config file: init, validate, schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from beamctl import console
+from beamctl.cli import app
+from beamctl.errors import ExitCode
+
+FileOpt = typer.Option(Path("beam.yaml"), "-f", "--file", help="The beam.yaml to use (or its folder).")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+
+
+@app.command()
+def init(
+    folder: Path = typer.Argument(Path("."), help="Folder for the new app (created if missing)."),
+    name: str = typer.Option(None, "--name", help="App name; default: from the folder's name."),
+    force: bool = typer.Option(False, "--force", help="Overwrite beam.yaml and app.py if they exist."),
+) -> int:
+    """Write a commented beam.yaml and an app.py that validate as they are."""
+    from beamctl.scaffold import init_app
+
+    written = init_app(folder, name, force)
+    console.say(f"[green]created[/] {', '.join(str(p) for p in written)}")
+    console.say(f"next: beamctl validate -f {written[0]}")
+    return ExitCode.OK
+
+
+@app.command()
+def validate(file: Path = FileOpt, json: bool = JsonOpt) -> int:
+    """Check beam.yaml against the schema and the named checks; report every problem with its line."""
+    from beamctl.config import validate_file
+
+    report = validate_file(file, display=str(file))
+    if json:
+        console.emit_json(report.as_json())
+    else:
+        for p in report.errors + report.warnings:
+            console.line(p.render())
+        console.say(_summary(report))
+    return ExitCode.OK if report.ok else ExitCode.CONFIG
+
+
+def _summary(report) -> str:  # type: ignore[no-untyped-def]
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    warn = f", {n_warn} warning{'s' * (n_warn != 1)}" if n_warn else ""
+    if n_err:
+        return f"[bold red]{report.file}: {n_err} error{'s' * (n_err != 1)}{warn}[/]"
+    cfg = report.config
+    gpu = " or ".join(str(g) for g in cfg.gpu) or "CPU only"
+    where = ", ".join(h.target for h in cfg.hosts) or "this machine"
+    return f"[green]{report.file} is valid[/]{warn}: app [bold]{cfg.name}[/], {gpu}, deploys to {where}"
+
+
+@app.command()
+def schema() -> int:
+    """Print beam.yaml's JSON Schema (for editors and other tools)."""
+    from beamctl.config.schema import SCHEMA_PATH
+
+    typer.echo(SCHEMA_PATH.read_text(encoding="utf-8"), nl=False)
+    return ExitCode.OK

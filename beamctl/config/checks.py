@@ -1,0 +1,210 @@
+"""Stage 3 of the config pipeline: named checks the schema cannot express.
+
+Each check reads the parsed document (whose types may still be wrong: the schema's
+problems are reported too, so every check guards its own inputs) and yields problems.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable, Iterator
+
+from beamctl.config.gpu import GpuNameError, parse_choice
+from beamctl.config.hosts import parse_host
+from beamctl.config.model import APP_ROOT, Entrypoint, container_path
+from beamctl.config.parse import Document
+from beamctl.config.problems import Problem
+
+Check = Callable[[Document, Path], Iterator[Problem]]
+
+_ENTRY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+# Mounting over these would hide the system or the app itself.
+_RESERVED = ("/", APP_ROOT, "/bin", "/boot", "/etc", "/lib", "/lib64", "/sbin", "/usr", "/var", "/run",
+             "/opt/beamctl")
+_FORBIDDEN_TREES = ("/proc", "/sys", "/dev")
+_SECRET_WORDS = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|ACCESS_KEY)", re.I)
+
+
+def _strs(doc: Document, key: str) -> list[tuple[int, str]]:
+    value = doc.data.get(key)
+    return [(i, v) for i, v in enumerate(value) if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def entrypoints_exist(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """handler and on_start name a module in the app folder that defines the function."""
+    for key in ("handler", "on_start"):
+        text = doc.data.get(key)
+        if not isinstance(text, str) or not _ENTRY.match(text):
+            continue
+        entry = Entrypoint.parse(text)
+        module_file = next((p for p in entry.module_file_candidates(app_dir) if p.is_file()), None)
+        if module_file is None:
+            rel = entry.module_file_candidates(Path("."))[0]
+            yield doc.problem((key,), f"module '{entry.module}' not found: expected {rel} in the app "
+                              f"folder {app_dir}")
+            continue
+        problem = _defines(module_file, entry.function)
+        if problem:
+            yield doc.problem((key,), problem)
+
+
+def _defines(module_file: Path, name: str) -> str | None:
+    import ast  # only needed here; keeps `beamctl --help` cheap
+
+    try:
+        tree = ast.parse(module_file.read_bytes(), filename=str(module_file))
+    except SyntaxError as e:
+        return f"{module_file.name} does not parse: {e.msg} at line {e.lineno}"
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(a.name == "*" for a in node.names):
+                return None  # cannot tell statically
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return None if name in names else f"{module_file.name} defines no function '{name}'"
+
+
+def gpu_names(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """Every gpu entry is a known type with a count from 1 to 8."""
+    gpu = doc.data.get("gpu")
+    entries = [((), gpu)] if isinstance(gpu, str) else list(enumerate(gpu)) if isinstance(gpu, list) else []
+    for index, raw in entries:
+        if not isinstance(raw, str):
+            continue
+        try:
+            parse_choice(raw)
+        except GpuNameError as e:
+            yield doc.problem(("gpu",) + ((index,) if index != () else ()), str(e))
+
+
+def checkpoint_single_gpu(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """checkpoint_enabled is refused when any gpu choice has more than one GPU."""
+    if doc.data.get("checkpoint_enabled") is not True:
+        return
+    gpu = doc.data.get("gpu")
+    for raw in [gpu] if isinstance(gpu, str) else gpu if isinstance(gpu, list) else []:
+        try:
+            choice = parse_choice(raw) if isinstance(raw, str) else None
+        except GpuNameError:
+            continue
+        if choice and choice.count > 1:
+            yield doc.problem(("checkpoint_enabled",), f"needs at most one GPU, but gpu asks for {choice}: "
+                              "CUDA checkpoints of multi-GPU processes are not reliable; use one GPU or "
+                              "set checkpoint_enabled: false")
+            return
+
+
+def volumes_sound(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """Volume names and mount paths are unique; mount paths stay inside the container's own space."""
+    volumes = doc.data.get("volumes")
+    if not isinstance(volumes, list):
+        return
+    names: dict[str, int] = {}
+    mounts: dict[str, int] = {}
+    for i, vol in enumerate(volumes):
+        if not isinstance(vol, dict):
+            continue
+        name, mount = vol.get("name"), vol.get("mount_path")
+        if isinstance(name, str):
+            if name in names:
+                yield doc.problem(("volumes", i, "name"), f"volume '{name}' is already defined at "
+                                  f"volumes[{names[name]}]; volume names must be unique")
+            names.setdefault(name, i)
+        if not isinstance(mount, str) or not mount:
+            continue
+        problem = _mount_problem(mount)
+        if problem:
+            yield doc.problem(("volumes", i, "mount_path"), problem)
+            continue
+        target = container_path(mount)
+        if target in mounts:
+            yield doc.problem(("volumes", i, "mount_path"), f"{target} is already the mount path of "
+                              f"volumes[{mounts[target]}]; mount paths must be unique")
+        mounts.setdefault(target, i)
+
+
+def _mount_problem(mount: str) -> str | None:
+    if ".." in mount.split("/"):
+        return f"'{mount}' contains '..'; a mount path must stay inside the container's own paths"
+    target = container_path(mount)
+    if target in _RESERVED or any(target == t or target.startswith(t + "/") for t in _FORBIDDEN_TREES):
+        return f"'{mount}' would hide {target} in the container; mount the volume somewhere like /data"
+    return None
+
+
+def cache_dir_on_volume(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """cache_dir lies inside one volume's mount path, so weights download once and stay out of snapshots."""
+    cache = doc.data.get("cache_dir")
+    if not isinstance(cache, str) or not cache:
+        if doc.data.get("checkpoint_enabled") is True:
+            yield doc.problem(("checkpoint_enabled",), "no cache_dir is set: model caches then go to the "
+                              "container's home, are downloaded on every cold start and end up inside "
+                              "every checkpoint; set cache_dir inside a volume", severity="warning")
+        return
+    if ".." in cache.split("/"):
+        yield doc.problem(("cache_dir",), f"'{cache}' contains '..'; write the path without it")
+        return
+    target = container_path(cache)
+    volumes = doc.data.get("volumes")
+    mounts = [container_path(v["mount_path"]) for v in volumes if isinstance(v, dict)
+              and isinstance(v.get("mount_path"), str) and v["mount_path"]
+              and not _mount_problem(v["mount_path"])] if isinstance(volumes, list) else []
+    if any(target == m or target.startswith(m.rstrip("/") + "/") for m in mounts):
+        return
+    where = f"the volumes are mounted at {', '.join(mounts)}" if mounts else "no volumes are declared"
+    yield doc.problem(("cache_dir",), f"{target} is not inside a volume ({where}): weights would be "
+                      "downloaded on every cold start and copied into every checkpoint; put cache_dir "
+                      "under a volume's mount_path")
+
+
+def image_sources(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """python_packages and requirements exclude each other; a requirements file exists."""
+    image = doc.data.get("image")
+    if not isinstance(image, dict):
+        return
+    req = image.get("requirements")
+    if "python_packages" in image and req is not None:
+        yield doc.problem(("image", "requirements"), "give python_packages or requirements, not both")
+    if isinstance(req, str) and req:
+        if ".." in req.split("/") or req.startswith("/"):
+            yield doc.problem(("image", "requirements"), f"'{req}' must be a path inside the app folder")
+        elif not (app_dir / req).is_file():
+            yield doc.problem(("image", "requirements"), f"file '{req}' not found in the app folder {app_dir}")
+
+
+def env_and_secrets(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """A name is either plain env or a secret, not both; env values that look secret get a warning."""
+    env = doc.data.get("env")
+    env = env if isinstance(env, dict) else {}
+    for i, name in _strs(doc, "secrets"):
+        if name in env:
+            yield doc.problem(("secrets", i), f"'{name}' is also set in env; a name is either a plain "
+                              "value in env or a secret, not both")
+    for name in env:
+        if isinstance(name, str) and _SECRET_WORDS.search(name) and name not in (doc.data.get("secrets") or []):
+            yield doc.problem(("env", name), f"'{name}' looks like a secret; beam.yaml ends up in images and "
+                              "logs, so list the name under secrets and keep its value out of this file",
+                              key=True, severity="warning")
+
+
+def hosts_safe(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """Each host is a plain SSH target that cannot be read as an option or as shell."""
+    for i, target in _strs(doc, "hosts"):
+        try:
+            parse_host(target)
+        except ValueError as e:
+            yield doc.problem(("hosts", i), str(e))
+
+
+CHECKS: tuple[Check, ...] = (entrypoints_exist, gpu_names, checkpoint_single_gpu, volumes_sound,
+                             cache_dir_on_volume, image_sources, env_and_secrets, hosts_safe)
+
+
+def run_checks(doc: Document, app_dir: Path) -> list[Problem]:
+    return [p for check in CHECKS for p in check(doc, app_dir)]

@@ -1,0 +1,155 @@
+"""Stage 2 of the config pipeline: check the data against schemas/beam.schema.json.
+
+The schema is the single source of truth; this module only turns jsonschema's errors
+into one-line messages that name the place and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from beamctl.config.parse import Document
+from beamctl.config.problems import Problem
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "beam.schema.json"
+
+_TYPE_WORDS = {
+    "string": "a string", "integer": "a whole number", "number": "a number",
+    "boolean": "true or false", "array": "a list", "object": "a mapping (key: value)",
+    "null": "nothing",
+}
+
+_PATTERN_HINTS = {
+    "name": "use lowercase letters, digits and '-', starting with a letter (like my-app)",
+    "handler": "write it as module:function, like app:handler",
+    "on_start": "write it as module:function, like app:load_model",
+    "python_version": "write it like \"3.11\"",
+    "volumes.name": "use lowercase letters, digits, '-' and '_'",
+    "secrets": "a secret's name is an environment variable name: letters, digits and '_'",
+    "env": "an environment variable name is letters, digits and '_', not starting with a digit",
+    "system_packages": "a Debian package name (lowercase), optionally =VERSION",
+}
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+@cache
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator  # ~90 ms to import: only when validating
+
+    return Draft202012Validator(load_schema())
+
+
+def check(doc: Document) -> list[Problem]:
+    problems: list[Problem] = []
+    for error in _validator().iter_errors(doc.data):
+        problems.extend(_explain(doc, error))
+    return problems
+
+
+def _explain(doc: Document, error: Any) -> list[Problem]:
+    path = tuple(error.absolute_path)
+    kw, want, got = error.validator, error.validator_value, error.instance
+    if kw == "additionalProperties":
+        return [_unknown_key(doc, path, key, error.schema) for key in _extra_keys(got, error.schema)]
+    if kw == "required":
+        missing = [k for k in want if k not in got]
+        return [doc.problem(path, f"missing required key '{k}'") for k in missing]
+    if "propertyNames" in error.schema_path:  # a bad key: point at the key itself
+        return [doc.problem(path + (got,), f"'{got}' is not a valid name: {_PATTERN_HINTS['env']}", key=True)]
+    if kw == "type" and path[-1:] == ("python_version",) and _is_number(got):
+        written = doc.source.get(path, str(got))
+        return [doc.problem(path, f"must be a string: write it in quotes, \"{written}\" (unquoted, YAML "
+                                  f"reads {written} as the number {got!r})")]
+    return [doc.problem(path, _message(path, kw, want, got))]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _message(path: tuple, kw: str, want: Any, got: Any) -> str:
+    field = next((p for p in reversed(path) if isinstance(p, str)), "")
+    if kw == "type":
+        return _type_message(field, want, got)
+    if kw == "anyOf":
+        return f"expected a GPU type, TYPE:COUNT, or a list of them, got {_describe(got)}"
+    if kw == "pattern":
+        return _pattern_message(path, field, got)
+    if kw in ("minimum", "exclusiveMinimum", "maximum"):
+        bound = {"minimum": "at least", "exclusiveMinimum": "more than", "maximum": "at most"}[kw]
+        return f"must be {bound} {want}, got {got}"
+    if kw == "minItems":
+        return "must list at least one item (or leave the key out)"
+    if kw == "minLength":
+        return "must not be empty"
+    if kw == "uniqueItems":
+        seen: list[Any] = []
+        dup = next((x for x in got if x in seen or seen.append(x)), None)
+        return f"lists {_describe(dup)} more than once"
+    return f"{_describe(got)}: does not fit the schema ({kw})"
+
+
+def _type_message(field: str, want: Any, got: Any) -> str:
+    wants = " or ".join(_TYPE_WORDS.get(w, w) for w in ([want] if isinstance(want, str) else want))
+    hint = ""
+    if isinstance(got, str) and want in ("integer", "number", "boolean"):
+        hint = " (remove the quotes)"
+    return f"expected {wants}, got {_describe(got)}{hint}"
+
+
+def _pattern_message(path: tuple, field: str, got: str) -> str:
+    if field == "memory":
+        m = re.fullmatch(r"\s*([1-9]\d*)\s*([KMGT])(i?B|i)?\s*", got, re.I)  # 8GB, 8g, 8 GiB
+        if m:
+            return (f"'{got}' is not a memory size: write {m.group(1)}{m.group(2).upper()}i "
+                    "(binary units: Ki, Mi, Gi, Ti)")
+        return f"'{got}' is not a memory size: write a whole number with Ki, Mi, Gi or Ti, like 512Mi or 8Gi"
+    if path[:1] == ("volumes",):
+        key = f"volumes.{field}"
+    else:
+        key = path[-2] if isinstance(path[-1], int) else field  # secrets[0] -> "secrets"
+    hint = _PATTERN_HINTS.get(key, "see `beamctl schema` for the form it takes")
+    return f"'{got}' is not valid here: {hint}"
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"the string '{value}'"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} ({value})"
+
+
+def _extra_keys(instance: dict, schema: dict) -> list[str]:
+    props = schema.get("properties", {})
+    patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+    return [k for k in instance if k not in props and not any(p.search(k) for p in patterns)]
+
+
+def _unknown_key(doc: Document, path: tuple, key: str, schema: dict) -> Problem:
+    allowed = list(schema.get("properties", {}))
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean '{close[0]}'?"
+    elif len(allowed) <= 8:
+        hint = "allowed here: " + ", ".join(allowed)
+    else:
+        hint = "see `beamctl schema` for the keys allowed here (x- keys may hold YAML anchors)"
+    return doc.problem(path + (key,), f"unknown key '{key}'; {hint}", key=True)

@@ -1,0 +1,50 @@
+"""The one console: human output to stderr (styled when it is a terminal), JSON to stdout.
+
+Core code never prints; commands call these. rich is imported only when something styled
+is drawn, which keeps plain commands fast to start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from functools import cache
+from typing import Any
+
+
+_TAG = re.compile(r"(?<!\\)\[/?[a-z #0-9_.]*\]")
+
+
+@cache
+def _rich() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def line(text: str = "") -> None:
+    """A plain line to stderr, exactly as given (problem lines, which tests compare)."""
+    sys.stderr.write(text + "\n")
+
+
+def say(markup: str) -> None:
+    """A styled line to stderr (rich markup); plain text when stderr is not a terminal."""
+    if sys.stderr.isatty():
+        _rich().print(markup)
+    else:  # no rich import for pipes and CI logs: drop the tags, keep the text
+        line(_TAG.sub("", markup).replace("\\[", "["))
+
+
+def error(message: str, hint: str | None = None) -> None:
+    say(f"[bold red]error:[/] {_escape(message)}")
+    if hint:
+        say(f"[dim]hint:[/] {_escape(hint)}")
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
