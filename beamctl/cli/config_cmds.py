@@ -56,9 +56,14 @@ def _summary(report) -> str:  # type: ignore[no-untyped-def]
 
 
 @app.command()
-def schema() -> int:
+def schema(markdown: bool = typer.Option(False, "--markdown", help="Print the reference table instead.")) -> int:
     """Print beam.yaml's JSON Schema (for editors and other tools)."""
-    from beamctl.config.schema import SCHEMA_PATH
+    if markdown:
+        from beamctl.config.reference import render_markdown
 
-    typer.echo(SCHEMA_PATH.read_text(encoding="utf-8"), nl=False)
+        typer.echo(render_markdown(), nl=False)
+    else:
+        from beamctl.config.schema import SCHEMA_PATH
+
+        typer.echo(SCHEMA_PATH.read_text(encoding="utf-8"), nl=False)
     return ExitCode.OK

@@ -42,7 +42,7 @@ def entrypoints_exist(doc: Document, app_dir: Path) -> Iterator[Problem]:
         if module_file is None:
             rel = entry.module_file_candidates(Path("."))[0]
             yield doc.problem((key,), f"module '{entry.module}' not found: expected {rel} in the app "
-                              f"folder {app_dir}")
+                              "folder (the folder holding beam.yaml)")
             continue
         problem = _defines(module_file, entry.function)
         if problem:
@@ -175,7 +175,8 @@ def image_sources(doc: Document, app_dir: Path) -> Iterator[Problem]:
         if ".." in req.split("/") or req.startswith("/"):
             yield doc.problem(("image", "requirements"), f"'{req}' must be a path inside the app folder")
         elif not (app_dir / req).is_file():
-            yield doc.problem(("image", "requirements"), f"file '{req}' not found in the app folder {app_dir}")
+            yield doc.problem(("image", "requirements"), f"file '{req}' not found in the app folder "
+                              "(the folder holding beam.yaml)")
 
 
 def env_and_secrets(doc: Document, app_dir: Path) -> Iterator[Problem]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 
@@ -63,6 +62,8 @@ def parse_choice(raw: str) -> GpuChoice | None:
 def _unknown(name: str) -> str:
     if re.sub(r"[^A-Z0-9]", "", name.upper()).endswith("A100"):
         return f"'{name}' is ambiguous: write A100-40 or A100-80 (the memory size in GB)"
+    import difflib
+
     close = difflib.get_close_matches(name.upper().replace(" ", ""), CANONICAL, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]}?" if close else "."
     return f"unknown GPU type '{name}'{hint} Known types: {', '.join(CANONICAL)}"

@@ -22,6 +22,7 @@ MAX_DEPTH = 64  # nesting; beam.yaml needs 3
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _BOOL_WORDS = "yes/no/on/off/true/false"
+_PLAIN_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 
 
 @dataclass
@@ -84,6 +85,11 @@ class _Builder:
             except yaml.YAMLError as e:
                 self._problem(node.start_mark, path, f"cannot read this value: {_what(e)}")
                 return None
+        if node.tag not in _PLAIN_TAGS and not isinstance(node, yaml.ScalarNode):
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self._problem(node.start_mark, path, f"the tag {tag} is not allowed; beam.yaml holds "
+                          "plain values, lists and mappings")
+            return None
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, path + (i,), depth + 1) for i, child in enumerate(node.value)]
         return self._mapping(node, path, depth)
@@ -122,7 +128,7 @@ class _Builder:
         if isinstance(key, str):
             return key
         if isinstance(key, bool):
-            msg = (f"the key {key_node.value} is read as a boolean (YAML 1.1 treats {_BOOL_WORDS} so); "
+            msg = (f"the key '{key_node.value}' is read as a boolean (YAML 1.1 reads {_BOOL_WORDS} so); "
                    f"write it in quotes: \"{key_node.value}\"")
         else:
             msg = "keys must be plain strings" + (f", not {type(key).__name__} {key_node.value!r}"
@@ -146,6 +152,8 @@ def _char_at(text: str, line: int, col: int) -> str:
 
 def _what(e: yaml.YAMLError) -> str:
     problem = getattr(e, "problem", None) or str(e)
+    if "expected a single document" in str(getattr(e, "context", "")):
+        return "a beam.yaml holds one document; remove the second '---' and what follows it"
     context = getattr(e, "context", None)
     return f"{problem} ({context})" if context and context not in problem else problem
 

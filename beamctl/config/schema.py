@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from beamctl.config import verdicts
 from beamctl.config.parse import Document
 from beamctl.config.problems import Problem
 
@@ -37,8 +38,13 @@ _PATTERN_HINTS = {
 
 
 @cache
+def _schema_bytes() -> bytes:
+    return SCHEMA_PATH.read_bytes()
+
+
+@cache
 def load_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return json.loads(_schema_bytes())
 
 
 @cache
@@ -49,10 +55,30 @@ def _validator() -> Any:
 
 
 def check(doc: Document) -> list[Problem]:
+    """Every schema problem of the document. A document seen valid before is not checked again."""
+    key = _verdict_key(doc.data)
+    if key is not None and verdicts.known_valid(key):
+        return []
     problems: list[Problem] = []
     for error in _validator().iter_errors(doc.data):
         problems.extend(_explain(doc, error))
-    return problems
+    if not problems and key is not None:
+        verdicts.remember_valid(key)
+    return list(dict.fromkeys(problems))  # `required` repeats itself once per missing key
+
+
+def _verdict_key(data: Any) -> str | None:
+    """A hash of (schema, data); None when the data holds values JSON cannot name exactly."""
+    import hashlib
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(type(value).__name__)
+
+    try:
+        text = json.dumps(data, sort_keys=True, default=refuse, allow_nan=False)
+    except (TypeError, ValueError):
+        return None  # dates, NaN, ...: never cached
+    return hashlib.sha256(_schema_bytes() + b"\0" + text.encode()).hexdigest()
 
 
 def _explain(doc: Document, error: Any) -> list[Problem]:
@@ -65,11 +91,20 @@ def _explain(doc: Document, error: Any) -> list[Problem]:
         return [doc.problem(path, f"missing required key '{k}'") for k in missing]
     if "propertyNames" in error.schema_path:  # a bad key: point at the key itself
         return [doc.problem(path + (got,), f"'{got}' is not a valid name: {_PATTERN_HINTS['env']}", key=True)]
+    if kw == "anyOf" and error.context:
+        branch = [e for e in error.context if e.validator != "type" and _fits(got, e.schema)]
+        if branch:  # the value has the right shape but breaks a rule of that shape
+            return [p for e in branch for p in _explain(doc, e)]
     if kw == "type" and path[-1:] == ("python_version",) and _is_number(got):
         written = doc.source.get(path, str(got))
         return [doc.problem(path, f"must be a string: write it in quotes, \"{written}\" (unquoted, YAML "
                                   f"reads {written} as the number {got!r})")]
     return [doc.problem(path, _message(path, kw, want, got))]
+
+
+def _fits(value: Any, schema: dict[str, Any]) -> bool:
+    kind = {list: "array", dict: "object", str: "string"}.get(type(value))
+    return kind is not None and schema.get("type") == kind
 
 
 def _is_number(value: Any) -> bool:
@@ -101,9 +136,20 @@ def _message(path: tuple, kw: str, want: Any, got: Any) -> str:
 def _type_message(field: str, want: Any, got: Any) -> str:
     wants = " or ".join(_TYPE_WORDS.get(w, w) for w in ([want] if isinstance(want, str) else want))
     hint = ""
-    if isinstance(got, str) and want in ("integer", "number", "boolean"):
+    if isinstance(got, str) and want in ("integer", "number", "boolean") and _reads_as(got, want):
         hint = " (remove the quotes)"
     return f"expected {wants}, got {_describe(got)}{hint}"
+
+
+def _reads_as(text: str, want: str) -> bool:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    return {"integer": int, "number": (int, float), "boolean": bool}[want] is type(value) or (
+        want == "number" and _is_number(value))
 
 
 def _pattern_message(path: tuple, field: str, got: str) -> str:

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from beamctl.config import load
+from beamctl.config.schema import load_schema
+from beamctl.scaffold import app_name
+
+
+def test_init_writes_an_app_that_validates(cli, tmp_path):
+    target = tmp_path / "My Demo_2"
+    result = cli("init", str(target))
+    assert result.code == 0
+    assert result.err == (f"created {target / 'beam.yaml'}, {target / 'app.py'}\n"
+                          f"next: beamctl validate -f {target / 'beam.yaml'}\n")
+    check = cli("validate", "-f", str(target / "beam.yaml"), "--json")
+    assert check.code == 0 and json.loads(check.out) == {"ok": True, "errors": [], "warnings": []}
+    config, _ = load(target / "beam.yaml")
+    assert config.name == "my-demo-2" and config.cache_dir == "/models/cache"
+
+
+def test_init_explains_every_field_with_the_schema_text(cli, tmp_path):
+    cli("init", str(tmp_path), "--name", "demo")
+    text = (tmp_path / "beam.yaml").read_text()
+    flat = " ".join(l.strip().lstrip("#").strip() for l in text.splitlines() if l.strip().startswith("#"))
+    for key, prop in load_schema()["properties"].items():
+        assert prop["description"] in flat, key
+    assert text.startswith("# yaml-language-server: $schema=")
+    assert "hosts" not in yaml.safe_load(text)  # commented out: local machine by default
+
+
+def test_init_runs_the_generated_app_functions(cli, tmp_path):
+    cli("init", str(tmp_path), "--name", "demo")
+    namespace: dict = {}
+    exec((tmp_path / "app.py").read_text(), namespace)
+
+    class Context:
+        on_start_value = namespace["load_model"]()
+        task_id = "t1"
+
+    assert namespace["handler"](Context, name="Ada") == {"message": "hello, Ada"}
+
+
+def test_init_refuses_to_overwrite(cli, tmp_path):
+    cli("init", str(tmp_path), "--name", "demo")
+    (tmp_path / "app.py").write_text("# mine\n")
+    result = cli("init", str(tmp_path), "--name", "demo")
+    assert result.code == 2
+    assert result.err == (f"error: {tmp_path / 'beam.yaml'}, {tmp_path / 'app.py'} already exist\n"
+                          "hint: pick another folder, or pass --force to overwrite\n")
+    assert (tmp_path / "app.py").read_text() == "# mine\n"
+
+
+def test_init_rejects_a_bad_name(cli, tmp_path):
+    result = cli("init", str(tmp_path), "--name", "Bad_Name")
+    assert result.code == 2
+    assert result.err.startswith("error: 'Bad_Name' is not a valid app name\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_app_name_from_folder(tmp_path):
+    assert app_name(tmp_path / "Sentiment Model") == "sentiment-model"
+    assert app_name(tmp_path / "123") == "app"
