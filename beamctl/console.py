@@ -37,14 +37,14 @@ def say(markup: str) -> None:
 
 
 def error(message: str, hint: str | None = None) -> None:
-    say(f"[bold red]error:[/] {_escape(message)}")
+    say(f"[bold red]error:[/] {escape(message)}")
     if hint:
-        say(f"[dim]hint:[/] {_escape(hint)}")
+        say(f"[dim]hint:[/] {escape(hint)}")
 
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
     return text.replace("[", "\\[")

@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1  # an operation failed, or an internal error (rerun with --debug)
     CONFIG = 2  # beam.yaml or the command line is wrong; nothing was changed
+    ENVIRONMENT = 3  # a part beamctl needs (Docker Engine, debootstrap, ...) is missing or not running
     INTERRUPTED = 130  # Ctrl-C; whatever was half-done has been rolled back
 
 
@@ -47,3 +48,9 @@ class UsageError(BeamctlError):
     """A command was given arguments that cannot work (a path that exists, ...)."""
 
     exit_code = ExitCode.CONFIG
+
+
+class EnvironmentProblem(BeamctlError):
+    """A part beamctl drives is missing or not running; the hint says how to start it."""
+
+    exit_code = ExitCode.ENVIRONMENT

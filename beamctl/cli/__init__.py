@@ -40,7 +40,7 @@ def _root(
     """Serverless-style GPU apps on your own machines."""
 
 
-from beamctl.cli import config_cmds  # noqa: E402,F401  (registers its commands on `app`)
+from beamctl.cli import build_cmd, config_cmds  # noqa: E402,F401  (they register their commands)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,128 @@
+"""beam.yaml -> a content-addressed image: plan (what the image is made of, its tag) apart from doing.
+
+The tag is `beamctl/<app>:<hash>` where the hash covers every input: the Dockerfile, the base
+image's id, the resolved wheels, the runtime's files and the app's files. When the engine
+already has that tag nothing is built; otherwise the image is built untagged and tagged
+only once the build succeeded, so a failure never leaves a half-built image under the tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from beamctl.config.model import AppConfig
+from beamctl.image import context, render
+from beamctl.image.engine import LABEL_APP, LABEL_INPUTS, Engine
+from beamctl.image.ignore import load_ignore
+from beamctl.image.steps import Step
+
+RUNTIME_SOURCE = Path(__file__).resolve().parent.parent / "runtime"
+SPOOL_BYTES = 64 << 20  # build contexts up to this stay in memory on their way to the engine
+KEEP_DEFAULT = 3  # images kept per app by --prune: the current one and two to roll back to
+
+Progress = Callable[[Any], None]  # receives str notes and Step events
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    tag: str
+    inputs: str  # the full hash
+    dockerfile: str
+    app_files: context.AppFiles
+    runtime_files: tuple[context.ContextFile, ...]
+    with_packages: bool
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: str
+    id: str
+    size_bytes: int
+    layers_built: int
+    layers_cached: int
+    seconds: float
+    reused: bool
+    context_bytes: int
+    pruned: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {"image": self.image, "id": self.id, "size_bytes": self.size_bytes,
+                "layers_built": self.layers_built, "layers_cached": self.layers_cached,
+                "seconds": round(self.seconds, 3), "reused": self.reused, "pruned": list(self.pruned)}
+
+
+def context_excludes(config: AppConfig) -> tuple[str, ...]:
+    """Paths of the app folder that never go into the image: the config file, volume folders."""
+    out = []
+    if config.file.parent == config.app_dir:
+        out.append("/" + config.file.name)
+    for volume in config.volumes:
+        if volume.mount_path.startswith("/app/"):
+            out.append("/" + volume.mount_path.removeprefix("/app/"))
+    return tuple(out)
+
+
+def plan(config: AppConfig, base_ref: str, base_id: str, python_exe: str, packages_key: str | None) -> BuildPlan:
+    dockerfile = render.render(config, base_ref, python_exe, with_packages=packages_key is not None)
+    app_files = context.collect(config.app_dir, load_ignore(config.app_dir, context_excludes(config)))
+    runtime_files = context.tree_files(RUNTIME_SOURCE, "runtime/")
+    h = hashlib.sha256()
+    for part in (dockerfile, base_id, packages_key or "-", context.digest(runtime_files),
+                 context.digest(app_files.files)):
+        h.update(part.encode() + b"\0")
+    inputs = h.hexdigest()
+    return BuildPlan(f"beamctl/{config.name}:{inputs[:16]}", inputs, dockerfile, app_files, runtime_files,
+                     packages_key is not None)
+
+
+def execute(build_plan: BuildPlan, app: str, engine: Engine, site: Callable[[], Path] | None,
+            progress: Progress) -> BuildResult:
+    """Build and tag the planned image, or reuse it when the engine already has the tag."""
+    started = time.monotonic()
+    existing = engine.image_id(build_plan.tag)
+    if existing:
+        progress(f"reused {build_plan.tag}: nothing changed")
+        return BuildResult(build_plan.tag, existing, engine.image_size(build_plan.tag), 0, 0,
+                           time.monotonic() - started, True, build_plan.app_files.total_bytes)
+    files = list(build_plan.runtime_files) + list(build_plan.app_files.files)
+    if build_plan.with_packages and site is not None:
+        files = list(context.tree_files(site(), "site/")) + files
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as tar:
+        sent = context.write_tar(tar, build_plan.dockerfile, files)  # type: ignore[arg-type]
+        tar.seek(0)
+        progress(f"context: {len(files)} files, {_size(sent)} (app: {len(build_plan.app_files.files)} files, "
+                 f"{_size(build_plan.app_files.total_bytes)})")
+        labels = {LABEL_APP: app, LABEL_INPUTS: build_plan.inputs}
+        built = engine.build(tar, labels, progress)  # type: ignore[arg-type]
+    engine.tag(built.id, build_plan.tag)
+    return BuildResult(build_plan.tag, built.id, engine.image_size(build_plan.tag), built.layers_built,
+                       built.layers_cached, time.monotonic() - started, False, build_plan.app_files.total_bytes)
+
+
+def prune(engine: Engine, app: str, keep: int, current: str) -> tuple[str, ...]:
+    """Remove all but the newest `keep` images of the app (never `current`)."""
+    images = sorted(engine.app_images(app), key=lambda i: i.created, reverse=True)
+    kept = {current}
+    for image in images:
+        if len(kept) >= keep:
+            break
+        kept.add(image.ref)
+    removed = []
+    for image in images:
+        if image.ref not in kept:
+            engine.remove(image.ref)
+            removed.append(image.ref)
+    return tuple(removed)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

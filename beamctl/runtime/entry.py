@@ -1,0 +1,36 @@
+"""Find the app's functions: `module:function`, imported from the app folder."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from typing import Any, Callable
+
+
+class EntryError(Exception):
+    """The app's code cannot provide a function it names; the message says which and why."""
+
+
+def load(spec: str, role: str) -> Callable[..., Any]:
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name or module_name.startswith(f"{e.name}."):
+            raise EntryError(f"{role} {spec}: module '{module_name}' is not in the image (looked in "
+                             f"{', '.join(p for p in sys.path if p)})") from None
+        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {_last_lines(e)}") from None
+    except Exception as e:  # noqa: BLE001 - any import-time failure of user code
+        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {_last_lines(e)}") from None
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise EntryError(f"{role} {spec}: module '{module_name}' has no function '{func_name}'")
+    if not callable(func):
+        raise EntryError(f"{role} {spec}: '{func_name}' is a {type(func).__name__}, not a function")
+    return func
+
+
+def _last_lines(e: BaseException, n: int = 6) -> str:
+    lines = traceback.format_exception(type(e), e, e.__traceback__)
+    return "".join(lines[-n:]).rstrip()

@@ -1,0 +1,87 @@
+"""Planning and executing a build against the FakeEngine: reuse, tags, pruning, failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from beamctl.config import load
+from beamctl.image.build import execute, plan, prune
+from beamctl.image.engine import BuildFailed
+from beamctl.image.fake import FakeEngine
+
+
+@pytest.fixture
+def app(tmp_path):
+    (tmp_path / "app.py").write_text("def handler(**kw):\n    return kw\n")
+    (tmp_path / "beam.yaml").write_text("name: demo\nhandler: app:handler\nvolumes:\n"
+                                        "  - {name: d, mount_path: ./data}\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "weights.bin").write_text("w" * 100)
+    return tmp_path
+
+
+def _plan(app, base_id="sha256:base", packages=None):
+    config, _ = load(app / "beam.yaml")
+    return plan(config, "base:1", base_id, "python3", packages)
+
+
+def test_context_holds_code_not_config_or_volumes(app):
+    engine = FakeEngine()
+    result = execute(_plan(app), "demo", engine, None, lambda e: None)
+    files = engine.builds[0]
+    assert sorted(files) == ["Dockerfile", "app/app.py", "runtime/__init__.py", "runtime/__main__.py",
+                             "runtime/entry.py"]
+    assert result.image.startswith("beamctl/demo:") and len(result.image.split(":")[1]) == 16
+    assert engine.images == {result.image: result.id} and not result.reused
+    assert engine.labels[0]["dev.beamctl.app"] == "demo"
+
+
+def test_same_inputs_reuse_the_tag_without_building(app):
+    engine = FakeEngine()
+    first = execute(_plan(app), "demo", engine, None, lambda e: None)
+    notes = []
+    second = execute(_plan(app), "demo", engine, None, notes.append)
+    assert second.reused and second.image == first.image and len(engine.builds) == 1
+    assert notes == [f"reused {first.image}: nothing changed"]
+
+
+@pytest.mark.parametrize("change", ["code", "base", "packages", "new file"])
+def test_every_input_changes_the_tag(app, change):
+    before = _plan(app).tag
+    if change == "code":
+        (app / "app.py").write_text("def handler(**kw):\n    return 1\n")
+        after = _plan(app).tag
+    elif change == "base":
+        after = _plan(app, base_id="sha256:other").tag
+    elif change == "packages":
+        after = _plan(app, packages="abc").tag
+    else:
+        (app / "util.py").write_text("")
+        after = _plan(app).tag
+    assert after != before
+
+
+def test_volume_contents_do_not_change_the_tag(app):
+    before = _plan(app).tag
+    (app / "data" / "weights.bin").write_text("different")
+    assert _plan(app).tag == before
+
+
+def test_failed_build_tags_nothing(app):
+    engine = FakeEngine(fail_with="boom")
+    with pytest.raises(BuildFailed):
+        execute(_plan(app), "demo", engine, None, lambda e: None)
+    assert engine.images == {}
+
+
+def test_prune_keeps_the_newest(app):
+    engine = FakeEngine()
+    refs = []
+    for i in range(5):
+        (app / "app.py").write_text(f"def handler(**kw):\n    return {i}\n")
+        refs.append(execute(_plan(app), "demo", engine, None, lambda e: None).image)
+    engine.images["beamctl/other:1"] = "sha256:o"
+    engine.created["beamctl/other:1"] = "2026-01-01T00:00:00Z"
+    removed = prune(engine, "demo", 2, refs[-1])
+    assert set(removed) == set(refs[:3])
+    assert set(engine.images) == {refs[3], refs[4], "beamctl/other:1"}
