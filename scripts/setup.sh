@@ -79,7 +79,9 @@ step_docker() {
         else
             rm -f "$DOCKERD_PIDFILE"   # stale pidfile from a dead dockerd would make it refuse to start
             say "docker: starting dockerd in the background (log: $DOCKERD_LOG)"
-            (cd / && setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 </dev/null &)
+            # Redirect the whole subshell: a process left holding our stdout would make callers that
+            # read it through a pipe (CI log capture, `| tee`) wait until dockerd exits.
+            (cd / && exec setsid nohup dockerd) </dev/null >>"$DOCKERD_LOG" 2>&1 &
         fi
     fi
     local i
