@@ -48,3 +48,11 @@ def test_a_remembered_document_skips_jsonschema(tmp_path):
     second = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                             env=env_cache)
     assert (first.stdout, second.stdout) == ("True\n", "False\n")
+
+
+def test_an_entry_is_compared_in_full_not_by_its_name():
+    key = schema._verdict_key({"name": "a", "handler": "m:f"})
+    verdicts.remember_valid(key)
+    entry = verdicts._entry(key)
+    entry.write_text(key.replace('"a"', '"b"'))  # as if another document had the same checksum
+    assert not verdicts.known_valid(key)
