@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from beamctl.config.model import AppConfig
 from beamctl.image import context, render
-from beamctl.image.engine import LABEL_APP, LABEL_INPUTS, Engine
+from beamctl.image.engine import LABEL_APP, LABEL_INPUTS, BuildFailed, Engine
 from beamctl.image.ignore import load_ignore
 from beamctl.image.steps import Step
 
@@ -99,6 +99,12 @@ def execute(build_plan: BuildPlan, app: str, engine: Engine, site: Callable[[], 
                  f"{_size(build_plan.app_files.total_bytes)})")
         labels = {LABEL_APP: app, LABEL_INPUTS: build_plan.inputs}
         built = engine.build(tar, labels, progress)  # type: ignore[arg-type]
+    code, output = engine.check(built.id)
+    last = output.splitlines()[-1] if output else f"exit code {code}"
+    if code != 0:  # the image cannot run the app: it never gets the app's tag
+        raise BuildFailed(f"the image was built but cannot run the app: {last}",
+                          hint="fix the app's imports or python_packages and build again")
+    progress(last)
     engine.tag(built.id, build_plan.tag)
     return BuildResult(build_plan.tag, built.id, engine.image_size(build_plan.tag), built.layers_built,
                        built.layers_cached, time.monotonic() - started, False, build_plan.app_files.total_bytes)

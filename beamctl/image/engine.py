@@ -17,6 +17,7 @@ ENGINE_HINT = ("start it with `sudo ./scripts/setup.sh` (or `sudo systemctl star
                "DOCKER_HOST selects another engine")
 LABEL_APP = "dev.beamctl.app"
 LABEL_INPUTS = "dev.beamctl.inputs"  # the hash the tag is made of
+CHECK_TIMEOUT_S = 300  # importing the handler module can load big libraries (torch: ~4 s)
 
 
 class BuildFailed(BeamctlError):
@@ -42,6 +43,7 @@ class Engine(Protocol):
     def image_size(self, ref: str) -> int: ...
     def build(self, context: BinaryIO, labels: dict[str, str], on_step: Callable[[Step], None]) -> Built: ...
     def tag(self, image_id: str, ref: str) -> None: ...
+    def check(self, image_id: str) -> tuple[int, str]: ...
     def app_images(self, app: str) -> list[ImageInfo]: ...
     def remove(self, ref: str) -> None: ...
 
@@ -98,6 +100,18 @@ class DockerEngine:
     def tag(self, image_id: str, ref: str) -> None:
         repo, _, tag = ref.rpartition(":")
         self.client.api.tag(image_id, repo, tag)
+
+    def check(self, image_id: str) -> tuple[int, str]:
+        """Run the image's check mode (its default command) with no network; (exit code, output)."""
+        api = self.client.api
+        container = api.create_container(image_id, network_disabled=True, labels={LABEL_APP: "check"})
+        try:
+            api.start(container)
+            code = api.wait(container, timeout=CHECK_TIMEOUT_S)["StatusCode"]
+            output = api.logs(container, stdout=True, stderr=True).decode(errors="replace")
+        finally:
+            api.remove_container(container, force=True)
+        return code, output.strip()
 
     def app_images(self, app: str) -> list[ImageInfo]:
         out = []

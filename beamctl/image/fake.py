@@ -18,6 +18,8 @@ class FakeEngine:
     builds: list[dict[str, bytes]] = field(default_factory=list)  # the files of each context
     labels: list[dict[str, str]] = field(default_factory=list)
     fail_with: str | None = None
+    check_result: tuple[int, str] = (0, "beamctl-runtime: ok")
+    checked: list[str] = field(default_factory=list)
     clock: int = 0
 
     def image_id(self, ref: str) -> str | None:
@@ -43,6 +45,10 @@ class FakeEngine:
         self.clock += 1
         self.images[ref] = image_id
         self.created[ref] = f"2026-01-01T00:00:{self.clock:02d}Z"
+
+    def check(self, image_id: str) -> tuple[int, str]:
+        self.checked.append(image_id)
+        return self.check_result
 
     def app_images(self, app: str) -> list[ImageInfo]:
         return [ImageInfo(ref, i, self.created[ref]) for ref, i in self.images.items()

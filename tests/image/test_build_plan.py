@@ -85,3 +85,13 @@ def test_prune_keeps_the_newest(app):
     removed = prune(engine, "demo", 2, refs[-1])
     assert set(removed) == set(refs[:3])
     assert set(engine.images) == {refs[3], refs[4], "beamctl/other:1"}
+
+
+def test_an_image_that_fails_its_check_is_not_tagged(app):
+    engine = FakeEngine(check_result=(3, "beamctl-runtime: handler app:handler: importing 'app' failed: "
+                                         "No module named 'numpy'"))
+    with pytest.raises(BuildFailed) as e:
+        execute(_plan(app), "demo", engine, None, lambda e: None)
+    assert e.value.message == ("the image was built but cannot run the app: beamctl-runtime: handler "
+                               "app:handler: importing 'app' failed: No module named 'numpy'")
+    assert engine.images == {} and len(engine.checked) == 1
