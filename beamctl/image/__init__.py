@@ -19,13 +19,16 @@ def build_app(config: AppConfig, progress: Progress, keep: int | None = None) ->
     requirements = (wheels.read_requirements(image.requirements) if image.requirements
                     else list(image.python_packages))
     cache = cache_dir()
-    resolved = wheels.resolve(requirements, base_image.python, cache, progress) if requirements else None
+    platform = base_image.platform  # the base's glibc: manylinux2014 alone would pick old releases
+    resolved = (wheels.resolve(requirements, base_image.python, cache, progress, platform=platform)
+                if requirements else None)
     build_plan = plan(config, base_image.ref, base_image.id, base_image.python_exe,
                       resolved.key if resolved else None)
     if build_plan.app_files.secrets_skipped:
         progress(f"left out of the image (they look like credentials): "
                  f"{', '.join(build_plan.app_files.secrets_skipped)}")
-    site = (lambda: wheels.install_tree(resolved, base_image.python, cache, progress)) if resolved else None
+    site = ((lambda: wheels.install_tree(resolved, base_image.python, cache, progress, platform=platform))
+            if resolved else None)
     result = execute(build_plan, config.name, engine, site, progress)
     if keep is not None:
         pruned = prune(engine, config.name, keep, result.image)

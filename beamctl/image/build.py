@@ -100,7 +100,8 @@ def execute(build_plan: BuildPlan, app: str, engine: Engine, site: Callable[[], 
         labels = {LABEL_APP: app, LABEL_INPUTS: build_plan.inputs}
         built = engine.build(tar, labels, progress)  # type: ignore[arg-type]
     code, output = engine.check(built.id)
-    last = output.splitlines()[-1] if output else f"exit code {code}"
+    lines = output.splitlines()
+    last = next((l for l in lines if l.startswith("beamctl-runtime:")), lines[-1] if lines else f"exit code {code}")
     if code != 0:  # the image cannot run the app: it never gets the app's tag
         raise BuildFailed(f"the image was built but cannot run the app: {last}",
                           hint="fix the app's imports or python_packages and build again")

@@ -32,6 +32,8 @@ def check(app_dir: str) -> int:
                 found.append(f"{role} {spec}")
     except EntryError as e:
         print(f"beamctl-runtime: {e}", file=sys.stderr)
+        if e.trace:
+            print(e.trace, file=sys.stderr)
         return EXIT_APP_BROKEN
     if not found:
         print("beamctl-runtime: BEAMCTL_HANDLER is not set; the image was not built by beamctl",

@@ -11,6 +11,10 @@ from typing import Any, Callable
 class EntryError(Exception):
     """The app's code cannot provide a function it names; the message says which and why."""
 
+    def __init__(self, message: str, trace: str = "") -> None:
+        super().__init__(message)
+        self.trace = trace  # the app's own traceback, for the logs
+
 
 def load(spec: str, role: str) -> Callable[..., Any]:
     module_name, _, func_name = spec.partition(":")
@@ -20,9 +24,11 @@ def load(spec: str, role: str) -> Callable[..., Any]:
         if e.name == module_name or module_name.startswith(f"{e.name}."):
             raise EntryError(f"{role} {spec}: module '{module_name}' is not in the image (looked in "
                              f"{', '.join(p for p in sys.path if p)})") from None
-        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {_last_lines(e)}") from None
+        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {_one_line(e)}",
+                         _trace(e)) from None
     except Exception as e:  # noqa: BLE001 - any import-time failure of user code
-        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {_last_lines(e)}") from None
+        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {_one_line(e)}",
+                         _trace(e)) from None
     func = getattr(module, func_name, None)
     if func is None:
         raise EntryError(f"{role} {spec}: module '{module_name}' has no function '{func_name}'")
@@ -31,6 +37,15 @@ def load(spec: str, role: str) -> Callable[..., Any]:
     return func
 
 
-def _last_lines(e: BaseException, n: int = 6) -> str:
-    lines = traceback.format_exception(type(e), e, e.__traceback__)
-    return "".join(lines[-n:]).rstrip()
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _trace(e: BaseException) -> str:
+    """The traceback of the app's own frames (not importlib's, not ours)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith("<frozen") and f.filename not in (__file__, importlib.__file__)]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
+             *traceback.format_exception_only(type(e), e)]
+    return "".join(lines).rstrip()

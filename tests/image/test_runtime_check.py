@@ -53,9 +53,22 @@ def test_missing_dependency_is_reported_with_its_import_error(image_like):
     (image_like / "app" / "app.py").write_text("import numpy_not_installed\ndef handler(): pass\n")
     proc = check(image_like, BEAMCTL_HANDLER="app:handler")
     assert proc.returncode == 3
-    assert "importing 'app' failed" in proc.stderr and "No module named 'numpy_not_installed'" in proc.stderr
+    first, *trace = proc.stderr.splitlines()
+    assert first == ("beamctl-runtime: handler app:handler: importing 'app' failed: ModuleNotFoundError: "
+                     "No module named 'numpy_not_installed'")
+    assert trace[0] == "Traceback (most recent call last):"  # the app's traceback follows, for the logs
 
 
 def test_missing_module(image_like):
     proc = check(image_like, BEAMCTL_HANDLER="inference:run")
     assert proc.returncode == 3 and "module 'inference' is not in the image" in proc.stderr
+
+
+def test_the_traceback_shows_the_apps_own_frames(image_like):
+    (image_like / "app" / "app.py").write_text("def handler(): pass\n\nraise ValueError('bad config')\n")
+    proc = check(image_like, BEAMCTL_HANDLER="app:handler")
+    lines = proc.stderr.splitlines()
+    assert lines[0] == ("beamctl-runtime: handler app:handler: importing 'app' failed: ValueError: bad config")
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[2].endswith("app.py\", line 3, in <module>") and lines[-1] == "ValueError: bad config"
+    assert "importlib" not in proc.stderr
