@@ -13,13 +13,7 @@ import os
 import zlib
 from pathlib import Path
 
-
-def cache_dir() -> Path:
-    explicit = os.environ.get("BEAMCTL_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "beamctl"
+from beamctl.paths import cache_dir
 
 
 def _entry(key: str) -> Path:

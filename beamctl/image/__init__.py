@@ -8,7 +8,7 @@ from beamctl.image.build import BuildResult, Progress, execute, plan, prune
 
 def build_app(config: AppConfig, progress: Progress, keep: int | None = None) -> BuildResult:
     """The whole build for one app on the local engine; `keep` prunes older images of the app."""
-    from beamctl.config.verdicts import cache_dir
+    from beamctl.paths import cache_dir
     from beamctl.image import base, wheels
     from beamctl.image.engine import DockerEngine
 

@@ -21,7 +21,7 @@ from typing import Callable
 import docker
 import requests
 
-from beamctl.config.verdicts import cache_dir
+from beamctl.paths import cache_dir
 from beamctl.errors import BeamctlError
 
 Progress = Callable[[str], None]

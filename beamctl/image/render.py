@@ -32,6 +32,8 @@ def render(config: AppConfig, base_ref: str, python_exe: str, with_packages: boo
     if with_packages:
         lines.append(f"COPY site/ {SITE_DIR}/")
     lines.append(f"ENV PYTHONPATH={SITE_DIR}:{LIB_DIR}:{APP_ROOT}")
+    if with_packages:  # console scripts of the packages (uvicorn, huggingface-cli) for `commands`
+        lines.append(f"ENV PATH={SITE_DIR}/bin:$PATH")
     for command in img.commands:
         lines.append(f"RUN {command}")
     lines.append(f"COPY runtime/ {LIB_DIR}/{RUNTIME_PACKAGE}/")

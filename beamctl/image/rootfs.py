@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from beamctl.config.verdicts import cache_dir
+from beamctl.paths import cache_dir
 from beamctl.image.base import OWN_PYTHON, BaseImageError
 
 SUITE = "bookworm"  # Debian 12: python3 is 3.11, what OWN_PYTHON promises

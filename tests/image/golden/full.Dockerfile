@@ -4,6 +4,7 @@ ENV LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg libgl1 && rm -rf /var/lib/apt/lists/*
 COPY site/ /opt/beamctl/site/
 ENV PYTHONPATH=/opt/beamctl/site:/opt/beamctl/lib:/app
+ENV PATH=/opt/beamctl/site/bin:$PATH
 RUN echo built > /built
 COPY runtime/ /opt/beamctl/lib/beamctl_runtime/
 ENV BEAMCTL_APP=sentiment BEAMCTL_HANDLER=app:handler BEAMCTL_APP_DIR=/app BEAMCTL_ON_START=app:load_model

@@ -3,6 +3,7 @@ FROM beamctl/base:bookworm-python3.11
 ENV LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 COPY site/ /opt/beamctl/site/
 ENV PYTHONPATH=/opt/beamctl/site:/opt/beamctl/lib:/app
+ENV PATH=/opt/beamctl/site/bin:$PATH
 COPY runtime/ /opt/beamctl/lib/beamctl_runtime/
 ENV BEAMCTL_APP=demo BEAMCTL_HANDLER=app:handler BEAMCTL_APP_DIR=/app
 WORKDIR /app
