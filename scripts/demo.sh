@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The main job on this machine, as far as beamctl goes today: set up, then check the example app.
-# Deploy, call and profile join this script as they land (issues 3 and 4).
+# The main job on this machine, as far as beamctl goes today: set up, check the example app, build
+# its image and run the image's check. Deploy, call and profile join this script with the agent (issue 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 BEAMCTL=.venv/bin/beamctl
-echo "== beamctl validate -f examples/hello/beam.yaml"
-"$BEAMCTL" validate -f examples/hello/beam.yaml
-demo=$(mktemp -d /tmp/beamctl-demo.XXXXXX)
-echo "== beamctl init $demo/demo && beamctl validate -f $demo/demo/beam.yaml"
-"$BEAMCTL" init "$demo/demo"
-"$BEAMCTL" validate -f "$demo/demo/beam.yaml"
+echo "== beamctl validate -f examples/hello"
+"$BEAMCTL" validate -f examples/hello
+echo "== beamctl build -f examples/hello (the first build may make a base image: about a minute)"
+image=$("$BEAMCTL" build -f examples/hello --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["image"])')
+echo "== docker run --rm $image   (the image's check mode)"
+docker run --rm "$image"

@@ -29,9 +29,7 @@ def build(
     for w in warnings:
         console.line(w.render())
 
-    def progress(event: Any) -> None:
-        if json:
-            return
+    def progress(event: Any) -> None:  # to stderr, also with --json: stdout carries only the JSON
         if isinstance(event, Step):
             state = "[dim]cached[/]" if event.cached else "[green]built[/]" if event.writes_layer else "done"
             console.say(f"  [{event.index}/{event.total}] {console.escape(event.instruction[:100])}  {state}")
