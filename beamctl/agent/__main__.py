@@ -1,0 +1,58 @@
+"""`python -m beamctl.agent [--data-dir DIR] [--http HOST:PORT]`: run this host's agent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from beamctl import __version__
+from beamctl.agent.paths import default_data_dir
+
+DEFAULT_HTTP = "127.0.0.1:8430"  # loopback by default; pass 0.0.0.0:8430 to serve other machines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="beamctl-agent", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--http", default=DEFAULT_HTTP, help="address of the apps' HTTP endpoint (port 0: any)")
+    args = parser.parse_args(argv)
+
+    import docker
+
+    from beamctl.agent import control, http_api
+    from beamctl.agent.containers import DockerContainers
+    from beamctl.agent.service import Agent
+
+    data_dir = args.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except docker.errors.DockerException as e:
+        print(f"beamctl-agent: cannot reach the Docker Engine: {e}", file=sys.stderr)
+        return 3
+    agent = Agent(data_dir, DockerContainers(client))
+    agent.recover()
+    host, _, port = args.http.rpartition(":")
+    web = http_api.serve(agent, host or "127.0.0.1", int(port))
+    agent.endpoint = f"http://{web.server_address[0]}:{web.server_address[1]}"
+    control.serve(agent, data_dir / "agent.sock")
+    (data_dir / "agent.json").write_text(json.dumps({"pid": os.getpid(), "version": __version__,
+                                                     "endpoint": agent.endpoint}))
+    print(f"beamctl-agent {__version__}: {data_dir}, endpoint {agent.endpoint}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    threading.Thread(target=agent.reap_forever, daemon=True, name="reaper").start()
+    stop.wait()
+    agent.shutdown()  # containers keep running: a restarted agent adopts them
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

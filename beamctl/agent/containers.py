@@ -1,0 +1,155 @@
+"""Containers as the agent sees them: what to create (pure) and a narrow runtime that does it.
+
+`create_args` decides everything about a container from the spec (tested as a whole value);
+`DockerContainers` is the only place that talks to the engine. Secret values enter here as
+environment of the container and go nowhere else.
+"""
+
+from __future__ import annotations
+
+import secrets as _secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from beamctl.agent.spec import AppSpec
+
+RUNTIME_PORT = 8000  # the runtime's HTTP server inside each container
+STOP_TIMEOUT_S = 5  # SIGTERM, then SIGKILL: the runtime exits at once on SIGTERM
+LABEL_APP, LABEL_VERSION, LABEL_AGENT = "dev.beamctl.app", "dev.beamctl.version", "dev.beamctl.agent"
+
+
+def volume_dir(data_dir: Path, app: str, volume: str) -> Path:
+    return data_dir / "volumes" / app / volume
+
+
+def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
+                secret_values: dict[str, str], gpu_count: int = 0) -> dict[str, Any]:
+    """Keyword arguments for the engine's container create, for one container of one version."""
+    env = {**spec.env, **secret_values,
+           "BEAMCTL_WORKERS": str(spec.workers), "BEAMCTL_TIMEOUT": str(spec.timeout_s),
+           "BEAMCTL_PORT": str(RUNTIME_PORT)}
+    if spec.cache_dir:
+        env["BEAMCTL_CACHE_DIR"] = spec.cache_dir
+    args: dict[str, Any] = {
+        "image": spec.image,
+        "command": ["serve"],
+        "name": f"beamctl-{spec.app}-v{version}-{_secrets.token_hex(3)}",
+        "environment": env,
+        "labels": {LABEL_APP: spec.app, LABEL_VERSION: str(version), LABEL_AGENT: agent_id},
+        "volumes": {str(volume_dir(data_dir, spec.app, v.name)): {"bind": v.mount_path, "mode": "rw"}
+                    for v in spec.volumes},
+        "nano_cpus": int(spec.cpu * 1e9),
+        "mem_limit": spec.memory_bytes,
+        "stop_signal": "SIGTERM",
+    }
+    if gpu_count:
+        args["gpus"] = gpu_count
+    return args
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    app: str
+    version: int
+    running: bool
+
+
+class Containers(Protocol):
+    def has_image(self, ref: str) -> bool: ...
+    def create(self, args: dict[str, Any]) -> str: ...
+    def start(self, container_id: str) -> str: ...  # returns the container's IP address
+    def ip(self, container_id: str) -> str: ...
+    def exit_code(self, container_id: str) -> int | None: ...  # None while running
+    def stop(self, container_id: str) -> None: ...
+    def remove(self, container_id: str) -> None: ...
+    def logs(self, container_id: str, tail: int | None = None) -> list[tuple[float, str]]: ...
+    def list(self, agent_id: str) -> list[ContainerInfo]: ...
+
+
+class DockerContainers:
+    def __init__(self, client: Any) -> None:
+        self.api = client.api
+
+    def has_image(self, ref: str) -> bool:
+        import docker
+
+        try:
+            self.api.inspect_image(ref)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def create(self, args: dict[str, Any]) -> str:
+        args = dict(args)
+        binds = args.pop("volumes")
+        host_config = self.api.create_host_config(
+            binds=binds, nano_cpus=args.pop("nano_cpus"), mem_limit=args.pop("mem_limit"),
+            device_requests=_gpus(args.pop("gpus", 0)))
+        return self.api.create_container(host_config=host_config, volumes=[b["bind"] for b in binds.values()],
+                                         **args)["Id"]
+
+    def start(self, container_id: str) -> str:
+        self.api.start(container_id)
+        return self.ip(container_id)
+
+    def ip(self, container_id: str) -> str:
+        return self.api.inspect_container(container_id)["NetworkSettings"]["IPAddress"]
+
+    def exit_code(self, container_id: str) -> int | None:
+        state = self.api.inspect_container(container_id)["State"]
+        return None if state["Running"] or state["Status"] == "created" else int(state["ExitCode"])
+
+    def stop(self, container_id: str) -> None:
+        import docker
+
+        try:
+            self.api.stop(container_id, timeout=STOP_TIMEOUT_S)
+        except docker.errors.NotFound:
+            pass
+
+    def remove(self, container_id: str) -> None:
+        import docker
+
+        try:
+            self.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def logs(self, container_id: str, tail: int | None = None) -> list[tuple[float, str]]:
+        import docker
+
+        try:
+            raw = self.api.logs(container_id, timestamps=True, tail=tail if tail else "all")
+        except docker.errors.NotFound:
+            return []
+        return [_stamped(line) for line in raw.decode(errors="replace").splitlines() if line]
+
+    def list(self, agent_id: str) -> list[ContainerInfo]:
+        out = []
+        for c in self.api.containers(all=True, filters={"label": f"{LABEL_AGENT}={agent_id}"}):
+            labels = c["Labels"]
+            out.append(ContainerInfo(c["Id"], labels[LABEL_APP], int(labels[LABEL_VERSION]), c["State"] == "running"))
+        return out
+
+
+def _gpus(count: int) -> list[Any] | None:
+    if not count:
+        return None
+    import docker
+
+    return [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]
+
+
+def _stamped(line: str) -> tuple[float, str]:
+    """'2026-11-28T21:00:00.123456789Z text' -> (epoch seconds, text)."""
+    from datetime import datetime
+
+    stamp, _, text = line.partition(" ")
+    try:
+        whole, _, frac = stamp.rstrip("Z").partition(".")
+        ts = datetime.fromisoformat(whole + "+00:00").timestamp() + float(f"0.{frac or 0}")
+    except ValueError:
+        return 0.0, line
+    return ts, text

@@ -1,0 +1,56 @@
+"""Reaching the agent on this machine, starting it when it is not running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from beamctl.agent.control import AgentClient, LocalTransport
+from beamctl.agent.paths import default_data_dir
+from beamctl.errors import EnvironmentProblem
+
+START_WAIT_S = 20  # the agent answers within ~1 s; the engine may be slow after a boot
+
+
+def local_agent(autostart: bool = True, data_dir: Path | None = None) -> AgentClient:
+    data_dir = data_dir or default_data_dir()
+    sock = data_dir / "agent.sock"
+    client = _try(sock)
+    if client is not None:
+        return client
+    if not autostart:
+        raise EnvironmentProblem(f"no agent is running on this machine ({sock})",
+                                 hint="`beamctl deploy` starts one")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "agent.log").open("ab")
+    argv = [sys.executable, "-m", "beamctl.agent", "--data-dir", str(data_dir)]
+    http = os.environ.get("BEAMCTL_AGENT_HTTP")
+    if http:
+        argv += ["--http", http]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                            cwd="/")
+    deadline = time.monotonic() + START_WAIT_S
+    while time.monotonic() < deadline:
+        client = _try(sock)
+        if client is not None:
+            return client
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = (data_dir / "agent.log").read_text(errors="replace").strip().splitlines()[-3:]
+    raise EnvironmentProblem("the local agent did not start: " + (" / ".join(tail) or "no output"),
+                             hint=f"see {data_dir / 'agent.log'}")
+
+
+def _try(sock: Path) -> AgentClient | None:
+    if not sock.exists():
+        return None
+    client = AgentClient(LocalTransport(sock))
+    try:
+        answer = client.request("version")
+    except OSError:
+        return None
+    return client if answer.get("ok") else None

@@ -1,0 +1,199 @@
+"""The containers of one app on this host: start cold, serve warm, scale to zero.
+
+One container per app at a time (it runs `workers` tasks at once); a task that finds no free
+slot waits for one. A container is started by the first task (or deploy) that needs it, in
+a thread of its own, and every waiting task is told when it is READY or FAILED.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from beamctl.agent.containers import RUNTIME_PORT, Containers
+from beamctl.agent.profile import ContainerTimeline
+
+HEALTH_POLL_S = 0.005  # READY is seen within 5 ms: this gap shows up as "other" in cold profiles
+EXIT_POLL_S = 0.1  # how often a starting container is checked for having died
+LOG_TAIL_LINES = 20  # lines of a failed container's output shown to the user
+
+
+class StartFailed(Exception):
+    def __init__(self, reason: str, log_tail: list[str]) -> None:
+        super().__init__(reason)
+        self.reason, self.log_tail = reason, log_tail
+
+
+@dataclass
+class Live:
+    """One container of one version."""
+
+    id: str
+    version: int
+    timeline: ContainerTimeline
+    ip: str = ""
+    state: str = "starting"  # starting | ready | failed | stopping
+    busy: int = 0
+    last_used: float = 0.0
+    failure: StartFailed | None = None
+    _conns: list[http.client.HTTPConnection] = field(default_factory=list)
+    _conn_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def request(self, method: str, path: str, body: dict | None, timeout: float) -> tuple[int, dict]:
+        """One HTTP exchange with the runtime over a kept-alive connection."""
+        with self._conn_lock:
+            conn = self._conns.pop() if self._conns else http.client.HTTPConnection(self.ip, RUNTIME_PORT)
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+            response = conn.getresponse()
+            payload = json.loads(response.read() or b"{}")
+        except Exception:
+            conn.close()
+            raise
+        with self._conn_lock:
+            self._conns.append(conn)
+        return response.status, payload
+
+    def close(self) -> None:
+        with self._conn_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+
+
+class Pool:
+    def __init__(self, app: str, containers: Containers, make_args: Callable[[int], dict[str, Any]],
+                 workers: int, keep_warm_s: int, on_event: Callable[[str], None],
+                 on_retire: Callable[[Live], None]) -> None:
+        self.app = app
+        self.containers = containers
+        self.make_args = make_args  # version -> create arguments
+        self.workers, self.keep_warm_s = workers, keep_warm_s
+        self.version: int | None = None
+        self.live: list[Live] = []
+        self.cond = threading.Condition()
+        self.on_event, self.on_retire = on_event, on_retire
+        self._failure: StartFailed | None = None
+        self._failure_at = 0.0
+
+    # starting ---------------------------------------------------------------------------------
+    def start(self, version: int) -> Live:
+        """Create and start one container of `version`; returns at once, READY comes later."""
+        t0 = time.monotonic()
+        args = self.make_args(version)
+        self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
+        container_id = self.containers.create(args)
+        live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()))
+        with self.cond:
+            self.live.append(live)
+        threading.Thread(target=self._boot, args=(live,), daemon=True, name=f"boot-{self.app}").start()
+        return live
+
+    def _boot(self, live: Live) -> None:
+        try:
+            live.ip = self.containers.start(live.id)
+            health = self._wait_ready(live)
+            t = live.timeline
+            timings = health.get("timings", {})
+            live.timeline = ContainerTimeline(t.create_start, t.create_end, timings.get("process_start"),
+                                              timings.get("imports_done"), timings.get("on_start_start"),
+                                              timings.get("on_start_end"), time.monotonic())
+            state = "ready"
+            secs = (timings.get("on_start_end") or 0) - (timings.get("on_start_start") or 0)
+            self.on_event(f"container {live.id[:12]} of v{live.version} READY (cold start "
+                          f"{live.timeline.ready_seen - t.create_start:.2f} s, on_start {secs:.2f} s)")
+        except Exception as e:  # noqa: BLE001 - any failure to start is this container's failure
+            failure = e if isinstance(e, StartFailed) else StartFailed(f"could not start: {e}", [])
+            live.failure, state = failure, "failed"
+            self.on_event(f"container {live.id[:12]} of v{live.version} FAILED: {failure.reason}")
+        with self.cond:
+            live.state = state
+            live.last_used = time.monotonic()
+            if live.failure is not None:
+                self.live.remove(live)
+                self._failure, self._failure_at = live.failure, time.monotonic()
+            self.cond.notify_all()
+        if state == "failed":
+            self.on_retire(live)
+
+    def _wait_ready(self, live: Live) -> dict[str, Any]:
+        next_exit_check = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_exit_check:
+                code = self.containers.exit_code(live.id)
+                if code is not None:
+                    tail = [text for _, text in self.containers.logs(live.id, tail=LOG_TAIL_LINES)]
+                    line = next((l for l in tail if l.startswith("beamctl-runtime:") and "failed" in l), None)
+                    raise StartFailed(line.removeprefix("beamctl-runtime: ") if line else
+                                      f"the container exited with code {code} before it was READY", tail)
+                next_exit_check = now + EXIT_POLL_S
+            try:
+                status, health = live.request("GET", "/health", None, timeout=2)
+                if status == 200 and health.get("state") == "READY":
+                    return health
+            except (OSError, http.client.HTTPException, ValueError):
+                pass  # not listening yet
+            time.sleep(HEALTH_POLL_S)
+
+    # serving ----------------------------------------------------------------------------------
+    def acquire(self, timeout: float) -> Live:
+        """A READY container of the current version with a free worker slot (starting one if needed)."""
+        since = time.monotonic()
+        deadline = since + timeout
+        with self.cond:
+            while True:
+                if self.version is None:
+                    raise StartFailed(f"{self.app} is not deployed here (or was stopped)", [])
+                current = [c for c in self.live if c.version == self.version and c.state in ("ready", "starting")]
+                free = next((c for c in current if c.state == "ready" and c.busy < self.workers), None)
+                if free:
+                    free.busy += 1
+                    return free
+                if self._failure is not None and self._failure_at >= since:
+                    raise self._failure  # the start this task waited for failed
+                if not current:
+                    self.on_event(f"cold start of v{self.version}")
+                    self.cond.release()
+                    try:
+                        self.start(self.version)
+                    finally:
+                        self.cond.acquire()
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StartFailed(f"no container of {self.app} became free within {timeout:.0f} s", [])
+                self.cond.wait(min(left, 1.0))
+
+    def release(self, live: Live) -> None:
+        with self.cond:
+            live.busy -= 1
+            live.last_used = time.monotonic()
+            self.cond.notify_all()
+
+    # scaling to zero and retiring -------------------------------------------------------------
+    def idle_out(self, now: float) -> list[Live]:
+        """Containers idle past keep_warm (and those of old versions with no work) leave the pool."""
+        with self.cond:
+            gone = [c for c in self.live if c.state == "ready" and c.busy == 0 and
+                    (c.version != self.version or now - c.last_used >= self.keep_warm_s)]
+            for c in gone:
+                c.state = "stopping"
+                self.live.remove(c)
+        return gone
+
+    def drain(self) -> list[Live]:
+        """Every container leaves the pool (stop): running tasks finish first (bounded by the caller)."""
+        with self.cond:
+            gone, self.live = self.live, []
+            self.version = None
+            self.cond.notify_all()
+        return gone

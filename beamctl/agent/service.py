@@ -1,0 +1,295 @@
+"""The agent's operations: deploy, call, tasks, status, logs, stop. Transport-free: the control
+socket and the HTTP endpoint both call these, and tests can too."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as _secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from beamctl.agent import gpus as _gpus
+from beamctl.agent import logs as _logs
+from beamctl.agent.containers import Containers, create_args, volume_dir
+from beamctl.agent.pool import Live, Pool, StartFailed
+from beamctl.agent.profile import ContainerTimeline, phases
+from beamctl.agent.spec import AppSpec
+from beamctl.agent.store import Store
+
+HEALTH_TIMEOUT_S = 300  # on_start of a big model (weights from disk, CUDA init) can take minutes
+REAP_EVERY_S = 0.5  # how often idle containers are looked for
+HTTP_SLACK_S = 10  # beyond the task timeout, for the runtime to answer
+
+
+class AgentError(Exception):
+    def __init__(self, message: str, hint: str | None = None, **data: Any) -> None:
+        super().__init__(message)
+        self.message, self.hint, self.data = message, hint, data
+
+
+class Agent:
+    def __init__(self, data_dir: Path, containers: Containers, gpus: list[_gpus.Gpu] | None = None) -> None:
+        self.data_dir = data_dir
+        for sub in ("volumes", "logs"):
+            (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        (data_dir / "secrets").mkdir(mode=0o700, exist_ok=True)
+        self.store = Store(data_dir / "agent.db")
+        self.containers = containers
+        self.gpus = _gpus.inventory() if gpus is None else gpus
+        self.agent_id = _agent_id(data_dir)
+        self.pools: dict[str, Pool] = {}
+        self._deploying: dict[str, tuple[threading.Lock, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.endpoint = ""  # set by the HTTP server: http://host:port
+
+    # life ---------------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """After a (re)start: cut-off tasks are marked lost; healthy containers are adopted, not killed."""
+        lost = self.store.mark_lost()
+        for app in self.store.apps():
+            if self.store.active_version(app) is not None:
+                self._pool(app)
+        for info in self.containers.list(self.agent_id):
+            pool = self.pools.get(info.app)
+            if pool and info.running and info.version == pool.version and self._adopt(pool, info.id):
+                self.store.event(info.app, f"agent restarted: adopted container {info.id[:12]} of v{info.version}")
+                continue
+            self.containers.stop(info.id)
+            self.containers.remove(info.id)
+        if lost:
+            self.store.event("-", f"agent restarted: {lost} task(s) were cut off")
+
+    def _adopt(self, pool: Pool, container_id: str) -> bool:
+        live = Live(container_id, pool.version or 0, ContainerTimeline(0.0, 0.0, ready_seen=0.0))
+        try:
+            live.ip = self.containers.ip(container_id)
+            status, health = live.request("GET", "/health", None, timeout=2)
+        except Exception:  # noqa: BLE001 - not healthy: not adopted
+            return False
+        if status != 200 or health.get("state") != "READY":
+            return False
+        live.state, live.last_used = "ready", time.monotonic()
+        with pool.cond:
+            pool.live.append(live)
+        return True
+
+    def reap_forever(self) -> None:
+        while not self._stop.wait(REAP_EVERY_S):
+            self.reap(time.monotonic())
+
+    def reap(self, now: float) -> None:
+        for app, pool in list(self.pools.items()):
+            for live in pool.idle_out(now):
+                if live.version == pool.version:
+                    self.store.event(app, f"scaled to zero after {now - live.last_used:.0f} s idle")
+                else:
+                    self.store.event(app, f"retired container {live.id[:12]} of v{live.version}")
+                self._retire(app, live)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    # deploy ---------------------------------------------------------------------------------------
+    def deploy(self, spec_json: dict[str, Any], secret_values: dict[str, str],
+               health_timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+        spec = AppSpec.from_json(spec_json)
+        missing = [n for n in spec.secret_names if n not in secret_values]
+        if missing:
+            raise AgentError(f"no value for secret(s) {', '.join(missing)}")
+        place = _gpus.placement(spec.gpu, self.gpus)
+        if isinstance(place, str):
+            raise AgentError(place, hint="deploy to a host with that GPU, or change gpu in beam.yaml")
+        lock, holder = self._deploying.setdefault(spec.app, (threading.Lock(), {}))
+        if not lock.acquire(blocking=False):
+            raise AgentError(f"a deploy of {spec.app} is already running here (since "
+                             f"{time.strftime('%H:%M:%S', time.localtime(holder.get('since', 0)))}, "
+                             f"image {holder.get('image')})", hint="wait for it to finish, then deploy again")
+        try:
+            holder.update(since=time.time(), image=spec.image)
+            return self._deploy(spec, secret_values, place[1], health_timeout)
+        finally:
+            lock.release()
+
+    def _deploy(self, spec: AppSpec, secret_values: dict[str, str], gpu_count: int,
+                health_timeout: float) -> dict[str, Any]:
+        _write_secrets(self.data_dir / "secrets" / f"{spec.app}.json", secret_values)
+        for v in spec.volumes:  # created once, never deleted by beamctl
+            volume_dir(self.data_dir, spec.app, v.name).mkdir(parents=True, exist_ok=True)
+        if not self.containers.has_image(spec.image):
+            raise AgentError(f"image {spec.image} is not on this host")
+        version = self.store.new_version(spec.app, spec.image, {**spec.to_json(), "gpu_count": gpu_count})
+        token = self.store.ensure_app(spec.app, _secrets.token_urlsafe(32))
+        pool = self._pool(spec.app)
+        self.store.event(spec.app, f"deploying v{version} ({spec.image})")
+        live = pool.start(version)
+        deadline = time.monotonic() + health_timeout
+        with pool.cond:
+            while live.state == "starting" and time.monotonic() < deadline:
+                pool.cond.wait(0.5)
+        if live.state != "ready":
+            reason = live.failure.reason if live.failure else f"not READY within {health_timeout:.0f} s"
+            tail = live.failure.log_tail if live.failure else []
+            if live.failure is None:
+                with pool.cond:
+                    if live in pool.live:
+                        pool.live.remove(live)
+                self._retire(spec.app, live)
+            self.store.set_version_state(spec.app, version, "failed", reason)
+            serving = pool.version
+            return {"app": spec.app, "version": version, "image": spec.image, "status": "failed",
+                    "reason": reason, "log_tail": tail, "serving": serving}
+        previous = pool.version
+        with pool.cond:
+            pool.version, pool.workers, pool.keep_warm_s = version, spec.workers, spec.keep_warm_s
+            pool.cond.notify_all()
+        self.store.set_version_state(spec.app, version, "active")
+        self.store.set_active(spec.app, version)
+        if previous is not None and previous != version:
+            self.store.set_version_state(spec.app, previous, "retired")
+        self.store.event(spec.app, f"v{version} is serving" + (f"; v{previous} retired" if previous else ""))
+        return {"app": spec.app, "version": version, "image": spec.image, "status": "ready", "reason": None,
+                "token": token, "endpoint": f"{self.endpoint}/apps/{spec.app}" if self.endpoint else None,
+                "serving": version}
+
+    def _pool(self, app: str) -> Pool:
+        with self._lock:
+            pool = self.pools.get(app)
+            if pool is None:
+                active = self.store.active_version(app)
+                spec = self._spec(app, active) if active else {"workers": 1, "keep_warm_s": 180}
+                pool = Pool(app, self.containers, lambda v: self._create_args(app, v), spec["workers"],
+                            spec["keep_warm_s"], lambda m: self.store.event(app, m),
+                            lambda live: self._retire(app, live))
+                pool.version = active
+                self.pools[app] = pool
+            return pool
+
+    def _spec(self, app: str, version: int) -> dict[str, Any]:
+        row = self.store.version(app, version)
+        if row is None:
+            raise AgentError(f"{app} has no version {version}")
+        return row["spec"]
+
+    def _create_args(self, app: str, version: int) -> dict[str, Any]:
+        spec_json = self._spec(app, version)
+        secret_values = _read_secrets(self.data_dir / "secrets" / f"{app}.json")
+        return create_args(AppSpec.from_json(spec_json), version, self.agent_id, self.data_dir, secret_values,
+                           spec_json.get("gpu_count", 0))
+
+    def _retire(self, app: str, live: Live) -> None:
+        live.close()
+        self.containers.stop(live.id)
+        _logs.save(self.data_dir, app, live.id, self.containers.logs(live.id))
+        self.containers.remove(live.id)
+
+    # tasks ----------------------------------------------------------------------------------------
+    def call(self, app: str, inputs: Any) -> dict[str, Any]:
+        if not isinstance(inputs, dict):
+            raise AgentError("a task's input must be a JSON object, like {\"name\": \"Ada\"}")
+        pool = self.pools.get(app)
+        if pool is None or pool.version is None:
+            raise AgentError(f"{app} is not deployed here", hint="run `beamctl deploy` first")
+        received, received_wall = time.monotonic(), time.time()
+        task_id = "t-" + _secrets.token_hex(6)
+        self.store.task_started(task_id, app, received_wall)
+        spec = self._spec(app, pool.version)
+        version, live, payload = pool.version, None, {}
+        try:
+            live = pool.acquire(timeout=HEALTH_TIMEOUT_S + spec["timeout_s"])
+            version = live.version
+            _, payload = live.request("POST", "/tasks", {"task_id": task_id, "inputs": inputs},
+                                      timeout=spec["timeout_s"] + HTTP_SLACK_S)
+        except StartFailed as e:
+            payload = {"status": "failed", "error": f"the container could not start: {e.reason}"}
+        except Exception as e:  # noqa: BLE001 - the runtime died or hung: the task failed, the agent goes on
+            payload = {"status": "failed", "error": f"lost contact with the container: {type(e).__name__}: {e}"}
+        finally:
+            if live is not None:
+                pool.release(live)
+        done = time.monotonic()
+        timings = payload.get("timings") or {}
+        kind, phase_s = phases(received, done, timings.get("start", done), timings.get("end", done),
+                               live.timeline if live else None)
+        task = {"task_id": task_id, "app": app, "version": version, "status": payload.get("status", "failed"),
+                "start": kind, "received": received_wall, "finished": time.time(), "phases": phase_s,
+                "total": round(done - received, 6), "result": payload.get("result"),
+                "error": payload.get("error"), "container": live.id[:12] if live else None}
+        self.store.task_finished(task)
+        return task
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        task = self.store.task(task_id)
+        if task is None:
+            raise AgentError(f"no task {task_id} on this host")
+        return task
+
+    def tasks(self, app: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        return self.store.tasks(app, limit)
+
+    # status, logs, stop -------------------------------------------------------------------------------
+    def status(self, app: str | None = None) -> dict[str, Any]:
+        apps = [app] if app else self.store.apps()
+        out = []
+        for name in apps:
+            token = self.store.token(name)
+            if token is None:
+                raise AgentError(f"{name} was never deployed here")
+            pool = self.pools.get(name)
+            now = time.monotonic()
+            live = [{"id": c.id[:12], "version": c.version, "state": c.state, "busy": c.busy,
+                     "idle_s": round(now - c.last_used, 1) if c.state == "ready" and not c.busy else 0}
+                    for c in (pool.live if pool else [])]
+            versions = self.store.versions(name)
+            active = self.store.active_version(name)
+            out.append({"app": name, "active_version": active,
+                        "image": next((v["image"] for v in versions if v["version"] == active), None),
+                        "containers": live, "token": token,
+                        "endpoint": f"{self.endpoint}/apps/{name}" if self.endpoint else None,
+                        "versions": [{k: v[k] for k in ("version", "image", "state", "reason", "created")}
+                                     for v in versions[-5:]]})
+        return {"agent": {"data_dir": str(self.data_dir), "pid": os.getpid(), "endpoint": self.endpoint,
+                          "gpus": [g.name for g in self.gpus]}, "apps": out}
+
+    def logs(self, app: str, since: float = 0.0, tail: int = 200, task_id: str | None = None) -> list[dict[str, Any]]:
+        if self.store.token(app) is None:
+            raise AgentError(f"{app} was never deployed here")
+        pool = self.pools.get(app)
+        running = [(c.id, self.containers.logs(c.id)) for c in (pool.live if pool else [])]
+        return _logs.merged(self.data_dir, app, running, list(self.store.events(app, since)), since, tail, task_id)
+
+    def stop(self, app: str) -> dict[str, Any]:
+        pool = self.pools.get(app)
+        if pool is None or pool.version is None:
+            raise AgentError(f"{app} is not running here")
+        version = pool.version
+        for live in pool.drain():
+            self._retire(app, live)
+        self.store.set_active(app, None)
+        self.store.set_version_state(app, version, "stopped")
+        self.store.event(app, f"stopped v{version} (volumes kept)")
+        return {"app": app, "stopped_version": version}
+
+
+def _agent_id(data_dir: Path) -> str:
+    path = data_dir / "agent-id"
+    if not path.exists():
+        path.write_text(_secrets.token_hex(8))
+    return path.read_text().strip()
+
+
+def _write_secrets(path: Path, values: dict[str, str]) -> None:
+    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(values, f)
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def _read_secrets(path: Path) -> dict[str, str]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}

@@ -1,0 +1,57 @@
+"""What beamctl hands the agent for one deploy: the app's runtime settings, as plain data.
+
+The agent never reads beam.yaml: an AppSpec crosses the control socket (and, later, SSH) as JSON.
+Secret values travel beside it, never inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from beamctl.config.model import AppConfig
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    name: str
+    mount_path: str
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    app: str
+    image: str
+    workers: int = 1
+    timeout_s: int = 180
+    keep_warm_s: int = 180
+    cpu: float = 1.0
+    memory_bytes: int = 1 << 30
+    gpu: tuple[str, ...] = ()  # canonical "TYPE" or "TYPE:COUNT", in order of preference
+    volumes: tuple[VolumeSpec, ...] = ()
+    cache_dir: str | None = None
+    checkpoint_enabled: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    secret_names: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AppSpec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["gpu"] = tuple(known.get("gpu", ()))
+        known["secret_names"] = tuple(known.get("secret_names", ()))
+        known["volumes"] = tuple(VolumeSpec(**v) for v in known.get("volumes", ()))
+        return cls(**known)
+
+
+def spec_from_config(config: AppConfig, image: str) -> AppSpec:
+    return AppSpec(
+        app=config.name, image=image, workers=config.workers, timeout_s=config.timeout_s,
+        keep_warm_s=config.keep_warm_s, cpu=config.cpu, memory_bytes=config.memory_bytes,
+        gpu=tuple(str(g) for g in config.gpu),
+        volumes=tuple(VolumeSpec(v.name, v.mount_path) for v in config.volumes),
+        cache_dir=config.cache_dir, checkpoint_enabled=config.checkpoint_enabled,
+        env=dict(config.env), secret_names=config.secrets,
+    )

@@ -1,0 +1,135 @@
+"""The agent's records in SQLite: app versions, tasks, events. They survive agent restarts.
+
+One connection shared by the agent's threads behind a lock (SQLite serialises writers anyway);
+WAL with synchronous=NORMAL: a record is durable against an agent crash, and a task costs
+two small writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    app TEXT NOT NULL, version INTEGER NOT NULL, image TEXT NOT NULL, spec TEXT NOT NULL,
+    state TEXT NOT NULL, reason TEXT, created REAL NOT NULL, PRIMARY KEY (app, version));
+CREATE TABLE IF NOT EXISTS apps (
+    app TEXT PRIMARY KEY, token TEXT NOT NULL, active INTEGER);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, app TEXT NOT NULL, version INTEGER, status TEXT NOT NULL, start TEXT,
+    received REAL NOT NULL, finished REAL, phases TEXT, total REAL, result TEXT, error TEXT,
+    container TEXT);
+CREATE INDEX IF NOT EXISTS tasks_app ON tasks (app, received);
+CREATE TABLE IF NOT EXISTS events (
+    ts REAL NOT NULL, app TEXT NOT NULL, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_app ON events (app, ts);
+"""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+
+    def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self._db.execute(sql, args)
+            cur.row_factory = sqlite3.Row
+            return cur.fetchall()
+
+    # apps and versions
+    def token(self, app: str) -> str | None:
+        rows = self._q("SELECT token FROM apps WHERE app = ?", (app,))
+        return rows[0]["token"] if rows else None
+
+    def ensure_app(self, app: str, token: str) -> str:
+        self._q("INSERT OR IGNORE INTO apps (app, token) VALUES (?, ?)", (app, token))
+        return self.token(app) or token
+
+    def active_version(self, app: str) -> int | None:
+        rows = self._q("SELECT active FROM apps WHERE app = ?", (app,))
+        return rows[0]["active"] if rows else None
+
+    def set_active(self, app: str, version: int | None) -> None:
+        self._q("UPDATE apps SET active = ? WHERE app = ?", (version, app))
+
+    def apps(self) -> list[str]:
+        return [r["app"] for r in self._q("SELECT app FROM apps ORDER BY app")]
+
+    def new_version(self, app: str, image: str, spec: dict[str, Any]) -> int:
+        with self._lock:
+            cur = self._db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE app = ?", (app,))
+            version = cur.fetchone()[0]
+            self._db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, 'starting', NULL, ?)",
+                             (app, version, image, json.dumps(spec), time.time()))
+        return version
+
+    def set_version_state(self, app: str, version: int, state: str, reason: str | None = None) -> None:
+        self._q("UPDATE versions SET state = ?, reason = ? WHERE app = ? AND version = ?",
+                (state, reason, app, version))
+
+    def version(self, app: str, version: int) -> dict[str, Any] | None:
+        rows = self._q("SELECT * FROM versions WHERE app = ? AND version = ?", (app, version))
+        return _version(rows[0]) if rows else None
+
+    def versions(self, app: str) -> list[dict[str, Any]]:
+        return [_version(r) for r in self._q("SELECT * FROM versions WHERE app = ? ORDER BY version", (app,))]
+
+    # tasks
+    def task_started(self, task_id: str, app: str, received: float) -> None:
+        self._q("INSERT INTO tasks (id, app, status, received) VALUES (?, ?, 'running', ?)",
+                (task_id, app, received))
+
+    def task_finished(self, task: dict[str, Any]) -> None:
+        self._q("UPDATE tasks SET version = ?, status = ?, start = ?, finished = ?, phases = ?, total = ?, "
+                "result = ?, error = ?, container = ? WHERE id = ?",
+                (task["version"], task["status"], task["start"], task["finished"], json.dumps(task["phases"]),
+                 task["total"], json.dumps(task["result"]), task["error"], task["container"], task["task_id"]))
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        rows = self._q("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        return _task(rows[0]) if rows else None
+
+    def tasks(self, app: str | None, limit: int) -> list[dict[str, Any]]:
+        if app:
+            rows = self._q("SELECT * FROM tasks WHERE app = ? ORDER BY received DESC LIMIT ?", (app, limit))
+        else:
+            rows = self._q("SELECT * FROM tasks ORDER BY received DESC LIMIT ?", (limit,))
+        return [_task(r) for r in rows]
+
+    def mark_lost(self) -> int:
+        """Tasks still 'running' when the agent (re)starts were cut off by its death."""
+        with self._lock:
+            cur = self._db.execute("UPDATE tasks SET status = 'lost', error = 'the agent stopped while the "
+                                   "task ran' WHERE status = 'running'")
+            return cur.rowcount
+
+    # events
+    def event(self, app: str, message: str, ts: float | None = None) -> None:
+        self._q("INSERT INTO events VALUES (?, ?, ?)", (ts or time.time(), app, message))
+
+    def events(self, app: str, since: float = 0.0) -> Iterator[tuple[float, str]]:
+        for r in self._q("SELECT ts, message FROM events WHERE app = ? AND ts >= ? ORDER BY ts", (app, since)):
+            yield r["ts"], r["message"]
+
+
+def _version(r: sqlite3.Row) -> dict[str, Any]:
+    return {"app": r["app"], "version": r["version"], "image": r["image"], "spec": json.loads(r["spec"]),
+            "state": r["state"], "reason": r["reason"], "created": r["created"]}
+
+
+def _task(r: sqlite3.Row) -> dict[str, Any]:
+    return {"task_id": r["id"], "app": r["app"], "version": r["version"], "status": r["status"],
+            "start": r["start"], "received": r["received"], "finished": r["finished"],
+            "phases": json.loads(r["phases"]) if r["phases"] else None, "total": r["total"],
+            "result": json.loads(r["result"]) if r["result"] else None, "error": r["error"],
+            "container": r["container"]}

@@ -1,0 +1,178 @@
+"""Commands about deployed apps: deploy, call, tasks, profile, logs, status, stop."""
+
+from __future__ import annotations
+
+import json as _json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from beamctl import console
+from beamctl.cli import app
+from beamctl.cli.config_cmds import FileOpt, JsonOpt
+from beamctl.errors import ExitCode, UsageError
+
+HEALTH_TIMEOUT_S = 300  # on_start of big models; --health-timeout overrides
+FOLLOW_POLL_S = 0.5
+
+
+def _progress(event: Any) -> None:
+    from beamctl.image.steps import Step
+
+    if isinstance(event, Step):
+        if event.writes_layer:
+            console.say(f"  [{event.index}/{event.total}] {console.escape(event.instruction[:90])}  "
+                        f"{'[dim]cached[/]' if event.cached else '[green]built[/]'}")
+    else:
+        console.say(f"[dim]{console.escape(str(event))}[/]")
+
+
+@app.command()
+def deploy(file: Path = FileOpt, json: bool = JsonOpt,
+           health_timeout: float = typer.Option(HEALTH_TIMEOUT_S, help="Seconds to wait for READY.")) -> int:
+    """Build the app, start the new version, wait until READY, then retire the old one."""
+    from beamctl import apps
+    from beamctl.config import load
+
+    config, warnings = load(file)
+    for w in warnings:
+        console.line(w.render())
+    result = apps.deploy(config, _progress, health_timeout)
+    host = result["hosts"][0]
+    if json:
+        console.emit_json({**result, "hosts": [{k: h[k] for k in ("host", "status", "reason")}
+                                               for h in result["hosts"]]})
+    if host["status"] == "ready":
+        console.say(f"[bold green]deployed[/] {result['app']} v{result['version']} ({result['image']}); "
+                    f"endpoint {host['endpoint']} (token: beamctl status {result['app']})")
+        return ExitCode.OK
+    for line in host["log_tail"]:
+        console.line(f"  | {line}")
+    serving = f"v{host['serving']} keeps serving" if host["serving"] else "nothing was serving before"
+    console.error(f"v{result['version']} of {result['app']} did not start: {host['reason']} ({serving})")
+    return ExitCode.FAILURE
+
+
+@app.command()
+def call(name: str = typer.Argument(..., help="The app."),
+         inputs: Optional[str] = typer.Argument(None, help="Inputs as a JSON object, or @FILE."),
+         json: bool = JsonOpt) -> int:
+    """Run one task and print its result."""
+    from beamctl import apps
+
+    data = _inputs(inputs)
+    task = apps.request("call", app=name, inputs=data)
+    if json:
+        console.emit_json({k: task[k] for k in ("task_id", "status", "start", "result", "error")})
+    elif task["status"] == "succeeded":
+        sys.stdout.write(_json.dumps(task["result"], indent=2) + "\n")
+    if task["status"] == "succeeded":
+        console.say(f"[dim]{task['task_id']} {task['start']} {task['total'] * 1000:.1f} ms "
+                    f"(beamctl profile {task['task_id']})[/]")
+        return ExitCode.OK
+    console.error(f"task {task['task_id']} failed: {task['error']}")
+    return ExitCode.FAILURE
+
+
+def _inputs(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    source = "inputs"
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}")
+    try:
+        data = _json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"{source} is not JSON: {e}", hint="""pass an object, like '{"name": "Ada"}'""")
+    if not isinstance(data, dict):
+        raise UsageError(f"{source} must be a JSON object, not {type(data).__name__}",
+                         hint="""like '{"name": "Ada"}'""")
+    return data
+
+
+@app.command()
+def tasks(name: Optional[str] = typer.Argument(None, help="Only this app."), json: bool = JsonOpt,
+          limit: int = typer.Option(20, "-n", help="How many, newest first.")) -> int:
+    """Recent tasks: status, cold or warm, durations."""
+    from beamctl import apps
+    from beamctl.cli import views
+
+    rows = apps.request("tasks", app=name, limit=limit)
+    if json:
+        console.emit_json(rows)
+    else:
+        for line in views.tasks_table(rows):
+            console.line(line)
+    return ExitCode.OK
+
+
+@app.command()
+def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl call` or `beamctl tasks`."),
+            json: bool = JsonOpt) -> int:
+    """Where a task's time went: queue, image load, container start, on_start, run."""
+    from beamctl import apps
+    from beamctl.cli import views
+
+    task = apps.request("task", task_id=task_id)
+    if json:
+        console.emit_json({"task_id": task["task_id"], "app": task["app"], "start": task["start"],
+                           "phases": task["phases"], "total": task["total"]})
+        return ExitCode.OK
+    recent = [t["total"] for t in apps.request("tasks", app=task["app"], limit=50)
+              if t["start"] == "cold" and t["total"]]
+    for line in views.profile(task, recent):
+        console.say(line)
+    return ExitCode.OK
+
+
+@app.command()
+def logs(name: str = typer.Argument(...), follow: bool = typer.Option(False, "-f", "--follow"),
+         task: Optional[str] = typer.Option(None, "--task", help="Only lines about this task."),
+         since: float = typer.Option(0, "--since", help="Only the last SECONDS."),
+         lines: int = typer.Option(100, "-n", help="How many lines.")) -> int:
+    """The app's output with the agent's events (cold starts, scale to zero) between."""
+    from beamctl import apps
+    from beamctl.cli import views
+
+    start = time.time() - since if since else 0.0
+    entries = apps.request("logs", app=name, since=start, tail=lines, task_id=task)
+    while True:
+        for e in entries:
+            console.line(views.log_line(e))
+        if not follow:
+            return ExitCode.OK
+        start = entries[-1]["ts"] if entries else start
+        time.sleep(FOLLOW_POLL_S)
+        entries = apps.request("logs", app=name, since=start, tail=10_000, task_id=task)
+
+
+@app.command()
+def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt) -> int:
+    """Deployed apps: active version, containers, endpoint and token, recent versions."""
+    from beamctl import apps
+    from beamctl.cli import views
+
+    data = apps.request("status", app=name)
+    if json:
+        console.emit_json(data)
+    else:
+        for line in views.status(data):
+            console.say(line)
+    return ExitCode.OK
+
+
+@app.command()
+def stop(name: str = typer.Argument(...)) -> int:
+    """Stop the app's containers; its volumes and records stay."""
+    from beamctl import apps
+
+    result = apps.request("stop", app=name)
+    console.say(f"stopped {result['app']} v{result['stopped_version']} (volumes kept)")
+    return ExitCode.OK

@@ -1,0 +1,75 @@
+"""How app results look on a terminal: task tables, the profile waterfall, status, log lines. Pure:
+each returns text (rich markup) for the console."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+BAR_WIDTH = 48  # characters for the whole task in `beamctl profile`
+PHASE_LABELS = {"queue": "queue", "image_load": "image load", "container_start": "container start",
+                "imports": "imports", "application_start": "application start (on_start)",
+                "checkpoint_restore": "checkpoint restore", "task_run": "task run", "other": "other"}
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.1f} ms"
+
+
+def profile(task: dict[str, Any], recent_cold: list[float]) -> list[str]:
+    phases = task.get("phases") or {}
+    total = task.get("total") or 0.0
+    lines = [f"[bold]{task['task_id']}[/]  {task['app']} v{task['version']}  [bold]{task['start']}[/] start, "
+             f"{task['status']}, total {ms(total)}"]
+    scale = BAR_WIDTH / max(total, sum(phases.values()), 1e-9)  # one scale: a waterfall of the total
+    offset = 0.0
+    for key, label in PHASE_LABELS.items():
+        if key not in phases:
+            continue
+        value = phases[key]
+        lead = int(round(offset * scale))
+        width = int(round(value * scale))
+        bar = " " * min(lead, BAR_WIDTH) + ("█" * width if width else ("▏" if value else ""))
+        lines.append(f"  {label:<30} {ms(value):>12}  [cyan]{bar}[/]")
+        offset += value
+    if recent_cold:
+        avg = sum(recent_cold) / len(recent_cold)
+        lines.append(f"  recent cold starts of {task['app']}: {len(recent_cold)}, average total {ms(avg)}")
+    if task.get("error"):
+        lines.append(f"  [red]error:[/] {task['error']}")
+    return lines
+
+
+def tasks_table(tasks: list[dict[str, Any]]) -> list[str]:
+    head = f"{'TASK':<16} {'APP':<16} {'VER':>3} {'STATUS':<10} {'START':<6} {'TOTAL':>12} {'RUN':>12}  WHEN"
+    rows = [head]
+    for t in tasks:
+        run = (t.get("phases") or {}).get("task_run")
+        when = time.strftime("%H:%M:%S", time.localtime(t["received"]))
+        rows.append(f"{t['task_id']:<16} {t['app']:<16} {t['version'] or '-':>3} {t['status']:<10} "
+                    f"{t['start'] or '-':<6} {ms(t['total']):>12} {ms(run):>12}  {when}")
+    return rows
+
+
+def status(data: dict[str, Any]) -> list[str]:
+    lines = []
+    for app in data["apps"]:
+        lines.append(f"[bold]{app['app']}[/]  active: v{app['active_version']}  {app['image'] or ''}"
+                     if app["active_version"] else f"[bold]{app['app']}[/]  not running")
+        if app["endpoint"]:
+            lines.append(f"  endpoint: {app['endpoint']}")
+            lines.append(f"  token:    {app['token']}")
+        for c in app["containers"]:
+            idle = f", idle {c['idle_s']:.0f} s" if c["idle_s"] else ""
+            lines.append(f"  container {c['id']} v{c['version']} {c['state']}, {c['busy']} busy{idle}")
+        if not app["containers"] and app["active_version"]:
+            lines.append("  no container running (scaled to zero: the next task starts one cold)")
+        for v in app["versions"]:
+            reason = f" ({v['reason']})" if v["reason"] else ""
+            lines.append(f"  v{v['version']} {v['state']}{reason}  {v['image']}")
+    return lines or ["no apps deployed on this machine"]
+
+
+def log_line(entry: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(entry["ts"])) + f".{int(entry['ts'] % 1 * 1000):03d}"
+    return f"{stamp} {entry['source']:<12} {entry['text']}"
