@@ -19,7 +19,7 @@ def _agent(autostart: bool = False) -> Any:
     return local_agent(autostart=autostart)
 
 
-def request(op: str, autostart: bool = False, **args: Any) -> Any:
+def request(op: str, autostart: bool = True, **args: Any) -> Any:
     from beamctl.agent.control import answer_or_raise
 
     answer = _agent(autostart).request(op, **args)

@@ -59,8 +59,8 @@ class ContainerInfo:
 class Containers(Protocol):
     def has_image(self, ref: str) -> bool: ...
     def create(self, args: dict[str, Any]) -> str: ...
-    def start(self, container_id: str) -> str: ...  # returns the container's IP address
-    def ip(self, container_id: str) -> str: ...
+    def start(self, container_id: str) -> str: ...  # returns the runtime's address, "host:port"
+    def address(self, container_id: str) -> str: ...
     def exit_code(self, container_id: str) -> int | None: ...  # None while running
     def stop(self, container_id: str) -> None: ...
     def remove(self, container_id: str) -> None: ...
@@ -92,10 +92,11 @@ class DockerContainers:
 
     def start(self, container_id: str) -> str:
         self.api.start(container_id)
-        return self.ip(container_id)
+        return self.address(container_id)
 
-    def ip(self, container_id: str) -> str:
-        return self.api.inspect_container(container_id)["NetworkSettings"]["IPAddress"]
+    def address(self, container_id: str) -> str:
+        ip = self.api.inspect_container(container_id)["NetworkSettings"]["IPAddress"]
+        return f"{ip}:{RUNTIME_PORT}"
 
     def exit_code(self, container_id: str) -> int | None:
         state = self.api.inspect_container(container_id)["State"]

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from beamctl.agent.containers import RUNTIME_PORT, Containers
+from beamctl.agent.containers import Containers
 from beamctl.agent.profile import ContainerTimeline
 
 HEALTH_POLL_S = 0.005  # READY is seen within 5 ms: this gap shows up as "other" in cold profiles
@@ -35,7 +35,7 @@ class Live:
     id: str
     version: int
     timeline: ContainerTimeline
-    ip: str = ""
+    address: str = ""  # the runtime's "host:port"
     state: str = "starting"  # starting | ready | failed | stopping
     busy: int = 0
     last_used: float = 0.0
@@ -46,7 +46,7 @@ class Live:
     def request(self, method: str, path: str, body: dict | None, timeout: float) -> tuple[int, dict]:
         """One HTTP exchange with the runtime over a kept-alive connection."""
         with self._conn_lock:
-            conn = self._conns.pop() if self._conns else http.client.HTTPConnection(self.ip, RUNTIME_PORT)
+            conn = self._conns.pop() if self._conns else http.client.HTTPConnection(self.address)
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -99,7 +99,7 @@ class Pool:
 
     def _boot(self, live: Live) -> None:
         try:
-            live.ip = self.containers.start(live.id)
+            live.address = self.containers.start(live.id)
             health = self._wait_ready(live)
             t = live.timeline
             timings = health.get("timings", {})

@@ -66,7 +66,7 @@ class Agent:
     def _adopt(self, pool: Pool, container_id: str) -> bool:
         live = Live(container_id, pool.version or 0, ContainerTimeline(0.0, 0.0, ready_seen=0.0))
         try:
-            live.ip = self.containers.ip(container_id)
+            live.address = self.containers.address(container_id)
             status, health = live.request("GET", "/health", None, timeout=2)
         except Exception:  # noqa: BLE001 - not healthy: not adopted
             return False

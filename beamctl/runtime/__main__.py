@@ -1,19 +1,24 @@
-"""`python -m beamctl_runtime check`: import the handler module and find the app's functions.
+"""`python -m beamctl_runtime [check|serve]`: the image's entrypoint.
 
-Exit 0 when the image can run the app; otherwise exit 3 with one message naming what is
-missing. The agent (issue 4) adds `serve`.
+check (the default command): import the handler module and find the app's functions; exit 0 when
+the image can run the app, else 3 with one message naming what is missing.
+serve: the container's main process under the agent (serve.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
+
+PROCESS_START = time.monotonic()  # first thing: the agent measures cold starts from here
+
+import argparse  # noqa: E402 - after the clock on purpose
+import os  # noqa: E402
+import sys  # noqa: E402
 
 if __package__ in (None, ""):  # run as a folder: python /opt/beamctl/lib/beamctl_runtime
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from beamctl_runtime.entry import EntryError, load  # type: ignore[no-redef]
+    __package__ = "beamctl_runtime"
 else:
     from .entry import EntryError, load
 
@@ -46,9 +51,12 @@ def check(app_dir: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="beamctl_runtime")
-    parser.add_argument("mode", nargs="?", default="check", choices=["check"])
+    parser.add_argument("mode", nargs="?", default="check", choices=["check", "serve"])
     parser.add_argument("--app-dir", default=os.environ.get("BEAMCTL_APP_DIR", "/app"))
     args = parser.parse_args(argv)
+    if args.mode == "serve":
+        from .serve import main as serve  # only serve pays for http.server
+        serve(args.app_dir, PROCESS_START)
     return check(args.app_dir)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 from typing import Any, Callable
@@ -24,11 +25,11 @@ def load(spec: str, role: str) -> Callable[..., Any]:
         if e.name == module_name or module_name.startswith(f"{e.name}."):
             raise EntryError(f"{role} {spec}: module '{module_name}' is not in the image (looked in "
                              f"{', '.join(p for p in sys.path if p)})") from None
-        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {_one_line(e)}",
-                         _trace(e)) from None
+        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {one_line(e)}",
+                         app_trace(e)) from None
     except Exception as e:  # noqa: BLE001 - any import-time failure of user code
-        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {_one_line(e)}",
-                         _trace(e)) from None
+        raise EntryError(f"{role} {spec}: importing '{module_name}' failed: {one_line(e)}",
+                         app_trace(e)) from None
     func = getattr(module, func_name, None)
     if func is None:
         raise EntryError(f"{role} {spec}: module '{module_name}' has no function '{func_name}'")
@@ -37,15 +38,20 @@ def load(spec: str, role: str) -> Callable[..., Any]:
     return func
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """`ValueError: message` on one line, for log lines and task errors."""
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _trace(e: BaseException) -> str:
-    """The traceback of the app's own frames (not importlib's, not ours)."""
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def app_trace(e: BaseException) -> str:
+    """The traceback of the app's own frames (not importlib's, not this package's)."""
     frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not f.filename.startswith("<frozen") and f.filename not in (__file__, importlib.__file__)]
+              if not f.filename.startswith("<frozen") and f.filename != importlib.__file__
+              and os.path.dirname(os.path.abspath(f.filename)) != _HERE]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
              *traceback.format_exception_only(type(e), e)]
     return "".join(lines).rstrip()

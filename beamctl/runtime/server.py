@@ -1,0 +1,122 @@
+"""The HTTP API: GET /health and POST /tasks, JSON both ways, HTTP/1.1 keep-alive.
+
+Every response carries Content-Length and goes out in one write (headers and body buffered
+together, Nagle off), so a keep-alive client never waits on a delayed ACK.
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, Optional
+
+from . import tasks
+from .state import READY, Runtime
+
+MAX_BODY_BYTES = 256 * 1024 * 1024  # inputs are JSON: anything bigger belongs in a volume
+LISTEN_BACKLOG = 128  # connections the kernel holds while every thread is busy accepting
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True  # one thread per connection; none keeps the process alive
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, port: int, runtime: Runtime) -> None:
+        self.runtime = runtime
+        super().__init__(("0.0.0.0", port), Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can wait on DNS for seconds.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "localhost", self.server_address[1]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "beamctl-runtime"
+    disable_nagle_algorithm = True
+    wbufsize = -1  # buffered: handle_one_request flushes once per response
+    server: Server
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._reply(200, self.server.runtime.health())
+        else:
+            self._reply(404, {"error": f"no such path: GET {self.path} (try /health)"})
+
+    def do_POST(self) -> None:
+        queued = time.monotonic()
+        if self.path != "/tasks":
+            self._reply(404, {"error": f"no such path: POST {self.path} (try /tasks)"}, close=True)
+            return
+        body = self._body()
+        if body is None:
+            return
+        rt = self.server.runtime
+        if rt.state != READY:
+            self._reply(503, {"error": "not ready", "state": rt.state})
+            return
+        try:
+            task_id, inputs = tasks.parse(body)
+        except tasks.BadRequest as e:
+            self._reply(400, {"error": str(e)})
+            return
+        self._send(200, tasks.run(rt, task_id, inputs, queued))
+
+    def handle_expect_100(self) -> bool:
+        ok = super().handle_expect_100()
+        self.wfile.flush()  # the client waits for this line before it sends the body
+        return ok
+
+    def _body(self) -> Optional[bytes]:
+        """The request body, or None after replying with why it cannot be read (and closing)."""
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+            self._reply(411, {"error": "send the body with a Content-Length header" +
+                              (" (chunked bodies are not read)" if chunked else "")}, close=True)
+            return None
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self._reply(400, {"error": f"bad Content-Length: {raw!r}"}, close=True)
+            return None
+        if length > MAX_BODY_BYTES:
+            self._reply(413, {"error": f"the body is {length} bytes; at most {MAX_BODY_BYTES} are read"},
+                        close=True)
+            return None
+        return self.rfile.read(length)
+
+    def _reply(self, code: int, doc: Dict[str, Any], close: bool = False) -> None:
+        self._send(code, json.dumps(doc).encode(), close)
+
+    def _send(self, code: int, body: bytes, close: bool = False) -> None:
+        self.send_response_only(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")  # also sets close_connection
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """http.server's own errors (bad request line, unknown method) as JSON, then close."""
+        self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            return
+        self._reply(code, {"error": message or self.responses.get(code, ("error",))[0]}, close=True)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass  # quiet: one line per task comes from tasks.run
+
+
+def start(port: int, runtime: Runtime) -> Server:
+    """Listen on 0.0.0.0:port and serve from a daemon thread; returns the server (for shutdown)."""
+    server = Server(port, runtime)
+    threading.Thread(target=server.serve_forever, name="beamctl-http", daemon=True).start()
+    return server

@@ -1,0 +1,52 @@
+"""What `serve` is told by its environment: the image's ENV plus what the agent sets per container."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+DEFAULT_PORT = 8000
+DEFAULT_WORKERS = 1  # beam.yaml `workers`: tasks one container runs at the same time
+DEFAULT_TIMEOUT_S = 180.0  # beam.yaml `timeout`: seconds one task may run
+MAX_WORKERS = 256  # the schema's maximum
+
+
+class SettingsError(Exception):
+    """An environment variable has a value `serve` cannot use; the message names it."""
+
+
+class Settings:
+    __slots__ = ("app", "handler", "on_start", "app_dir", "port", "workers", "timeout_s", "cache_dir")
+
+    def __init__(self, env: Mapping[str, str], app_dir: str) -> None:
+        self.app = env.get("BEAMCTL_APP", "app")
+        self.handler = env.get("BEAMCTL_HANDLER", "")
+        if not self.handler:
+            raise SettingsError("BEAMCTL_HANDLER is not set; the image was not built by beamctl")
+        self.on_start: Optional[str] = env.get("BEAMCTL_ON_START") or None
+        self.app_dir = app_dir
+        self.port = _number(env, "BEAMCTL_PORT", int, DEFAULT_PORT, 1, 65535)
+        self.workers = _number(env, "BEAMCTL_WORKERS", int, DEFAULT_WORKERS, 1, MAX_WORKERS)
+        self.timeout_s = _number(env, "BEAMCTL_TIMEOUT", float, DEFAULT_TIMEOUT_S, 0.001, 86400 * 7)
+        self.cache_dir: Optional[str] = env.get("BEAMCTL_CACHE_DIR") or None
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, default, low, high):
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise SettingsError(f"{name}={raw!r}: expected {'an integer' if kind is int else 'a number'} "
+                            f"from {low} to {high}")
+    return value
+
+
+def export_cache_dir(path: str) -> None:
+    """Point the model libraries' caches at `path` (before the app imports them) and create it."""
+    os.makedirs(path, exist_ok=True)
+    for var in ("HF_HOME", "TRANSFORMERS_CACHE", "TORCH_HOME"):
+        os.environ[var] = path
