@@ -1,0 +1,128 @@
+"""The agent's pure parts: container arguments, GPU placement, records, secrets, the control protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from beamctl.agent import control, gpus
+from beamctl.agent.containers import create_args
+from beamctl.agent.spec import AppSpec, VolumeSpec, spec_from_config
+from beamctl.agent.store import Store
+from beamctl.config import load
+from tests.conftest import FIXTURES
+
+
+def test_spec_from_config_round_trips_through_json():
+    config, _ = load(FIXTURES / "good" / "full.yaml")
+    spec = spec_from_config(config, "beamctl/sentiment:abc")
+    assert AppSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    assert spec.gpu == ("H100",) and spec.volumes[1] == VolumeSpec("scratch", "/app/scratch")
+    assert spec.secret_names == ("HF_TOKEN",) and "HF_TOKEN" not in json.dumps(spec.to_json()["env"])
+
+
+def test_create_args_whole_value(monkeypatch):
+    monkeypatch.setattr("secrets.token_hex", lambda n: "abcdef")
+    spec = AppSpec("demo", "beamctl/demo:1", workers=2, timeout_s=30, cpu=0.5, memory_bytes=256 << 20,
+                   volumes=(VolumeSpec("models", "/models"),), cache_dir="/models/cache", env={"A": "1"},
+                   secret_names=("KEY",))
+    args = create_args(spec, 3, "agent1", Path("/var/lib/beamctl"), {"KEY": "s3cret"})
+    assert args == {
+        "image": "beamctl/demo:1", "command": ["serve"], "name": "beamctl-demo-v3-abcdef",
+        "environment": {"A": "1", "KEY": "s3cret", "BEAMCTL_WORKERS": "2", "BEAMCTL_TIMEOUT": "30",
+                        "BEAMCTL_PORT": "8000", "BEAMCTL_CACHE_DIR": "/models/cache"},
+        "labels": {"dev.beamctl.app": "demo", "dev.beamctl.version": "3", "dev.beamctl.agent": "agent1"},
+        "volumes": {"/var/lib/beamctl/volumes/demo/models": {"bind": "/models", "mode": "rw"}},
+        "nano_cpus": 500_000_000, "mem_limit": 256 << 20, "stop_signal": "SIGTERM",
+    }
+    assert "s3cret" not in json.dumps(args["command"]) + args["name"]
+
+
+SMI = """0, NVIDIA H100 80GB HBM3, 81559, 580.159.04
+1, NVIDIA H100 80GB HBM3, 81559, 580.159.04
+"""
+
+
+def test_gpu_inventory_and_placement():
+    found = gpus.parse(SMI)
+    assert [(g.index, g.canonical, g.memory_mib) for g in found] == [(0, "H100", 81559), (1, "H100", 81559)]
+    assert gpus.placement(("A100-80", "H100:2"), found) == ("H100", 2)
+    assert gpus.placement((), []) == ("", 0)
+    assert gpus.placement(("T4",), []) == "this host has no GPU (nvidia-smi lists none); the app asks for T4"
+    assert gpus.placement(("H100:4",), found) == ("this host has NVIDIA H100 80GB HBM3, NVIDIA H100 80GB HBM3; "
+                                                  "the app asks for H100:4")
+
+
+def test_records_survive_reopening_and_cut_off_tasks_are_marked_lost(tmp_path):
+    store = Store(tmp_path / "agent.db")
+    store.ensure_app("demo", "tok")
+    version = store.new_version("demo", "img", {"workers": 1})
+    store.task_started("t-1", "demo", 100.0)
+    store.task_started("t-2", "demo", 101.0)
+    store.task_finished({"task_id": "t-1", "version": version, "status": "succeeded", "start": "cold",
+                         "finished": 102.0, "phases": {"task_run": 0.5}, "total": 2.0, "result": {"x": 1},
+                         "error": None, "container": "abc"})
+    again = Store(tmp_path / "agent.db")
+    assert again.mark_lost() == 1
+    assert again.task("t-1")["result"] == {"x": 1} and again.task("t-2")["status"] == "lost"
+    assert again.token("demo") == "tok" and again.ensure_app("demo", "other") == "tok"
+    assert [t["task_id"] for t in again.tasks("demo", 10)] == ["t-2", "t-1"]
+
+
+def test_secrets_come_from_env_then_a_private_file(tmp_path, monkeypatch):
+    from beamctl import secrets
+
+    path = tmp_path / "secrets.env"
+    path.write_text("# mine\nA=from-file\nB=b-file\n")
+    path.chmod(0o600)
+    monkeypatch.setenv("BEAMCTL_SECRETS_FILE", str(path))
+    monkeypatch.setenv("A", "from-env")
+    assert secrets.gather(("A", "B")) == {"A": "from-env", "B": "b-file"}
+    with pytest.raises(secrets.SecretError) as e:
+        secrets.gather(("C",))
+    assert e.value.message == "no value for secret C"
+    path.chmod(0o644)
+    with pytest.raises(secrets.SecretError) as e:
+        secrets.gather(("B",))
+    assert e.value.message == f"{path} can be read by other users (mode 644)" and e.value.hint == f"chmod 600 {path}"
+
+
+class _FakeAgent:
+    def status(self, app=None):
+        return {"apps": [app]}
+
+    def stop(self, app):
+        from beamctl.agent.service import AgentError
+
+        raise AgentError(f"{app} is not running here", hint="deploy it")
+
+
+def test_control_protocol_answers_and_errors():
+    agent = _FakeAgent()
+    assert control.handle(agent, {"op": "status", "args": {"app": "x"}}) == {"ok": True, "result": {"apps": ["x"]}}
+    assert control.handle(agent, {"op": "stop", "args": {"app": "x"}}) == {
+        "ok": False, "error": "x is not running here", "hint": "deploy it", "data": {}}
+    assert control.handle(agent, {"op": "rm -rf", "args": {}})["error"] == "unknown operation 'rm -rf'"
+    assert control.handle(agent, {"op": "status", "args": {"bogus": 1}})["error"].startswith("bad arguments")
+
+
+def test_control_socket_round_trip(tmp_path):
+    server = control.serve(_FakeAgent(), tmp_path / "agent.sock")
+    try:
+        assert oct((tmp_path / "agent.sock").stat().st_mode & 0o777) == "0o600"
+        client = control.AgentClient(control.LocalTransport(tmp_path / "agent.sock", timeout=5))
+        assert client.request("status", app="a")["result"] == {"apps": ["a"]}
+        assert client.request("status", app="b")["result"] == {"apps": ["b"]}  # same connection
+        raw = socket.socket(socket.AF_UNIX)
+        raw.connect(str(tmp_path / "agent.sock"))
+        raw.sendall(b"not json\n")
+        assert json.loads(raw.makefile().readline()) == {"ok": False, "error": "the request is not JSON"}
+        raw.close()
+    finally:
+        server.shutdown()
+        server.server_close()
