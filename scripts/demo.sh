@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# The main job on this machine, as far as beamctl goes today: set up, check the example app, build
-# its image and run the image's check. Deploy, call and profile join this script with the agent (issue 4).
+# The main job on this machine: set up, deploy the example app to the local agent, call it cold and
+# warm, and show both profiles. The example is copied with keep_warm_seconds: 2 so that the demo
+# sees a scale-to-zero and a cold start without waiting a minute.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-BEAMCTL=.venv/bin/beamctl
-echo "== beamctl validate -f examples/hello"
-"$BEAMCTL" validate -f examples/hello
-echo "== beamctl build -f examples/hello (the first build may make a base image: about a minute)"
-image=$("$BEAMCTL" build -f examples/hello --json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["image"])')
-echo "== docker run --rm $image   (the image's check mode)"
-docker run --rm "$image"
+BEAMCTL=$PWD/.venv/bin/beamctl
+task_id() { "$PWD/.venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["task_id"])'; }
+app=$(mktemp -d /tmp/beamctl-demo.XXXXXX)
+cp examples/hello/app.py examples/hello/beam.yaml "$app/"
+sed -i 's/^keep_warm_seconds: .*/keep_warm_seconds: 2/' "$app/beam.yaml"
+
+echo "== beamctl deploy -f $app   (the first build may make a base image: about a minute)"
+"$BEAMCTL" deploy -f "$app"
+echo "== waiting 3 s: the idle container scales to zero"
+sleep 3
+echo "== beamctl call hello '{\"name\": \"Ada\"}'   (cold)"
+cold=$("$BEAMCTL" call hello '{"name": "Ada"}' --json | task_id)
+echo "== beamctl call hello '{\"name\": \"Bo\"}'    (warm)"
+warm=$("$BEAMCTL" call hello '{"name": "Bo"}' --json | task_id)
+echo "== beamctl profile $cold"
+"$BEAMCTL" profile "$cold"
+echo "== beamctl profile $warm"
+"$BEAMCTL" profile "$warm"
+echo "== beamctl tasks hello"
+"$BEAMCTL" tasks hello -n 5
