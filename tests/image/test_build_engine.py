@@ -131,3 +131,13 @@ def test_bad_config_builds_nothing(make_app, shared_cache):
     assert proc.stderr.splitlines()[0].endswith("memory: '8GB' is not a memory size: write 8Gi "
                                                 "(binary units: Ki, Mi, Gi, Ti)")
     assert tags(name) == []
+
+
+def test_missing_handler_file_builds_nothing(make_app, shared_cache):
+    folder, name = make_app()
+    (folder / "app.py").unlink()
+    proc = beamctl("build", "-f", str(folder), cache=shared_cache)
+    assert proc.returncode == 2
+    assert ("handler: module 'app' not found: expected app.py in the app folder (the folder holding "
+            "beam.yaml)") in proc.stderr
+    assert tags(name) == []
