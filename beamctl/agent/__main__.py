@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
@@ -30,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (data_dir / "agent.lock").open("a")  # held for the agent's life; the kernel drops it on death
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"beamctl-agent: another agent is running on {data_dir}", file=sys.stderr)
+        return 3
     try:
         client = docker.from_env(timeout=120)
         client.ping()

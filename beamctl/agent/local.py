@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -25,6 +26,12 @@ def local_agent(autostart: bool = True, data_dir: Path | None = None) -> AgentCl
         raise EnvironmentProblem(f"no agent is running on this machine ({sock})",
                                  hint="`beamctl deploy` starts one")
     data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "agent-start.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # commands run at once start one agent; the others wait for it
+        return _try(sock) or _start(data_dir, sock)
+
+
+def _start(data_dir: Path, sock: Path) -> AgentClient:
     log = (data_dir / "agent.log").open("ab")
     argv = [sys.executable, "-m", "beamctl.agent", "--data-dir", str(data_dir)]
     http = os.environ.get("BEAMCTL_AGENT_HTTP")
