@@ -36,6 +36,8 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
     from beamctl.image import build_app
 
     secret_values = secrets.gather(config.secrets)  # before the build: fail fast on a missing secret
+    if config.gpu:
+        request("check_placement", gpu=[str(g) for g in config.gpu])  # no build for a host that can't run it
     image = build_app(config, progress)
     progress(f"deploying {image.image} to the local agent")
     client = _agent(autostart=True)

@@ -16,10 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from beamctl import __version__
-
 MAX_LINE_BYTES = 64 << 20  # one request (a deploy with its secrets, a call with its inputs)
-OPS = ("version", "deploy", "call", "task", "tasks", "status", "logs", "stop")
+OPS = ("version", "check_placement", "deploy", "call", "task", "tasks", "status", "logs", "stop")
 
 
 def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -29,7 +27,7 @@ def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:
     if op not in OPS:
         return {"ok": False, "error": f"unknown operation {op!r}", "hint": "is beamctl older than the agent?"}
     try:
-        result = {"version": __version__, "pid": os.getpid()} if op == "version" else getattr(agent, op)(**args)
+        result = (agent.about() if op == "version" else getattr(agent, op)(**args))
     except AgentError as e:
         return {"ok": False, "error": e.message, "hint": e.hint, "data": e.data}
     except TypeError as e:

@@ -40,8 +40,15 @@ def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
                 self._send(404, {"error": "not found; POST /apps/NAME runs a task"})
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if 0 < length <= MAX_BODY_BYTES else b""
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self.close_connection = True
+                return self._send(400, {"error": "bad Content-Length"})
+            if length > MAX_BODY_BYTES:  # not read: the connection cannot be reused
+                self.close_connection = True
+                return self._send(413, {"error": f"inputs larger than {MAX_BODY_BYTES >> 20} MiB"})
+            body = self.rfile.read(length) if length > 0 else b""
             parts = self.path.strip("/").split("/")
             if len(parts) != 2 or parts[0] != "apps":
                 return self._send(404, {"error": "not found; POST /apps/NAME runs a task"})
@@ -50,8 +57,6 @@ def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
             given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             if not token or not hmac.compare_digest(given.encode(), token.encode()):
                 return self._send(401, {"error": "missing or wrong token (beamctl status shows it)"})
-            if length > MAX_BODY_BYTES:
-                return self._send(413, {"error": f"inputs larger than {MAX_BODY_BYTES >> 20} MiB"})
             try:
                 inputs = json.loads(body or b"{}")
             except ValueError:
@@ -59,7 +64,7 @@ def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
             try:
                 task = agent.call(app, inputs)
             except AgentError as e:
-                return self._send(400 if "input" in e.message else 503, {"error": e.message})
+                return self._send(400 if e.data.get("kind") == "input" else 503, {"error": e.message})
             answer = {k: task[k] for k in ("task_id", "status", "start", "result", "error")}
             self._send(200 if task["status"] == "succeeded" else 500, answer)
 

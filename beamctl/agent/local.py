@@ -38,7 +38,7 @@ def _start(data_dir: Path, sock: Path) -> AgentClient:
     if http:
         argv += ["--http", http]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                            cwd="/")
+                            cwd="/", env=agent_env(os.environ))
     deadline = time.monotonic() + START_WAIT_S
     while time.monotonic() < deadline:
         client = _try(sock)
@@ -50,6 +50,12 @@ def _start(data_dir: Path, sock: Path) -> AgentClient:
     tail = (data_dir / "agent.log").read_text(errors="replace").strip().splitlines()[-3:]
     raise EnvironmentProblem("the local agent did not start: " + (" / ".join(tail) or "no output"),
                              hint=f"see {data_dir / 'agent.log'}")
+
+
+def agent_env(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The agent's environment: what it needs, never the deploying user's secrets."""
+    keep = {"PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH"}
+    return {k: v for k, v in env.items() if k in keep or k.startswith(("DOCKER_", "BEAMCTL_AGENT_"))}
 
 
 def _try(sock: Path) -> AgentClient | None:

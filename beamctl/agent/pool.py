@@ -83,6 +83,7 @@ class Pool:
         self.on_event, self.on_retire = on_event, on_retire
         self._failure: StartFailed | None = None
         self._failure_at = 0.0
+        self._failure_version: int | None = None
 
     # starting ---------------------------------------------------------------------------------
     def start(self, version: int) -> Live:
@@ -120,6 +121,7 @@ class Pool:
             if live.failure is not None:
                 self.live.remove(live)
                 self._failure, self._failure_at = live.failure, time.monotonic()
+                self._failure_version = live.version
             self.cond.notify_all()
         if state == "failed":
             self.on_retire(live)
@@ -158,7 +160,8 @@ class Pool:
                 if free:
                     free.busy += 1
                     return free
-                if self._failure is not None and self._failure_at >= since:
+                if (self._failure is not None and self._failure_at >= since
+                        and self._failure_version == self.version):
                     raise self._failure  # the start this task waited for failed
                 if not current:
                     self.on_event(f"cold start of v{self.version}")
@@ -191,7 +194,7 @@ class Pool:
         return gone
 
     def drain(self) -> list[Live]:
-        """Every container leaves the pool (stop): running tasks finish first (bounded by the caller)."""
+        """Every container leaves the pool (stop); the caller has let running tasks finish."""
         with self.cond:
             gone, self.live = self.live, []
             self.version = None

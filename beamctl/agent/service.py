@@ -22,12 +22,13 @@ from beamctl.agent.store import Store
 HEALTH_TIMEOUT_S = 300  # on_start of a big model (weights from disk, CUDA init) can take minutes
 REAP_EVERY_S = 0.5  # how often idle containers are looked for
 HTTP_SLACK_S = 10  # beyond the task timeout, for the runtime to answer
+STOP_DRAIN_S = 30  # `stop` waits this long for running tasks before stopping their containers
 
 
 class AgentError(Exception):
     def __init__(self, message: str, hint: str | None = None, **data: Any) -> None:
         super().__init__(message)
-        self.message, self.hint, self.data = message, hint, data
+        self.message, self.hint, self.data = message, hint, data  # data["kind"]: "input" for bad inputs
 
 
 class Agent:
@@ -47,6 +48,19 @@ class Agent:
         self.endpoint = ""  # set by the HTTP server: http://host:port
 
     # life ---------------------------------------------------------------------------------------
+    def about(self) -> dict[str, Any]:
+        from beamctl import __version__
+
+        return {"version": __version__, "pid": os.getpid(), "endpoint": self.endpoint,
+                "gpus": [{"name": g.name, "canonical": g.canonical, "memory_mib": g.memory_mib,
+                          "driver": g.driver, "index": g.index} for g in self.gpus]}
+
+    def check_placement(self, gpu: list[str]) -> None:
+        """Refuse early (before a build) what deploy would refuse: a GPU this host does not have."""
+        place = _gpus.placement(tuple(gpu), self.gpus)
+        if isinstance(place, str):
+            raise AgentError(place, hint="deploy to a host with that GPU, or change gpu in beam.yaml")
+
     def recover(self) -> None:
         """After a (re)start: cut-off tasks are marked lost; healthy containers are adopted, not killed."""
         lost = self.store.mark_lost()
@@ -116,12 +130,13 @@ class Agent:
 
     def _deploy(self, spec: AppSpec, secret_values: dict[str, str], gpu_count: int,
                 health_timeout: float) -> dict[str, Any]:
-        _write_secrets(self.data_dir / "secrets" / f"{spec.app}.json", secret_values)
         for v in spec.volumes:  # created once, never deleted by beamctl
             volume_dir(self.data_dir, spec.app, v.name).mkdir(parents=True, exist_ok=True)
         if not self.containers.has_image(spec.image):
             raise AgentError(f"image {spec.image} is not on this host")
         version = self.store.new_version(spec.app, spec.image, {**spec.to_json(), "gpu_count": gpu_count})
+        _write_secrets(self._secrets_path(spec.app, version), secret_values)  # per version: a failed
+        # deploy never changes what the serving version starts with
         token = self.store.ensure_app(spec.app, _secrets.token_urlsafe(32))
         pool = self._pool(spec.app)
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
@@ -176,9 +191,12 @@ class Agent:
 
     def _create_args(self, app: str, version: int) -> dict[str, Any]:
         spec_json = self._spec(app, version)
-        secret_values = _read_secrets(self.data_dir / "secrets" / f"{app}.json")
+        secret_values = _read_secrets(self._secrets_path(app, version))
         return create_args(AppSpec.from_json(spec_json), version, self.agent_id, self.data_dir, secret_values,
                            spec_json.get("gpu_count", 0))
+
+    def _secrets_path(self, app: str, version: int) -> Path:
+        return self.data_dir / "secrets" / f"{app}-v{version}.json"
 
     def _retire(self, app: str, live: Live) -> None:
         live.close()
@@ -189,7 +207,7 @@ class Agent:
     # tasks ----------------------------------------------------------------------------------------
     def call(self, app: str, inputs: Any) -> dict[str, Any]:
         if not isinstance(inputs, dict):
-            raise AgentError("a task's input must be a JSON object, like {\"name\": \"Ada\"}")
+            raise AgentError("a task's input must be a JSON object, like {\"name\": \"Ada\"}", kind="input")
         pool = self.pools.get(app)
         if pool is None or pool.version is None:
             raise AgentError(f"{app} is not deployed here", hint="run `beamctl deploy` first")
@@ -266,6 +284,10 @@ class Agent:
         if pool is None or pool.version is None:
             raise AgentError(f"{app} is not running here")
         version = pool.version
+        deadline = time.monotonic() + STOP_DRAIN_S
+        with pool.cond:  # running tasks finish first (bounded)
+            while any(c.busy for c in pool.live) and time.monotonic() < deadline:
+                pool.cond.wait(0.2)
         for live in pool.drain():
             self._retire(app, live)
         self.store.set_active(app, None)

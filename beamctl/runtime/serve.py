@@ -14,11 +14,8 @@ import threading
 import time
 from typing import NoReturn, Optional
 
-from . import server, tasks
-from .app import load_app
-from .entry import EntryError, app_trace, one_line
+from . import server
 from .log import complain, say
-from .pool import Pool
 from .settings import Settings, SettingsError, export_cache_dir
 from .state import FAILED, Runtime
 
@@ -40,18 +37,19 @@ def serve(app_dir: str, process_start: float) -> int:
         return EXIT_BAD_SETTINGS
     rt = Runtime(settings, process_start)
     try:
-        http = server.start(settings.port, rt)
+        server.start(settings.port, rt)
     except OSError as e:
-        complain(f"cannot listen on port {settings.port}: {one_line(e)}")
+        complain(f"cannot listen on port {settings.port}: {type(e).__name__}: {e}")
         return EXIT_BAD_SETTINGS
+    from . import tasks  # the rest of the runtime, once /health answers
+    from .pool import Pool
+
     failure = _start_app(rt)
     if failure:
-        rt.state = FAILED
+        rt.state = FAILED  # for the moment until exit_now; the listening socket closes with the process
         complain(*failure)
-        http.shutdown()
-        http.server_close()
         return EXIT_APP_BROKEN
-    rt.become_ready(rt.app, Pool(settings.workers, tasks.late))
+    rt.become_ready(Pool(settings.workers, tasks.late))
     say(f"ready on port {settings.port} ({settings.workers} worker{'s' * (settings.workers > 1)}, "
         f"timeout {settings.timeout_s:g} s)")
     threading.Event().wait()  # the server and workers are daemon threads; a signal ends this
@@ -63,6 +61,9 @@ def _start_app(rt: Runtime) -> Optional[tuple]:
 
     Sets rt.app; returns None, or (message, traceback) when the app cannot start.
     """
+    from .app import load_app
+    from .entry import EntryError, app_trace, one_line
+
     s = rt.settings
     sys.path.insert(0, s.app_dir)
     begin = time.monotonic()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import socketserver
+import sys
 import threading
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional
 
-from . import tasks
+from .log import complain
 from .state import READY, Runtime
 
 MAX_BODY_BYTES = 256 * 1024 * 1024  # inputs are JSON: anything bigger belongs in a volume
@@ -27,6 +29,13 @@ class Server(ThreadingHTTPServer):
     def __init__(self, port: int, runtime: Runtime) -> None:
         self.runtime = runtime
         super().__init__(("0.0.0.0", port), Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is no news; anything else is a runtime bug: one line and its trace."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError):
+            complain(f"HTTP request from {client_address[0]} failed: {type(error).__name__}: {error}",
+                     traceback.format_exc().rstrip())
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, which can wait on DNS for seconds.
@@ -56,9 +65,11 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         rt = self.server.runtime
-        if rt.state != READY:
+        if rt.state != READY:  # READY also means `tasks` is imported (by serve, after the server started)
             self._reply(503, {"error": "not ready", "state": rt.state})
             return
+        from . import tasks  # a dictionary lookup once imported
+
         try:
             task_id, inputs = tasks.parse(body)
         except tasks.BadRequest as e:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from .app import App
-from .pool import Pool
-from .settings import Settings
+if TYPE_CHECKING:  # not imported at run time: the HTTP server starts before the app's modules load
+    from .app import App
+    from .pool import Pool
+    from .settings import Settings
 
 STARTING, READY, FAILED = "STARTING", "READY", "FAILED"  # FAILED lasts only until the process exits
 
@@ -33,8 +34,8 @@ class Runtime:
         now = self.timings[point] = time.monotonic()
         return now
 
-    def become_ready(self, app: App, pool: Pool) -> None:
-        self.app, self.pool = app, pool
+    def become_ready(self, pool: Pool) -> None:
+        self.pool = pool
         self.mark("ready")
         self.state = READY  # last: a request that sees READY finds app and pool set
 

@@ -22,7 +22,7 @@ class BadRequest(Exception):
 def parse(body: bytes) -> Tuple[str, Dict[str, Any]]:
     """`{"task_id": "...", "inputs": {...}}` -> (task_id, inputs); a missing `inputs` means {}."""
     try:
-        doc = json.loads(body)
+        doc = json.loads(body.decode("utf-8"))  # RFC 8259: JSON on the wire is UTF-8
     except (ValueError, RecursionError) as e:
         raise BadRequest(f"the body is not JSON: {one_line(e)}") from None
     if not isinstance(doc, dict):

@@ -126,3 +126,12 @@ def test_control_socket_round_trip(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_agent_never_inherits_the_users_secrets():
+    from beamctl.agent.local import agent_env
+
+    env = {"PATH": "/bin", "HOME": "/root", "API_TOKEN": "s3cret", "AWS_SECRET_ACCESS_KEY": "x",
+           "DOCKER_HOST": "unix:///d.sock", "BEAMCTL_AGENT_HTTP": "127.0.0.1:0"}
+    assert agent_env(env) == {"PATH": "/bin", "HOME": "/root", "DOCKER_HOST": "unix:///d.sock",
+                              "BEAMCTL_AGENT_HTTP": "127.0.0.1:0"}

@@ -16,7 +16,8 @@ def test_help_lists_only_working_commands(cli):
     assert result.code == 0
     section = result.out.split("Commands:")[1].splitlines()
     commands = [l.split()[0] for l in section if l.startswith("  ") and not l.startswith("   ")]
-    assert commands == ["init", "validate", "schema", "build"]
+    assert commands == ["init", "validate", "schema", "build", "deploy", "call", "tasks", "profile", "logs",
+                        "status", "stop"]
 
 
 def test_unknown_option_is_a_usage_error(cli):

@@ -29,8 +29,11 @@ def test_context_holds_code_not_config_or_volumes(app):
     engine = FakeEngine()
     result = execute(_plan(app), "demo", engine, None, lambda e: None)
     files = engine.builds[0]
-    assert sorted(files) == ["Dockerfile", "app/app.py", "runtime/__init__.py", "runtime/__main__.py",
-                             "runtime/entry.py"]
+    from beamctl.image.build import RUNTIME_SOURCE
+
+    runtime = sorted(f"runtime/{p.name}" for p in RUNTIME_SOURCE.glob("*.py"))
+    assert sorted(files) == sorted(["Dockerfile", "app/app.py", *runtime])
+    assert "runtime/__main__.py" in runtime and "runtime/serve.py" in runtime
     assert result.image.startswith("beamctl/demo:") and len(result.image.split(":")[1]) == 16
     assert engine.images == {result.image: result.id} and not result.reused
     assert engine.labels[0]["dev.beamctl.app"] == "demo"
