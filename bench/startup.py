@@ -38,18 +38,26 @@ def commands() -> dict[str, list[str]]:
 
 def _run(argv: list[str], cache: str) -> tuple[float, subprocess.CompletedProcess]:
     env = dict(os.environ, BEAMCTL_CACHE_DIR=cache)
-    if argv[0] == FRESH:
-        argv, env["BEAMCTL_CACHE_DIR"] = argv[1:], tempfile.mkdtemp(prefix="beamctl-bench-")
+    fresh = tempfile.TemporaryDirectory(prefix="beamctl-bench-") if argv[0] == FRESH else None
+    if fresh is not None:
+        argv, env["BEAMCTL_CACHE_DIR"] = argv[1:], fresh.name
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, env=env)
-    return time.perf_counter() - start, proc
+    elapsed = time.perf_counter() - start
+    if fresh is not None:
+        fresh.cleanup()
+    return elapsed, proc
 
 
 def measure(runs: int) -> dict[str, list[float]]:
     cmds = commands()
-    cache = tempfile.mkdtemp(prefix="beamctl-bench-")
-    for argv in cmds.values():  # warm the page cache, .pyc files and the verdict cache; not timed
-        _run(argv, cache)
+    with tempfile.TemporaryDirectory(prefix="beamctl-bench-") as cache:
+        for argv in cmds.values():  # warm the page cache, .pyc files and the verdict cache; not timed
+            _run(argv, cache)
+        return _timed(cmds, cache, runs)
+
+
+def _timed(cmds: dict[str, list[str]], cache: str, runs: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(runs):
         for name, argv in cmds.items():

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from beamctl.config.model import AppConfig
 from beamctl.image import context, render
-from beamctl.image.engine import LABEL_APP, LABEL_INPUTS, BuildFailed, Engine
+from beamctl.image.engine import BuildFailed, Engine
 from beamctl.image.ignore import load_ignore
 from beamctl.image.steps import Step
 
@@ -97,12 +97,12 @@ def execute(build_plan: BuildPlan, app: str, engine: Engine, site: Callable[[], 
         tar.seek(0)
         progress(f"context: {len(files)} files, {_size(sent)} (app: {len(build_plan.app_files.files)} files, "
                  f"{_size(build_plan.app_files.total_bytes)})")
-        labels = {LABEL_APP: app, LABEL_INPUTS: build_plan.inputs}
-        built = engine.build(tar, labels, progress)  # type: ignore[arg-type]
+        built = engine.build(tar, {}, progress)  # type: ignore[arg-type]  (labels are in the Dockerfile)
     code, output = engine.check(built.id)
     lines = output.splitlines()
     last = next((l for l in lines if l.startswith("beamctl-runtime:")), lines[-1] if lines else f"exit code {code}")
-    if code != 0:  # the image cannot run the app: it never gets the app's tag
+    if code != 0:  # the image cannot run the app: it never gets the app's tag, and is removed
+        engine.remove(built.id)
         raise BuildFailed(f"the image was built but cannot run the app: {last}",
                           hint="fix the app's imports or python_packages and build again")
     progress(last)

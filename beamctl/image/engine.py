@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
 
 from beamctl.errors import BeamctlError, EnvironmentProblem
+from beamctl.image.render import LABEL_APP
 from beamctl.image.steps import BuildLog, Step, explain_failure
 
 ENGINE_HINT = ("start it with `sudo ./scripts/setup.sh` (or `sudo systemctl start docker`); "
                "DOCKER_HOST selects another engine")
-LABEL_APP = "dev.beamctl.app"
-LABEL_INPUTS = "dev.beamctl.inputs"  # the hash the tag is made of
 CHECK_TIMEOUT_S = 300  # importing the handler module can load big libraries (torch: ~4 s)
 
 
@@ -123,7 +122,8 @@ class DockerEngine:
         return out
 
     def remove(self, ref: str) -> None:
-        self.client.api.remove_image(ref)
+        """Remove a tag, or an untagged image by id."""
+        self.client.api.remove_image(ref, force=ref.startswith("sha256:"))
 
 
 def _short(e: Exception) -> str:

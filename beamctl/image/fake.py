@@ -20,6 +20,7 @@ class FakeEngine:
     fail_with: str | None = None
     check_result: tuple[int, str] = (0, "beamctl-runtime: ok")
     checked: list[str] = field(default_factory=list)
+    removed_ids: list[str] = field(default_factory=list)
     clock: int = 0
 
     def image_id(self, ref: str) -> str | None:
@@ -55,4 +56,7 @@ class FakeEngine:
                 if ref.startswith(f"beamctl/{app}:")]
 
     def remove(self, ref: str) -> None:
-        del self.images[ref]
+        if ref.startswith("sha256:"):
+            self.removed_ids.append(ref)
+        else:
+            del self.images[ref]

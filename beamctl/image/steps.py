@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the engine paints a RUN step's stderr red, in pieces
+_NOISE = ("Removing intermediate container", " ---> Running in ", " ---> ")
 _LAYER_INSTRUCTIONS = ("RUN", "COPY", "ADD")  # the steps that write files; the rest is metadata
 TAIL_LINES = 40  # output kept for explaining a failure
 
@@ -30,9 +32,13 @@ class BuildLog:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     _open: tuple[int, int, str] | None = None
     _hit: bool = False
+    _partial: str = ""  # the engine may cut a line across two chunks of the stream
 
     def feed(self, text: str) -> None:
-        for raw in text.splitlines():
+        text = self._partial + _ANSI.sub("", text)
+        lines = text.split("\n")
+        self._partial = lines.pop()
+        for raw in lines:
             line = raw.rstrip()
             if not line:
                 continue
@@ -47,6 +53,9 @@ class BuildLog:
 
     def finish(self) -> None:
         """Close the step in progress (at the next step, at the end, or on failure)."""
+        if self._partial:
+            rest, self._partial = self._partial, ""
+            self.feed(rest + "\n")
         if self._open is None:
             return
         index, total, instruction = self._open
@@ -73,7 +82,7 @@ def explain_failure(error: str, tail: "deque[str] | list[str]") -> tuple[str, st
                 "check the Debian package name (https://packages.debian.org) and fix beam.yaml")
     failed = re.search(r"The command '/bin/sh -c (.*)' returned a non-zero code: (\d+)", error, re.S)
     if failed:
-        output = [l for l in tail if not l.startswith(" ---> ")][-6:]
+        output = [l for l in tail if not l.startswith(_NOISE)][-6:]
         shown = "\n  ".join(output) if output else "(no output)"
         return (f"the build command `{failed[1][:200]}` failed with exit code {failed[2]}; its last output:"
                 f"\n  {shown}", "fix the command in image.commands (or the package names) and build again")

@@ -36,7 +36,7 @@ def test_context_holds_code_not_config_or_volumes(app):
     assert "runtime/__main__.py" in runtime and "runtime/serve.py" in runtime
     assert result.image.startswith("beamctl/demo:") and len(result.image.split(":")[1]) == 16
     assert engine.images == {result.image: result.id} and not result.reused
-    assert engine.labels[0]["dev.beamctl.app"] == "demo"
+    assert "LABEL dev.beamctl.app=demo" in files["Dockerfile"].decode().splitlines()
 
 
 def test_same_inputs_reuse_the_tag_without_building(app):
@@ -98,3 +98,4 @@ def test_an_image_that_fails_its_check_is_not_tagged(app):
     assert e.value.message == ("the image was built but cannot run the app: beamctl-runtime: handler "
                                "app:handler: importing 'app' failed: No module named 'numpy'")
     assert engine.images == {} and len(engine.checked) == 1
+    assert engine.removed_ids == engine.checked  # the untagged image does not linger either

@@ -46,3 +46,21 @@ def test_failed_command_shows_its_last_lines():
     message, _ = explain_failure("The command '/bin/sh -c make all' returned a non-zero code: 2", tail)
     assert message == ("the build command `make all` failed with exit code 2; its last output:\n  "
                        + "\n  ".join(f"line {i}" for i in range(14, 20)))
+
+
+def test_lines_cut_across_chunks_are_joined():
+    log = BuildLog(lambda s: None)
+    for chunk in ["Step 1/1 : RUN apt-get install x\n", "E: Unable to loc", "ate package x\n", "tail without newline"]:
+        log.feed(chunk)
+    log.finish()
+    assert list(log.tail) == ["E: Unable to locate package x", "tail without newline"]
+
+
+def test_colour_codes_from_the_engine_are_dropped():
+    log = BuildLog(lambda s: None)
+    for chunk in ["Step 1/1 : RUN apt-get install x\n", "\x1b[91mE\x1b[0m\x1b[91m: Unable to locate package x\n",
+                  "\x1b[0mRemoving intermediate container ca431016e7aa\n"]:
+        log.feed(chunk)
+    message, _ = explain_failure("The command '/bin/sh -c apt-get install x' returned a non-zero code: 100",
+                                 log.tail)
+    assert message.startswith("apt cannot find the package 'x' (image.system_packages)")
