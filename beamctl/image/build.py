@@ -24,6 +24,7 @@ from beamctl.image.steps import Step
 RUNTIME_SOURCE = Path(__file__).resolve().parent.parent / "runtime"
 SPOOL_BYTES = 64 << 20  # build contexts up to this stay in memory on their way to the engine
 KEEP_DEFAULT = 3  # images kept per app by --prune: the current one and two to roll back to
+DEPS_REPO = "beamctl/deps"  # dependencies images, named by the hash of what they hold
 
 Progress = Callable[[Any], None]  # receives str notes and Step events
 
@@ -36,6 +37,8 @@ class BuildPlan:
     app_files: context.AppFiles
     runtime_files: tuple[context.ContextFile, ...]
     with_packages: bool
+    deps_tag: str  # the dependencies image the app image starts FROM
+    deps_dockerfile: str
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,23 @@ def context_excludes(config: AppConfig) -> tuple[str, ...]:
 
 
 def plan(config: AppConfig, base_ref: str, base_id: str, python_exe: str, packages_key: str | None) -> BuildPlan:
-    dockerfile = render.render(config, base_ref, python_exe, with_packages=packages_key is not None)
+    with_packages = packages_key is not None
+    deps_dockerfile = render.render_deps(config, base_ref, python_exe, with_packages)
+    deps_inputs = _hash(deps_dockerfile, base_id, packages_key or "-")
+    deps_tag = f"{DEPS_REPO}:{deps_inputs[:16]}"
+    dockerfile = render.render_app(config, deps_tag, python_exe)
     app_files = context.collect(config.app_dir, load_ignore(config.app_dir, context_excludes(config)))
     runtime_files = context.tree_files(RUNTIME_SOURCE, "runtime/")
-    h = hashlib.sha256()
-    for part in (dockerfile, base_id, packages_key or "-", context.digest(runtime_files),
-                 context.digest(app_files.files)):
-        h.update(part.encode() + b"\0")
-    inputs = h.hexdigest()
+    inputs = _hash(dockerfile, deps_inputs, context.digest(runtime_files), context.digest(app_files.files))
     return BuildPlan(f"beamctl/{config.name}:{inputs[:16]}", inputs, dockerfile, app_files, runtime_files,
-                     packages_key is not None)
+                     with_packages, deps_tag, deps_dockerfile)
+
+
+def _hash(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
 
 
 def execute(build_plan: BuildPlan, app: str, engine: Engine, site: Callable[[], Path] | None,
@@ -89,15 +99,17 @@ def execute(build_plan: BuildPlan, app: str, engine: Engine, site: Callable[[], 
         progress(f"reused {build_plan.tag}: nothing changed")
         return BuildResult(build_plan.tag, existing, engine.image_size(build_plan.tag), 0, 0,
                            time.monotonic() - started, True, build_plan.app_files.total_bytes)
-    files = list(build_plan.runtime_files) + list(build_plan.app_files.files)
-    if build_plan.with_packages and site is not None:
-        files = list(context.tree_files(site(), "site/")) + files
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as tar:
-        sent = context.write_tar(tar, build_plan.dockerfile, files)  # type: ignore[arg-type]
-        tar.seek(0)
-        progress(f"context: {len(files)} files, {_size(sent)} (app: {len(build_plan.app_files.files)} files, "
-                 f"{_size(build_plan.app_files.total_bytes)})")
-        built = engine.build(tar, {}, progress)  # type: ignore[arg-type]  (labels are in the Dockerfile)
+    built_layers = cached_layers = 0
+    if engine.image_id(build_plan.deps_tag) is None:
+        files = list(context.tree_files(site(), "site/")) if build_plan.with_packages and site else []
+        progress(f"dependencies: building {build_plan.deps_tag}")
+        deps = _build(engine, build_plan.deps_dockerfile, files, progress)
+        engine.tag(deps.id, build_plan.deps_tag)
+        built_layers, cached_layers = deps.layers_built, deps.layers_cached
+    else:
+        progress(f"dependencies: {build_plan.deps_tag} (reused)")
+    built = _build(engine, build_plan.dockerfile, list(build_plan.runtime_files) + list(build_plan.app_files.files),
+                   progress)
     code, output = engine.check(built.id)
     lines = output.splitlines()
     last = next((l for l in lines if l.startswith("beamctl-runtime:")), lines[-1] if lines else f"exit code {code}")
@@ -107,8 +119,17 @@ def execute(build_plan: BuildPlan, app: str, engine: Engine, site: Callable[[], 
                           hint="fix the app's imports or python_packages and build again")
     progress(last)
     engine.tag(built.id, build_plan.tag)
-    return BuildResult(build_plan.tag, built.id, engine.image_size(build_plan.tag), built.layers_built,
-                       built.layers_cached, time.monotonic() - started, False, build_plan.app_files.total_bytes)
+    return BuildResult(build_plan.tag, built.id, engine.image_size(build_plan.tag),
+                       built_layers + built.layers_built, cached_layers + built.layers_cached,
+                       time.monotonic() - started, False, build_plan.app_files.total_bytes)
+
+
+def _build(engine: Engine, dockerfile: str, files: list[context.ContextFile], progress: Progress) -> Any:
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as tar:
+        sent = context.write_tar(tar, dockerfile, files)  # type: ignore[arg-type]
+        tar.seek(0)
+        progress(f"context: {len(files)} files, {_size(sent)}")
+        return engine.build(tar, {}, progress)  # type: ignore[arg-type]  (labels are in the Dockerfile)
 
 
 def prune(engine: Engine, app: str, keep: int, current: str) -> tuple[str, ...]:

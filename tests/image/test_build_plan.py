@@ -28,14 +28,16 @@ def _plan(app, base_id="sha256:base", packages=None):
 def test_context_holds_code_not_config_or_volumes(app):
     engine = FakeEngine()
     result = execute(_plan(app), "demo", engine, None, lambda e: None)
-    files = engine.builds[0]
+    deps, files = engine.builds
+    assert list(deps) == ["Dockerfile"]  # no packages: the dependencies image holds no files of ours
     from beamctl.image.build import RUNTIME_SOURCE
 
     runtime = sorted(f"runtime/{p.name}" for p in RUNTIME_SOURCE.glob("*.py"))
     assert sorted(files) == sorted(["Dockerfile", "app/app.py", *runtime])
     assert "runtime/__main__.py" in runtime and "runtime/serve.py" in runtime
     assert result.image.startswith("beamctl/demo:") and len(result.image.split(":")[1]) == 16
-    assert engine.images == {result.image: result.id} and not result.reused
+    assert engine.images == {result.image: result.id, _plan(app).deps_tag: engine.images[_plan(app).deps_tag]}
+    assert not result.reused
     assert "LABEL dev.beamctl.app=demo" in files["Dockerfile"].decode().splitlines()
 
 
@@ -44,7 +46,7 @@ def test_same_inputs_reuse_the_tag_without_building(app):
     first = execute(_plan(app), "demo", engine, None, lambda e: None)
     notes = []
     second = execute(_plan(app), "demo", engine, None, notes.append)
-    assert second.reused and second.image == first.image and len(engine.builds) == 1
+    assert second.reused and second.image == first.image and len(engine.builds) == 2  # deps + app, once
     assert notes == [f"reused {first.image}: nothing changed"]
 
 
@@ -87,7 +89,7 @@ def test_prune_keeps_the_newest(app):
     engine.created["beamctl/other:1"] = "2026-01-01T00:00:00Z"
     removed = prune(engine, "demo", 2, refs[-1])
     assert set(removed) == set(refs[:3])
-    assert set(engine.images) == {refs[3], refs[4], "beamctl/other:1"}
+    assert set(engine.images) == {refs[3], refs[4], "beamctl/other:1", _plan(app).deps_tag}
 
 
 def test_an_image_that_fails_its_check_is_not_tagged(app):
@@ -97,5 +99,23 @@ def test_an_image_that_fails_its_check_is_not_tagged(app):
         execute(_plan(app), "demo", engine, None, lambda e: None)
     assert e.value.message == ("the image was built but cannot run the app: beamctl-runtime: handler "
                                "app:handler: importing 'app' failed: No module named 'numpy'")
-    assert engine.images == {} and len(engine.checked) == 1
+    assert [r for r in engine.images if r.startswith("beamctl/demo:")] == [] and len(engine.checked) == 1
     assert engine.removed_ids == engine.checked  # the untagged image does not linger either
+
+
+def test_a_code_change_builds_only_the_app_image_and_sends_only_app_files(app):
+    engine = FakeEngine()
+    execute(_plan(app, packages="numpy-set"), "demo", engine, lambda: _site(app), lambda e: None)
+    assert len(engine.builds) == 2 and "site/numpy/__init__.py" in engine.builds[0]
+    (app / "app.py").write_text("def handler(**kw):\n    return 2\n")
+    notes = []
+    execute(_plan(app, packages="numpy-set"), "demo", engine, lambda: _site(app), notes.append)
+    assert len(engine.builds) == 3 and not any(n.startswith("site/") for n in engine.builds[2])
+    assert any(str(n).endswith("(reused)") for n in notes)
+
+
+def _site(app):
+    site = app.parent / "site"
+    (site / "numpy").mkdir(parents=True, exist_ok=True)
+    (site / "numpy" / "__init__.py").write_text("")
+    return site
