@@ -19,7 +19,6 @@ from beamctl.config.model import AppConfig
 from beamctl.image import context, render
 from beamctl.image.engine import BuildFailed, Engine
 from beamctl.image.ignore import load_ignore
-from beamctl.image.steps import Step
 
 RUNTIME_SOURCE = Path(__file__).resolve().parent.parent / "runtime"
 SPOOL_BYTES = 64 << 20  # build contexts up to this stay in memory on their way to the engine

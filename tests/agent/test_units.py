@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import threading
 from pathlib import Path
 
 import pytest
