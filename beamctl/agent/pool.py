@@ -84,15 +84,17 @@ class Pool:
         self._failure: StartFailed | None = None
         self._failure_at = 0.0
         self._failure_version: int | None = None
+        self.pending: set[int] = set()  # versions a deploy is starting: never idled out meanwhile
 
     # starting ---------------------------------------------------------------------------------
-    def start(self, version: int) -> Live:
-        """Create and start one container of `version`; returns at once, READY comes later."""
+    def start(self, version: int, reserve: bool = False) -> Live:
+        """Create and start one container of `version`; returns at once, READY comes later.
+        `reserve`: the caller holds one worker slot of it from now on."""
         t0 = time.monotonic()
         args = self.make_args(version)
         self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
         container_id = self.containers.create(args)
-        live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()))
+        live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()), busy=int(reserve))
         with self.cond:
             self.live.append(live)
         threading.Thread(target=self._boot, args=(live,), daemon=True, name=f"boot-{self.app}").start()
@@ -148,31 +150,46 @@ class Pool:
 
     # serving ----------------------------------------------------------------------------------
     def acquire(self, timeout: float) -> Live:
-        """A READY container of the current version with a free worker slot (starting one if needed)."""
+        """A READY container of the current version with a free worker slot (starting one if needed).
+
+        A task that starts a container holds a slot in it from the start (busy=1), so no other
+        task and no scale-to-zero can take the container away before that task runs.
+        """
         since = time.monotonic()
         deadline = since + timeout
+        mine: Live | None = None
         with self.cond:
             while True:
-                if self.version is None:
-                    raise StartFailed(f"{self.app} is not deployed here (or was stopped)", [])
-                current = [c for c in self.live if c.version == self.version and c.state in ("ready", "starting")]
-                free = next((c for c in current if c.state == "ready" and c.busy < self.workers), None)
-                if free:
-                    free.busy += 1
-                    return free
-                if (self._failure is not None and self._failure_at >= since
-                        and self._failure_version == self.version):
-                    raise self._failure  # the start this task waited for failed
-                if not current:
-                    self.on_event(f"cold start of v{self.version}")
-                    self.cond.release()
-                    try:
-                        self.start(self.version)
-                    finally:
-                        self.cond.acquire()
-                    continue
+                if mine is not None:
+                    if mine.state == "ready":
+                        return mine
+                    if mine.failure is not None:
+                        raise mine.failure
+                else:
+                    if self.version is None:
+                        raise StartFailed(f"{self.app} is not deployed here (or was stopped)", [])
+                    current = [c for c in self.live
+                               if c.version == self.version and c.state in ("ready", "starting")]
+                    free = next((c for c in current if c.state == "ready" and c.busy < self.workers), None)
+                    if free:
+                        free.busy += 1
+                        return free
+                    if (self._failure is not None and self._failure_at >= since
+                            and self._failure_version == self.version):
+                        raise self._failure  # the start this task waited for failed
+                    if not current:
+                        self.on_event(f"cold start of v{self.version}")
+                        version = self.version
+                        self.cond.release()
+                        try:
+                            mine = self.start(version, reserve=True)
+                        finally:
+                            self.cond.acquire()
+                        continue
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    if mine is not None:
+                        mine.busy -= 1
                     raise StartFailed(f"no container of {self.app} became free within {timeout:.0f} s", [])
                 self.cond.wait(min(left, 1.0))
 
@@ -186,8 +203,8 @@ class Pool:
     def idle_out(self, now: float) -> list[Live]:
         """Containers idle past keep_warm (and those of old versions with no work) leave the pool."""
         with self.cond:
-            gone = [c for c in self.live if c.state == "ready" and c.busy == 0 and
-                    (c.version != self.version or now - c.last_used >= self.keep_warm_s)]
+            gone = [c for c in self.live if c.state == "ready" and c.busy == 0 and c.version not in self.pending
+                    and (c.version != self.version or now - c.last_used >= self.keep_warm_s)]
             for c in gone:
                 c.state = "stopping"
                 self.live.remove(c)

@@ -140,6 +140,16 @@ class Agent:
         token = self.store.ensure_app(spec.app, _secrets.token_urlsafe(32))
         pool = self._pool(spec.app)
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
+        with pool.cond:
+            pool.pending.add(version)  # the reaper leaves the new container alone until the switch
+        try:
+            return self._await_switch(spec, pool, version, token, health_timeout)
+        finally:
+            with pool.cond:
+                pool.pending.discard(version)
+
+    def _await_switch(self, spec: AppSpec, pool: Pool, version: int, token: str,
+                      health_timeout: float) -> dict[str, Any]:
         live = pool.start(version)
         deadline = time.monotonic() + health_timeout
         with pool.cond:

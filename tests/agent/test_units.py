@@ -133,3 +133,20 @@ def test_the_agent_never_inherits_the_users_secrets():
            "DOCKER_HOST": "unix:///d.sock", "BEAMCTL_AGENT_HTTP": "127.0.0.1:0"}
     assert agent_env(env) == {"PATH": "/bin", "HOME": "/root", "DOCKER_HOST": "unix:///d.sock",
                               "BEAMCTL_AGENT_HTTP": "127.0.0.1:0"}
+
+
+def test_a_container_being_deployed_is_never_idled_out():
+    from beamctl.agent.pool import Live, Pool
+    from beamctl.agent.profile import ContainerTimeline
+
+    pool = Pool("demo", None, lambda v: {}, workers=1, keep_warm_s=60, on_event=lambda m: None,
+                on_retire=lambda live: None)
+    pool.version = 1
+    new = Live("c2", 2, ContainerTimeline(0, 0), state="ready", last_used=0.0)
+    old = Live("c1", 1, ContainerTimeline(0, 0), state="ready", last_used=0.0)
+    pool.live = [old, new]
+    pool.pending.add(2)
+    assert pool.idle_out(now=100.0) == [old]  # v1 past keep_warm goes; v2, mid-deploy, stays
+    pool.pending.clear()
+    pool.version = 2
+    assert pool.idle_out(now=100.0) == [new]
