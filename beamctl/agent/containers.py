@@ -125,7 +125,9 @@ class DockerContainers:
             raw = self.api.logs(container_id, timestamps=True, tail=tail if tail else "all")
         except docker.errors.NotFound:
             return []
-        return [_stamped(line) for line in raw.decode(errors="replace").splitlines() if line]
+        # "\n" only: progress bars write "\r" pieces inside one line; the last piece is what was shown
+        lines = raw.decode(errors="replace").split("\n")
+        return [_stamped(_shown(line)) for line in lines if line.strip()]
 
     def list(self, agent_id: str) -> list[ContainerInfo]:
         out = []
@@ -141,6 +143,13 @@ def _gpus(count: int) -> list[Any] | None:
     import docker
 
     return [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]
+
+
+def _shown(line: str) -> str:
+    """'STAMP a\rb\rc' -> 'STAMP c': what a terminal would have shown of a line redrawn with \r."""
+    stamp, _, text = line.partition(" ")
+    pieces = [p for p in text.split("\r") if p.strip()]
+    return f"{stamp} {pieces[-1] if pieces else ''}"
 
 
 def _stamped(line: str) -> tuple[float, str]:

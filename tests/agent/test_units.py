@@ -150,3 +150,10 @@ def test_a_container_being_deployed_is_never_idled_out():
     pool.pending.clear()
     pool.version = 2
     assert pool.idle_out(now=100.0) == [new]
+
+
+def test_log_lines_redrawn_with_carriage_returns_keep_their_time_and_last_text():
+    from beamctl.agent.containers import _shown, _stamped
+
+    ts, text = _stamped(_shown("2026-11-28T21:00:00.5Z Loading 10%\rLoading 50%\rLoading 100%\r"))
+    assert text == "Loading 100%" and ts == 1795899600.5
