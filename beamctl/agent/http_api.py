@@ -21,6 +21,8 @@ def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # else a small reply waits ~40 ms for the client's delayed ACK
+        wbufsize = -1  # headers and body leave in one write
 
         def log_message(self, *args: Any) -> None:  # tasks are recorded in the store, not here
             pass

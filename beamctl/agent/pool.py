@@ -17,8 +17,9 @@ from typing import Any, Callable
 from beamctl.agent.containers import Containers
 from beamctl.agent.profile import ContainerTimeline
 
-HEALTH_POLL_S = 0.005  # READY is seen within 5 ms: this gap shows up as "other" in cold profiles
-EXIT_POLL_S = 0.1  # how often a starting container is checked for having died
+HEALTH_POLL_S = 0.005  # READY is seen within 5 ms at first: the gap shows up as "other" in profiles
+HEALTH_POLL_MAX_S = 0.025  # ...backing off to 25 ms, so polling does not eat a core during long on_starts
+EXIT_POLL_S = 0.25  # how often a starting container is checked for having died (an engine inspect)
 LOG_TAIL_LINES = 20  # lines of a failed container's output shown to the user
 
 
@@ -130,6 +131,7 @@ class Pool:
 
     def _wait_ready(self, live: Live) -> dict[str, Any]:
         next_exit_check = 0.0
+        pause = HEALTH_POLL_S
         while True:
             now = time.monotonic()
             if now >= next_exit_check:
@@ -146,7 +148,8 @@ class Pool:
                     return health
             except (OSError, http.client.HTTPException, ValueError):
                 pass  # not listening yet
-            time.sleep(HEALTH_POLL_S)
+            time.sleep(pause)
+            pause = min(pause * 1.2, HEALTH_POLL_MAX_S)
 
     # serving ----------------------------------------------------------------------------------
     def acquire(self, timeout: float) -> Live:
