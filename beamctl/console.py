@@ -48,3 +48,25 @@ def emit_json(data: Any) -> None:
 
 def escape(text: str) -> str:
     return text.replace("[", "\\[")
+
+
+def ask_secret(question: str) -> str | None:
+    """A passphrase typed on the terminal (not echoed); None when there is no terminal to ask on."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+    import getpass
+
+    try:
+        return getpass.getpass(question, stream=sys.stderr)
+    except EOFError:
+        return None
+
+
+def confirm(question: str) -> bool | None:
+    """Yes or no from the terminal (default no); None when there is no terminal to ask on."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return None
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     FAILURE = 1  # an operation failed, or an internal error (rerun with --debug)
     CONFIG = 2  # beam.yaml or the command line is wrong; nothing was changed
     ENVIRONMENT = 3  # a part beamctl needs (Docker Engine, debootstrap, ...) is missing or not running
+    REMOTE = 4  # a host could not be reached or refused (its host key, our key, a command on it)
     INTERRUPTED = 130  # Ctrl-C; whatever was half-done has been rolled back
 
 

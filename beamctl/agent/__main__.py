@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="beamctl-agent", description=__doc__)
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--http", default=DEFAULT_HTTP, help="address of the apps' HTTP endpoint (port 0: any)")
+    parser.add_argument("--version", action="version", version=f"beamctl-agent {__version__}")
     args = parser.parse_args(argv)
 
     # The agent never talks to an engine over SSH, but docker-py imports paramiko when it is

@@ -1,0 +1,141 @@
+"""`beamctl hosts ls | check | trust | add | remove`: the inventory and the trust in each host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from beamctl import console
+from beamctl.cli import app
+from beamctl.cli.config_cmds import JsonOpt
+from beamctl.errors import ExitCode, UsageError
+
+hosts_app = typer.Typer(name="hosts", no_args_is_help=True, rich_markup_mode=None,
+                        help="The hosts apps deploy to: inventory, SSH trust, and what each host offers.")
+app.add_typer(hosts_app, name="hosts")
+
+AppFileOpt = typer.Option(None, "-f", "--file", help="Also the hosts of this beam.yaml (which win for its app).")
+
+
+def _ssh():  # type: ignore[no-untyped-def]
+    from beamctl.fleet.ssh import Ssh
+
+    return Ssh(prompt=console.ask_secret)
+
+
+def _app_hosts(file: Optional[Path]):  # type: ignore[no-untyped-def]
+    if file is None:
+        return None
+    from beamctl.config import load
+
+    config, warnings = load(file)
+    for w in warnings:
+        console.line(w.render())
+    return config.hosts
+
+
+@hosts_app.command("ls")
+def ls(file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
+    """List the inventory (~/.config/beamctl/hosts.yaml), and beam.yaml's hosts with -f."""
+    from beamctl.cli.host_views import inventory_lines
+    from beamctl.fleet import inventory
+
+    entries, path = inventory.load(), inventory.inventory_file()
+    app_hosts = _app_hosts(file)
+    used, source = inventory.which_hosts(app_hosts)
+    if json:
+        app_json = None if file is None else {"file": str(file), "hosts": [h.target for h in app_hosts]}
+        console.emit_json({"inventory": {"file": str(path), "hosts": [e.as_json() for e in entries]},
+                           "app": app_json, "used": {"source": source, "hosts": [e.as_json() for e in used]}})
+        return ExitCode.OK
+    for line in inventory_lines(entries):
+        console.line(line)
+    where = console.escape(str(path))
+    console.say(f"[dim]{len(entries)} host{'s' * (len(entries) != 1)} in {where}[/]" if entries else
+                f"no hosts in {where}; add one with: beamctl hosts add NAME user@host")
+    if app_hosts:
+        console.say(console.escape(f"{file} names its own hosts, which win for that app: "
+                                   + ", ".join(h.target for h in app_hosts)))
+    return ExitCode.OK
+
+
+@hosts_app.command()
+def check(hosts: list[str] = typer.Argument(None, help="Inventory names or targets (default: all)."),
+          file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
+    """Connect to each host at once and show Docker, GPUs, CRIU, disk space and the agent's version."""
+    from beamctl.cli.host_views import check_lines, summary
+    from beamctl.fleet import inventory
+    from beamctl.fleet.check import check_hosts
+
+    entries = inventory.lookup(hosts) if hosts else inventory.which_hosts(_app_hosts(file))[0]
+    if not entries:
+        raise UsageError("no hosts to check", hint="add one with: beamctl hosts add NAME user@host[:port]")
+    results = check_hosts(entries, _ssh())
+    if json:
+        console.emit_json({"hosts": [r.as_json() for r in results]})
+    else:
+        for r in results:
+            for line in check_lines(r):
+                console.line(line)
+        console.say(console.escape(summary(results)))
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.REMOTE
+
+
+@hosts_app.command()
+def trust(host: str = typer.Argument(..., help="An inventory name or a target."),
+          yes: bool = typer.Option(False, "--yes", "-y", help="Accept the key offered now (for scripts).")) -> int:
+    """Show a host's key fingerprint and, once you confirm, add it to ~/.ssh/known_hosts."""
+    from beamctl.fleet import hostkeys, inventory
+    from beamctl.fleet.ssh import scan_host_key
+
+    entry = inventory.lookup([host])[0]
+    target, key, known = scan_host_key(_ssh(), entry.host, entry.name)
+    offer = f"{key.get_name()} {key.fingerprint}"
+    who = console.escape(f"{entry.name} ({target.known_as})")
+    if known:
+        console.say(f"{who} is already trusted: {offer}")
+        return ExitCode.OK
+    console.say(f"{who} offers the host key {offer}")
+    if not yes:
+        answer = console.confirm("Is that the host's fingerprint, and add it to known_hosts?")
+        if answer is None:
+            raise UsageError(f"no terminal to ask whether to trust {offer}",
+                             hint=f"compare it with the host's (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub "
+                             f"there), then: beamctl hosts trust {entry.name} --yes")
+        if not answer:
+            console.say("not trusted; nothing was written")
+            return ExitCode.FAILURE
+    path = hostkeys.add_known_host(target, key)
+    console.say(f"[green]trusted[/] {who}: accepted {offer}; added to {console.escape(str(path))}")
+    return ExitCode.OK
+
+
+@hosts_app.command()
+def add(name: str = typer.Argument(..., help="A short name, like gpu1."),
+        target: str = typer.Argument(..., help="user@host[:port], [ipv6]:port, or an ~/.ssh/config alias."),
+        label: list[str] = typer.Option(None, "--label", "-l", help="KEY=VALUE (repeatable).")) -> int:
+    """Add a host to the inventory (no connection is made; trust it next)."""
+    from beamctl.fleet import inventory
+
+    labels = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--label {item!r}: write KEY=VALUE")
+        labels[key] = value
+    path = inventory.add(inventory.make_entry(name, target, labels))
+    console.say(console.escape(f"added {name} ({target}) to {path}"))
+    console.say(f"next: beamctl hosts trust {name}, then beamctl hosts check {name}")
+    return ExitCode.OK
+
+
+@hosts_app.command()
+def remove(name: str = typer.Argument(..., help="The inventory name.")) -> int:
+    """Remove a host from the inventory (its known_hosts line stays)."""
+    from beamctl.fleet import inventory
+
+    path = inventory.remove(name)
+    console.say(console.escape(f"removed {name} from {path}"))
+    return ExitCode.OK

@@ -1,0 +1,68 @@
+"""`hosts check`: every host probed at once (one connection and one command each), results as values.
+
+One host's failure never hides another's facts: each HostCheck carries facts or an error.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from beamctl.errors import BeamctlError
+from beamctl.fleet.inventory import Entry
+from beamctl.fleet.probe import PROBE_ARGV, HostFacts, parse_probe
+from beamctl.fleet.ssh import Ssh
+
+MAX_PARALLEL = 16  # connections at once; each is mostly waiting on the network
+PROBE_IDLE_TIMEOUT_S = 30.0  # a wedged docker daemon makes `docker info` hang; don't wait longer
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    name: str
+    target: str
+    reachable: bool
+    seconds: float  # connect + probe, wall time
+    facts: HostFacts | None = None
+    error: str | None = None  # why not, when not reachable (or the probe failed)
+    hint: str | None = None
+    kind: str | None = None  # the error's class: HostUnreachable, HostKeyUnknown, AuthFailed, ...
+
+    @property
+    def ok(self) -> bool:
+        return self.facts is not None and self.error is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "target": self.target, "reachable": self.reachable, "ok": self.ok,
+                "seconds": round(self.seconds, 3), "error": self.error, "hint": self.hint, "kind": self.kind,
+                "facts": self.facts.as_json() if self.facts else None}
+
+
+def check_host(entry: Entry, ssh: Ssh) -> HostCheck:
+    start = time.monotonic()
+    reachable = False
+    try:
+        with ssh.connect(entry.host, name=entry.name) as conn:
+            reachable = True
+            done = conn.run(list(PROBE_ARGV), idle_timeout=PROBE_IDLE_TIMEOUT_S)
+    except BeamctlError as e:
+        return HostCheck(entry.name, entry.target, reachable, time.monotonic() - start, error=e.message,
+                         hint=e.hint, kind=type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - one host's surprise must not hide the others' results
+        return HostCheck(entry.name, entry.target, reachable, time.monotonic() - start,
+                         error=f"internal error: {type(e).__name__}: {e}", hint="report it",
+                         kind="InternalError")
+    facts = parse_probe(done.stdout)
+    error = None if "@@beamctl" in done.stdout else f"the probe printed nothing readable (exit {done.exit})"
+    return HostCheck(entry.name, entry.target, True, time.monotonic() - start, facts=facts, error=error,
+                     kind="ProbeFailed" if error else None)
+
+
+def check_hosts(entries: list[Entry], ssh: Ssh) -> list[HostCheck]:
+    """All hosts in parallel; results in the order asked."""
+    if not entries:
+        return []
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(entries)), thread_name_prefix="check") as pool:
+        return list(pool.map(lambda e: check_host(e, ssh), entries))
