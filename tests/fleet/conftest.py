@@ -149,3 +149,26 @@ def sshd_factory(tmp_path, home):
     yield make
     for s in started:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """fleet(n=3) -> a started Fleet (tests/fleet/hosts.py): n containers, each with its own sshd, dockerd,
+    address and host key, plus the client files that reach them (fleet.env: BEAMCTL_SSH_CONFIG and
+    BEAMCTL_HOSTS_FILE; `fleet.apply_env(monkeypatch)` sets them). One fleet per n per module, removed
+    with its Docker data when the module ends; the host image is built once (~80 s) and kept."""
+    from tests.fleet.hosts import Fleet, FleetError
+
+    started: dict[int, Fleet] = {}
+
+    def get(n: int = 3) -> Fleet:
+        if n not in started:
+            try:
+                started[n] = Fleet.start(n, tmp_path_factory.mktemp(f"fleet{n}"))
+            except FleetError as e:
+                pytest.fail(f"the test fleet did not start: {e}", pytrace=False)
+        return started[n]
+
+    yield get
+    for f in started.values():
+        f.down()
