@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from results import write_section  # bench/results.py (scripts run from bench/)
+
 REPO = Path(__file__).resolve().parents[1]
 PY, BEAMCTL = sys.executable, str(Path(sys.executable).parent / "beamctl")
 PHASES = ("queue", "image_load", "container_start", "imports", "application_start", "task_run", "other")
@@ -321,12 +323,7 @@ def report(res: dict, argv: list[str], args: argparse.Namespace) -> str:
 
 
 def write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Agent: warm overhead, cold starts, memory\n\n" + section + "\n"
-    path.write_text(text)
+    write_section(path, section, BEGIN, END, "Agent: warm overhead, cold starts, memory")
 
 
 def main() -> None:

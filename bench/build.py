@@ -25,6 +25,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from results import write_section  # bench/results.py (scripts run from bench/)
+
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,12 +233,7 @@ def report(res: dict, runs: int, pip_base_s: float, code: str) -> str:
 
 
 def write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Image build\n\n" + section + "\n"
-    path.write_text(text)
+    write_section(path, section, BEGIN, END, "Image build")
 
 
 def main() -> None:

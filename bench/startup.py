@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import write_section  # bench/results.py (scripts run from bench/)
+
 REPO = Path(__file__).resolve().parents[1]
 GOALS_MS = {"beamctl --help": 120, "beamctl validate (file seen before)": 200,
             "beamctl validate (new file)": 200}  # over bare Python (issue 2)
@@ -85,12 +87,7 @@ def report(times: dict[str, list[float]], runs: int) -> str:
 
 
 def write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## CLI start-up\n\n" + section + "\n"
-    path.write_text(text)
+    write_section(path, section, BEGIN, END, "CLI start-up")
 
 
 def main() -> None:
