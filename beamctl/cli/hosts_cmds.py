@@ -139,3 +139,26 @@ def remove(name: str = typer.Argument(..., help="The inventory name.")) -> int:
     path = inventory.remove(name)
     console.say(console.escape(f"removed {name} from {path}"))
     return ExitCode.OK
+
+
+@hosts_app.command()
+def install(hosts: list[str] = typer.Argument(None, help="Inventory names or targets (default: all)."),
+            file: Optional[Path] = AppFileOpt,
+            force: bool = typer.Option(False, "--force", help="Send and restart the agent even when current."),
+            json: bool = JsonOpt) -> int:
+    """Install or upgrade this beamctl's agent on each host at once (no network needed there)."""
+    from beamctl.fleet import inventory
+    from beamctl.fleet.install import install_hosts
+
+    entries = inventory.lookup(hosts) if hosts else inventory.which_hosts(_app_hosts(file))[0]
+    if not entries:
+        raise UsageError("no hosts to install on", hint="add one with: beamctl hosts add NAME user@host[:port]")
+    results = install_hosts(entries, _ssh(), lambda text: console.line(text), force)
+    if json:
+        console.emit_json({"hosts": [r.as_json() for r in results]})
+    for r in results:
+        if r.ok:
+            console.line(f"{r.host}: {r.action} {r.version} ({r.bytes_sent / 1e6:.1f} MB sent, {r.seconds:.1f} s)")
+        else:
+            console.error(r.error or "failed", r.hint)
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.REMOTE

@@ -12,7 +12,7 @@ from typing import Any
 
 from beamctl.config.gpu import canonical_name
 
-AGENT_VERSION_ARGV = ("python3", "-m", "beamctl.agent", "--version")
+AGENT_VERSION_ARGV = ("/opt/beamctl/agent/venv/bin/python", "-m", "beamctl.agent", "--version")  # install.PYTHON
 
 _SCRIPT = r"""PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin"
 s() { printf '\n@@beamctl %s\n' "$1"; }

@@ -69,4 +69,5 @@ def test_a_duplicate_name_or_unknown_removal(cli, home):
 def test_hosts_help_lists_its_commands(cli):
     result = cli("hosts", "--help")
     section = result.out.split("Commands:")[1].splitlines()
-    assert [l.split()[0] for l in section if l.startswith("  ")] == ["ls", "check", "trust", "add", "remove"]
+    assert [l.split()[0] for l in section if l.startswith("  ")] == ["ls", "check", "trust", "add", "remove",
+                                                                        "install"]
