@@ -1,12 +1,13 @@
 """What the app commands do, apart from how they look: deploy, call, tasks, profile, logs, status,
-stop. Today every app runs on this machine's agent; the SSH fleet (next issue) fans these out."""
+stop. Without `hosts:` an app runs on this machine's agent; `deploy` with `hosts:` goes to those
+hosts over SSH (fleet/rollout.py); the other commands are still local only."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from beamctl.config.model import AppConfig
-from beamctl.errors import BeamctlError, UsageError
+from beamctl.errors import BeamctlError
 
 
 class AgentFailed(BeamctlError):
@@ -29,8 +30,7 @@ def request(op: str, autostart: bool = True, **args: Any) -> Any:
 def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: float) -> dict[str, Any]:
     """Build, hand the image and secrets to the local agent, wait for READY; per-host results."""
     if config.hosts:
-        raise UsageError(f"{config.file}: hosts are set, and deploying over SSH is not here yet",
-                         hint="remove `hosts:` to deploy on this machine")
+        return deploy_ssh(config, progress, health_timeout)
     from beamctl import secrets
     from beamctl.agent.spec import spec_from_config
     from beamctl.image import build_app
@@ -50,3 +50,23 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
             "hosts": [{"host": "local", "status": result["status"], "reason": result["reason"],
                        "log_tail": result.get("log_tail", []), "serving": result.get("serving"),
                        "endpoint": result.get("endpoint")}]}
+
+
+def deploy_ssh(config: AppConfig, progress: Callable[[Any], None], health_timeout: float,
+               max_parallel: int | None = None) -> dict[str, Any]:
+    """Build once here, then every host of beam.yaml's `hosts:` in parallel; per-host results."""
+    from beamctl import secrets
+    from beamctl.agent.spec import spec_from_config
+    from beamctl.fleet import rollout
+    from beamctl.fleet.inventory import which_hosts
+    from beamctl.image import build_app
+
+    entries, _ = which_hosts(config.hosts)
+    secret_values = secrets.gather(config.secrets)  # before the build: fail fast on a missing secret
+    image = build_app(config, progress)
+    progress(f"deploying {image.image} to {len(entries)} host{'s' if len(entries) != 1 else ''}: "
+             f"{', '.join(e.name for e in entries)}")
+    spec_json = spec_from_config(config, image.image).to_json()
+    hosts = rollout.deploy_hosts(entries, image, spec_json, secret_values, health_timeout, progress,
+                                 max_parallel=max_parallel)
+    return rollout.summary(config.name, image.image, hosts)

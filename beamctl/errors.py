@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     CONFIG = 2  # beam.yaml or the command line is wrong; nothing was changed
     ENVIRONMENT = 3  # a part beamctl needs (Docker Engine, debootstrap, ...) is missing or not running
     REMOTE = 4  # a host could not be reached or refused (its host key, our key, a command on it)
+    PARTIAL = 5  # some hosts got the new version, some did not
     INTERRUPTED = 130  # Ctrl-C; whatever was half-done has been rolled back
 
 

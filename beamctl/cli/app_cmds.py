@@ -41,6 +41,8 @@ def deploy(file: Path = FileOpt, json: bool = JsonOpt,
     for w in warnings:
         console.line(w.render())
     result = apps.deploy(config, _progress, health_timeout)
+    if config.hosts:
+        return _deployed_to_hosts(result, json)
     host = result["hosts"][0]
     if json:
         console.emit_json({**result, "hosts": [{k: h[k] for k in ("host", "status", "reason")}
@@ -54,6 +56,31 @@ def deploy(file: Path = FileOpt, json: bool = JsonOpt,
     serving = f"v{host['serving']} keeps serving" if host["serving"] else "nothing was serving before"
     console.error(f"v{result['version']} of {result['app']} did not start: {host['reason']} ({serving})")
     return ExitCode.FAILURE
+
+
+def _deployed_to_hosts(result: dict[str, Any], json: bool) -> int:
+    """Per-host lines (and the failing containers' last log lines); OK, PARTIAL or FAILURE."""
+    from beamctl.fleet.rollout import outcome
+
+    hosts = result["hosts"]
+    if json:
+        console.emit_json({**result, "hosts": [{k: h.get(k) for k in ("host", "status", "reason", "version")}
+                                               for h in hosts]})
+    for h in hosts:
+        name = console.escape(h["host"])
+        if h["status"] == "ready":
+            console.say(f"[bold green]ready[/]  {name}: {result['app']} v{h['version']} ({result['image']}); "
+                        f"endpoint {h.get('endpoint')}")
+            continue
+        for line in h.get("log_tail") or []:
+            console.line(f"  {h['host']} | {line}")
+        serving = f"; v{h['serving']} keeps serving" if h.get("serving") else ""
+        console.error(f"{h['host']}: {result['app']} not deployed: {h['reason']}{serving}")
+    code = outcome(hosts)
+    ready = sum(h["status"] == "ready" for h in hosts)
+    if code == ExitCode.PARTIAL:
+        console.error(f"partial deploy: {ready} of {len(hosts)} hosts run the new version")
+    return code
 
 
 @app.command()
