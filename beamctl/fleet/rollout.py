@@ -23,6 +23,9 @@ def failed(host: str, reason: str, log_tail: list[str] | None = None, **extra: A
             "serving": None, "endpoint": None, **extra}
 
 
+ANSWER_SLACK_S = 60  # beyond the health timeout, for the agent's own work (image check, records)
+
+
 def deploy_one(ssh: Any, entry: Any, image: Any, spec_json: dict[str, Any], secret_values: dict[str, str],
                health_timeout: float, progress: Progress) -> dict[str, Any]:
     """One host's whole deploy; BeamctlError and friends become a failed result."""
@@ -37,7 +40,7 @@ def deploy_one(ssh: Any, entry: Any, image: Any, spec_json: dict[str, Any], secr
         agent = install_agent(ssh, target, progress, name=name)
         shipped = ship_image(ssh, target, image.image, image.id, progress, name=name)
         progress(f"{name}: deploying {image.image}")
-        transport = SshTransport(target, list(BRIDGE_ARGV), ssh)
+        transport = SshTransport(target, list(BRIDGE_ARGV), ssh, read_timeout=health_timeout + ANSWER_SLACK_S)
         try:
             answer = AgentClient(transport).request("deploy", spec_json=spec_json, secret_values=secret_values,
                                                     health_timeout=health_timeout)

@@ -144,9 +144,11 @@ def run(host: str | Host | Target, argv: list[str], stdin: bytes = b"", ssh: Ssh
 class SshTransport:
     """A transport for AgentClient: `open()` starts `argv` on the host and returns its (reader, writer)."""
 
-    def __init__(self, host: str | Host | Target, argv: list[str], ssh: Ssh | None = None) -> None:
+    def __init__(self, host: str | Host | Target, argv: list[str], ssh: Ssh | None = None,
+                 read_timeout: float | None = None) -> None:
         command_line(argv)  # refuse a bad command now, not at the first request
         self.host, self.argv, self.ssh = host, list(argv), ssh or Ssh()
+        self.read_timeout = read_timeout  # no answer for this long: the host is gone (keepalive can't tell)
         self._conn: Connection | None = None
 
     def open(self) -> tuple[Any, Any]:
@@ -154,6 +156,7 @@ class SshTransport:
             self.close()
             self._conn = self.ssh.connect(self.host)
         chan = self._conn.exec(self.argv)
+        chan.settimeout(self.read_timeout)
         return chan.makefile("rb"), chan.makefile("wb")
 
     def close(self) -> None:
