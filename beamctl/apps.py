@@ -1,6 +1,7 @@
 """What the app commands do, apart from how they look: deploy, call, tasks, profile, logs, status,
 stop. Without `hosts:` an app runs on this machine's agent; `deploy` with `hosts:` goes to those
-hosts over SSH (fleet/rollout.py); the other commands are still local only."""
+hosts over SSH (fleet/rollout.py); the other commands ask the app's hosts through fleet/query.py when
+they are named (--host, -f, ./beam.yaml), and the local agent (`request`) otherwise."""
 
 from __future__ import annotations
 

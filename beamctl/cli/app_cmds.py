@@ -6,7 +6,8 @@ import json as _json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, List, Optional
 
 import typer
 
@@ -83,25 +84,65 @@ def _deployed_to_hosts(result: dict[str, Any], json: bool) -> int:
     return code
 
 
+HostOpt = typer.Option(None, "--host", help="Ask this host's agent (repeatable); default: the app's hosts.")
+AppFileOpt = typer.Option(None, "-f", "--file", help="The app's beam.yaml (or its folder): ask its hosts.")
+
+
+def _fleet(name: str | None, host: list[str] | None, file: Path | None) -> Any:
+    from beamctl.fleet import query
+
+    return query.agents(name, host, file)
+
+
+def _report_errors(replies: list[Any]) -> None:
+    from beamctl.cli import views
+
+    for line in views.host_errors(replies):
+        console.error(line)
+
+
 @app.command()
 def call(name: str = typer.Argument(..., help="The app."),
          inputs: Optional[str] = typer.Argument(None, help="Inputs as a JSON object, or @FILE."),
-         json: bool = JsonOpt) -> int:
-    """Run one task and print its result."""
+         json: bool = JsonOpt, host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
+    """Run one task and print its result (on the least busy host that serves the app)."""
     from beamctl import apps
 
     data = _inputs(inputs)
-    task = apps.request("call", app=name, inputs=data)
+    with _fleet(name, host, file) as agents:
+        if agents is None:
+            task, where = apps.request("call", app=name, inputs=data), None
+        else:
+            task, where = _call_fleet(agents, name, data)
     if json:
-        console.emit_json({k: task[k] for k in ("task_id", "status", "start", "result", "error")})
+        console.emit_json({**{k: task[k] for k in ("task_id", "status", "start", "result", "error")},
+                           **({"host": where} if where else {})})
     elif task["status"] == "succeeded":
         sys.stdout.write(_json.dumps(task["result"], indent=2) + "\n")
+    on = f" on {where}" if where else ""
     if task["status"] == "succeeded":
-        console.say(f"[dim]{task['task_id']} {task['start']} {task['total'] * 1000:.1f} ms "
+        console.say(f"[dim]{task['task_id']}{on} {task['start']} {task['total'] * 1000:.1f} ms "
                     f"(beamctl profile {task['task_id']})[/]")
         return ExitCode.OK
-    console.error(f"task {task['task_id']} failed: {task['error']}")
+    console.error(f"task {task['task_id']}{on} failed: {task['error']}")
     return ExitCode.FAILURE
+
+
+def _call_fleet(agents: list[Any], name: str, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    from beamctl.apps import AgentFailed
+    from beamctl.fleet import query
+
+    replies = query.ask_all(agents, "status", app=name)
+    where = query.pick_host(replies, name)
+    if where is None:
+        _report_errors(replies)
+        raise AgentFailed(f"no host serves {name} ({len(agents)} asked)", hint="run `beamctl deploy` first")
+    console.say(f"[dim]calling {name} on {console.escape(where)}[/]")
+    agent = next(a for a in agents if a.name == where)
+    reply = query.ask_one(agent, "call", timeout=query.CALL_TIMEOUT_S, app=name, inputs=data)
+    if reply.error is not None:
+        raise AgentFailed(reply.error)
+    return reply.result, where
 
 
 def _inputs(text: str | None) -> dict[str, Any]:
@@ -126,34 +167,59 @@ def _inputs(text: str | None) -> dict[str, Any]:
 
 @app.command()
 def tasks(name: Optional[str] = typer.Argument(None, help="Only this app."), json: bool = JsonOpt,
-          limit: int = typer.Option(20, "-n", help="How many, newest first.")) -> int:
+          limit: int = typer.Option(20, "-n", help="How many, newest first."),
+          host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
     """Recent tasks: status, cold or warm, durations."""
     from beamctl import apps
     from beamctl.cli import views
+    from beamctl.fleet import query
 
-    rows = apps.request("tasks", app=name, limit=limit)
+    with _fleet(name, host, file) as agents:
+        if agents is None:
+            rows, replies = apps.request("tasks", app=name, limit=limit), None
+        else:
+            replies = query.ask_all(agents, "tasks", app=name, limit=limit)
+            rows = query.merge_tasks(replies, limit)
     if json:
         console.emit_json(rows)
     else:
-        for line in views.tasks_table(rows):
+        for line in views.tasks_table(rows, hosts=replies is not None):
             console.line(line)
-    return ExitCode.OK
+    if replies is None:
+        return ExitCode.OK
+    _report_errors(replies)
+    return query.outcome(replies)
 
 
 @app.command()
 def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl call` or `beamctl tasks`."),
-            json: bool = JsonOpt) -> int:
+            json: bool = JsonOpt, host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
     """Where a task's time went: queue, image load, container start, on_start, run."""
     from beamctl import apps
     from beamctl.cli import views
+    from beamctl.fleet import query
 
-    task = apps.request("task", task_id=task_id)
+    with _fleet(None, host, file) as agents:
+        if agents is None:
+            task, where = apps.request("task", task_id=task_id), None
+            recent_rows = None if json else apps.request("tasks", app=task["app"], limit=50)
+        else:
+            replies = query.ask_all(agents, "task", task_id=task_id)
+            found = query.first_found(replies)
+            if found is None:
+                _report_errors(replies)
+                raise apps.AgentFailed(f"no task {task_id} on any of the {len(agents)} hosts asked")
+            task, where = found.result, found.host
+            agent = next(a for a in agents if a.name == where)
+            recent = None if json else query.ask_one(agent, "tasks", app=task["app"], limit=50)
+            recent_rows = recent.result if recent and recent.error is None else []
     if json:
         console.emit_json({"task_id": task["task_id"], "app": task["app"], "start": task["start"],
-                           "phases": task["phases"], "total": task["total"]})
+                           "phases": task["phases"], "total": task["total"], **({"host": where} if where else {})})
         return ExitCode.OK
-    recent = [t["total"] for t in apps.request("tasks", app=task["app"], limit=50)
-              if t["start"] == "cold" and t["total"]]
+    recent = [t["total"] for t in recent_rows or [] if t["start"] == "cold" and t["total"]]
+    if where:
+        console.say(f"host: [bold]{console.escape(where)}[/]")
     for line in views.profile(task, recent):
         console.say(line)
     return ExitCode.OK
@@ -163,43 +229,93 @@ def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl cal
 def logs(name: str = typer.Argument(...), follow: bool = typer.Option(False, "-f", "--follow"),
          task: Optional[str] = typer.Option(None, "--task", help="Only lines about this task."),
          since: float = typer.Option(0, "--since", help="Only the last SECONDS."),
-         lines: int = typer.Option(100, "-n", help="How many lines.")) -> int:
+         lines: int = typer.Option(100, "-n", help="How many lines."),
+         host: Optional[List[str]] = HostOpt,
+         file: Optional[Path] = typer.Option(None, "--file", help="The app's beam.yaml (or its folder): "
+                                                                  "its hosts' logs.")) -> int:
     """The app's output with the agent's events (cold starts, scale to zero) between."""
     from beamctl import apps
     from beamctl.cli import views
 
     start = time.time() - since if since else 0.0
-    entries = apps.request("logs", app=name, since=start, tail=lines, task_id=task)
+    with _fleet(name, host, file) as agents:
+        if agents is not None:
+            return _logs_fleet(agents, name, follow, task, start, lines)
+        entries = apps.request("logs", app=name, since=start, tail=lines, task_id=task)
+        while True:
+            for e in entries:
+                console.line(views.log_line(e))
+            if not follow:
+                return ExitCode.OK
+            start = entries[-1]["ts"] if entries else start
+            time.sleep(FOLLOW_POLL_S)
+            entries = apps.request("logs", app=name, since=start, tail=10_000, task_id=task)
+
+
+def _logs_fleet(agents: list[Any], name: str, follow: bool, task: str | None, start: float, lines: int) -> int:
+    """Every host's lines merged by time, each prefixed by its host; -f polls each agent."""
+    from beamctl.cli import views
+    from beamctl.fleet import query
+
+    width = max(len(a.name) for a in agents)
+    since = {a.name: start for a in agents}
+    replies = query.ask_all(agents, "logs", app=name, since=start, tail=lines, task_id=task)
+    _report_errors(replies)
     while True:
-        for e in entries:
-            console.line(views.log_line(e))
+        for e in query.merge_logs(replies):
+            console.line(views.host_log_line(e, width))
+            since[e["host"]] = max(since[e["host"]], e["ts"])
         if not follow:
-            return ExitCode.OK
-        start = entries[-1]["ts"] if entries else start
+            return query.outcome(replies)
         time.sleep(FOLLOW_POLL_S)
-        entries = apps.request("logs", app=name, since=start, tail=10_000, task_id=task)
+        with ThreadPoolExecutor(max_workers=len(agents)) as pool:
+            replies = list(pool.map(lambda a: query.ask_one(a, "logs", app=name, since=since[a.name],
+                                                            tail=10_000, task_id=task), agents))
+        replies = [r._replace(result=[e for e in r.result or [] if e["ts"] > since[r.host]]) for r in replies]
 
 
 @app.command()
-def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt) -> int:
+def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt,
+           host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
     """Deployed apps: active version, containers, endpoint and token, recent versions."""
     from beamctl import apps
     from beamctl.cli import views
+    from beamctl.fleet import query
 
-    data = apps.request("status", app=name)
+    with _fleet(name, host, file) as agents:
+        if agents is None:
+            data = apps.request("status", app=name)
+            if json:
+                console.emit_json(data)
+            else:
+                for line in views.status(data):
+                    console.say(line)
+            return ExitCode.OK
+        replies = query.ask_all(agents, "status", app=name)
     if json:
-        console.emit_json(data)
+        console.emit_json({"hosts": [{"host": r.host, **({"status": r.result} if r.error is None
+                                                         else {"error": r.error})} for r in replies]})
     else:
-        for line in views.status(data):
+        for line in views.host_status(replies):
             console.say(line)
-    return ExitCode.OK
+    return query.outcome(replies)
 
 
 @app.command()
-def stop(name: str = typer.Argument(...)) -> int:
-    """Stop the app's containers; its volumes and records stay."""
+def stop(name: str = typer.Argument(...), host: Optional[List[str]] = HostOpt,
+         file: Optional[Path] = AppFileOpt) -> int:
+    """Stop the app's containers (on every host of the app); its volumes and records stay."""
     from beamctl import apps
+    from beamctl.fleet import query
 
-    result = apps.request("stop", app=name)
-    console.say(f"stopped {result['app']} v{result['stopped_version']} (volumes kept)")
-    return ExitCode.OK
+    with _fleet(name, host, file) as agents:
+        if agents is None:
+            result = apps.request("stop", app=name)
+            console.say(f"stopped {result['app']} v{result['stopped_version']} (volumes kept)")
+            return ExitCode.OK
+        replies = query.ask_all(agents, "stop", app=name)
+    for r in replies:
+        if r.error is None:
+            console.say(f"{console.escape(r.host)}: stopped {name} v{r.result['stopped_version']} (volumes kept)")
+    _report_errors(replies)
+    return query.outcome(replies)

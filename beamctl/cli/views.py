@@ -40,13 +40,17 @@ def profile(task: dict[str, Any], recent_cold: list[float]) -> list[str]:
     return lines
 
 
-def tasks_table(tasks: list[dict[str, Any]]) -> list[str]:
-    head = f"{'TASK':<16} {'APP':<16} {'VER':>3} {'STATUS':<10} {'START':<6} {'TOTAL':>12} {'RUN':>12}  WHEN"
+def tasks_table(tasks: list[dict[str, Any]], hosts: bool = False) -> list[str]:
+    """With `hosts`, a HOST column (each task's "host") after the task id."""
+    host_head = f" {'HOST':<16}" if hosts else ""
+    head = (f"{'TASK':<16}{host_head} {'APP':<16} {'VER':>3} {'STATUS':<10} {'START':<6} {'TOTAL':>12} "
+            f"{'RUN':>12}  WHEN")
     rows = [head]
     for t in tasks:
         run = (t.get("phases") or {}).get("task_run")
         when = time.strftime("%H:%M:%S", time.localtime(t["received"]))
-        rows.append(f"{t['task_id']:<16} {t['app']:<16} {t['version'] or '-':>3} {t['status']:<10} "
+        host = f" {t.get('host') or '-':<16}" if hosts else ""
+        rows.append(f"{t['task_id']:<16}{host} {t['app']:<16} {t['version'] or '-':>3} {t['status']:<10} "
                     f"{t['start'] or '-':<6} {ms(t['total']):>12} {ms(run):>12}  {when}")
     return rows
 
@@ -68,6 +72,32 @@ def status(data: dict[str, Any]) -> list[str]:
             reason = f" ({v['reason']})" if v["reason"] else ""
             lines.append(f"  v{v['version']} {v['state']}{reason}  {v['image']}")
     return lines or ["no apps deployed on this machine"]
+
+
+def host_status(replies: list[Any]) -> list[str]:
+    """Per host (Reply: host, result, error): its status block, each line prefixed by the host; or its error."""
+    lines = []
+    for r in replies:
+        if r.error is not None:
+            lines.append(f"[bold]{r.host}[/]  [red]error:[/] {escape(r.error)}")
+            continue
+        block = status(r.result) if r.result and r.result.get("apps") else ["no apps deployed"]
+        lines.extend(f"[bold]{r.host}[/]  {line}" for line in block)
+    return lines
+
+
+def host_errors(replies: list[Any]) -> list[str]:
+    """One line per host that did not answer: `HOST: error`."""
+    return [r.error if r.error.startswith(f"{r.host}:") else f"{r.host}: {r.error}"
+            for r in replies if r.error is not None]
+
+
+def escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+def host_log_line(entry: dict[str, Any], width: int = 12) -> str:
+    return f"{entry['host']:<{width}} {log_line(entry)}"
 
 
 def log_line(entry: dict[str, Any]) -> str:

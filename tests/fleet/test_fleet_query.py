@@ -1,0 +1,240 @@
+"""The app commands across the fleet (beamctl/fleet/query.py): pure merging and picking with fake answers,
+which agents a command asks, then two real test hosts: status, call, tasks, profile, logs, a paused host."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from beamctl.cli import views
+from beamctl.errors import ExitCode
+from beamctl.fleet import query
+from beamctl.fleet.query import Reply
+
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello"
+
+
+# --- pure parts ----------------------------------------------------------------------------------------
+
+def status_of(app, busy=(), active=1, states=None):
+    states = states or ["ready"] * len(busy)
+    return {"apps": [{"app": app, "active_version": active, "image": "img", "endpoint": None, "token": "t",
+                      "containers": [{"id": f"c{i}", "version": active, "state": s, "busy": b, "idle_s": 0}
+                                     for i, (b, s) in enumerate(zip(busy, states))], "versions": []}]}
+
+
+def test_call_picks_the_least_busy_host_that_serves_the_app():
+    replies = [Reply("a", status_of("app", busy=[2, 1])), Reply("b", status_of("app", busy=[1])),
+               Reply("c", status_of("app", busy=[0, 0])), Reply("d", error="d: unreachable")]
+    assert query.pick_host(replies, "app") == "c"
+
+
+def test_ties_go_to_a_ready_container_then_the_first():
+    cold = Reply("cold", status_of("app", busy=[]))
+    warm = Reply("warm", status_of("app", busy=[0]))
+    assert query.pick_host([cold, warm], "app") == "warm"
+    assert query.pick_host([warm, Reply("warm2", status_of("app", busy=[0]))], "app") == "warm"
+    assert query.pick_host([cold, Reply("cold2", status_of("app"))], "app") == "cold"
+    starting = Reply("starting", status_of("app", busy=[0], states=["starting"]))
+    assert query.pick_host([starting, warm], "app") == "warm"
+
+
+def test_no_host_serving_means_no_pick():
+    stopped = Reply("a", status_of("app", active=None))
+    other = Reply("b", status_of("other", busy=[0]))
+    assert query.pick_host([stopped, other, Reply("c", error="down")], "app") is None
+
+
+def test_tasks_merge_newest_first_with_their_host_and_limit():
+    a = Reply("a", [{"task_id": "t1", "received": 10}, {"task_id": "t3", "received": 30}])
+    b = Reply("b", [{"task_id": "t2", "received": 20}])
+    rows = query.merge_tasks([a, b, Reply("c", error="down")], limit=2)
+    assert [(t["task_id"], t["host"]) for t in rows] == [("t3", "a"), ("t2", "b")]
+
+
+def test_logs_merge_by_time_and_keep_each_hosts_order():
+    a = Reply("a", [{"ts": 1, "text": "a1"}, {"ts": 3, "text": "a3"}, {"ts": 3, "text": "a3b"}])
+    b = Reply("b", [{"ts": 2, "text": "b2"}])
+    merged = query.merge_logs([a, b])
+    assert [(e["host"], e["text"]) for e in merged] == [("a", "a1"), ("b", "b2"), ("a", "a3"), ("a", "a3b")]
+    line = views.host_log_line({**merged[1], "source": "app"}, width=3)
+    assert line.startswith("b   ") and line.endswith("b2")
+
+
+def test_profile_takes_the_first_host_that_has_the_task():
+    replies = [Reply("a", error="no task t-1 on this host"), Reply("b", {"task_id": "t-1"}),
+               Reply("c", {"task_id": "t-1"})]
+    assert query.first_found(replies).host == "b"
+    assert query.first_found([Reply("a", error="no task")]) is None
+
+
+def test_the_exit_code_says_all_some_or_none_answered():
+    ok, down = Reply("a", {}), Reply("b", error="down")
+    assert query.outcome([ok, ok]) == ExitCode.OK
+    assert query.outcome([ok, down]) == ExitCode.PARTIAL == 5
+    assert query.outcome([down]) == ExitCode.FAILURE
+
+
+def test_status_view_prefixes_each_host_and_shows_errors():
+    lines = views.host_status([Reply("a", status_of("app", busy=[0])), Reply("b", error="b: unreachable: [x]")])
+    assert all(line.startswith("[bold]a[/]") for line in lines[:-1])
+    assert "active: v1" in lines[0]
+    assert lines[-1].startswith("[bold]b[/]  [red]error:[/]") and "\\[x]" in lines[-1]
+    assert views.host_errors([Reply("b", error="down"), Reply("c", error="c: unreachable")]) == \
+        ["b: down", "c: unreachable"]
+
+
+def test_tasks_table_has_a_host_column_only_when_asked():
+    t = {"task_id": "t-1", "app": "app", "version": 1, "status": "succeeded", "start": "warm", "total": 0.1,
+         "received": 0, "phases": {}, "host": "gpu1"}
+    assert "HOST" not in views.tasks_table([t])[0]
+    table = views.tasks_table([t], hosts=True)
+    assert "HOST" in table[0] and "gpu1" in table[1]
+
+
+class Fake:
+    def __init__(self, name, answer=None, exc=None):
+        self.name, self.answer, self.exc = name, answer, exc
+
+    def request(self, op, **args):
+        if self.exc:
+            raise self.exc
+        return self.answer
+
+
+def test_ask_all_keeps_every_hosts_answer_or_error():
+    from beamctl.fleet.errors import HostUnreachable
+
+    replies = query.ask_all([Fake("a", {"ok": True, "result": 1}),
+                             Fake("b", exc=HostUnreachable("b", "no SSH banner")),
+                             Fake("c", {"ok": False, "error": "c was never deployed here", "hint": "deploy"}),
+                             Fake("d", exc=ConnectionError("reset"))], "status")
+    assert replies[0] == Reply("a", 1)
+    assert replies[1].error == "b: unreachable: no SSH banner"
+    assert replies[2].error == "c was never deployed here (deploy)"
+    assert replies[3].error.startswith("d: unreachable")
+
+
+def test_which_agents(tmp_path, monkeypatch):
+    monkeypatch.setenv("BEAMCTL_HOSTS_FILE", str(tmp_path / "hosts.yaml"))
+    monkeypatch.chdir(tmp_path)
+    assert query.host_entries("app", None, None) is None  # no beam.yaml: the local agent
+    d = tmp_path / "hello"
+    shutil.copytree(HELLO, d)
+    monkeypatch.chdir(d)
+    assert query.host_entries("hello", None, None) is None  # ./beam.yaml without hosts: local
+    (d / "beam.yaml").write_text((HELLO / "beam.yaml").read_text() + "hosts: [h1, h2]\n")
+    assert [e.name for e in query.host_entries("hello", None, None)] == ["h1", "h2"]
+    assert query.host_entries("other", None, None) is None  # ./beam.yaml is another app's
+    assert [e.name for e in query.host_entries(None, None, d)] == ["h1", "h2"]
+    assert [e.name for e in query.host_entries("x", ["h3"], None)] == ["h3"]
+
+
+# --- two real hosts ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two(fleet):
+    return fleet(2)
+
+
+@pytest.fixture
+def app_dir(tmp_path):
+    d = tmp_path / "hello"
+    shutil.copytree(HELLO, d)
+    text = (d / "beam.yaml").read_text().replace("name: hello\n", "name: helloq\n")
+    (d / "beam.yaml").write_text(text + "hosts: [testhost-1, testhost-2]\n")
+    yield d
+    images = subprocess.run(["docker", "images", "-q", "beamctl/helloq"], capture_output=True, text=True)
+    if images.stdout.split():
+        subprocess.run(["docker", "rmi", "-f", *set(images.stdout.split())], capture_output=True)
+
+
+@pytest.mark.integration
+def test_app_commands_across_two_hosts(cli, two, app_dir, monkeypatch):
+    two.apply_env(monkeypatch)
+    f = str(app_dir)
+    deployed = cli("deploy", "-f", f, "--json")
+    assert deployed.code == 0, deployed.err
+    version = json.loads(deployed.out)["version"]
+
+    st = cli("status", "helloq", "-f", f, "--json")
+    assert st.code == 0, st.err
+    hosts = json.loads(st.out)["hosts"]
+    assert [h["host"] for h in hosts] == ["testhost-1", "testhost-2"]
+    assert [h["status"]["apps"][0]["active_version"] for h in hosts] == [version, version]
+    text = cli("status", "helloq", "-f", f)
+    assert text.code == 0 and f"testhost-1  helloq  active: v{version}" in text.err
+    assert f"testhost-2  helloq  active: v{version}" in text.err
+
+    called = cli("call", "helloq", '{"name": "Ada"}', "-f", f, "--json")
+    assert called.code == 0, called.err
+    task = json.loads(called.out)
+    assert task["status"] == "succeeded" and task["host"] in ("testhost-1", "testhost-2")
+    assert f"calling helloq on {task['host']}" in called.err
+
+    listed = cli("tasks", "helloq", "-f", f, "--json")
+    assert listed.code == 0, listed.err
+    assert [(t["task_id"], t["host"]) for t in listed.out and json.loads(listed.out)] == \
+        [(task["task_id"], task["host"])]
+    table = cli("tasks", "helloq", "-f", f)
+    assert "HOST" in table.err and task["host"] in table.err
+
+    prof = cli("profile", task["task_id"], "-f", f, "--json")
+    assert prof.code == 0, prof.err
+    assert json.loads(prof.out)["host"] == task["host"]
+    assert cli("profile", "t-000000000000", "-f", f).code != 0
+
+    logs = cli("logs", "helloq", "--file", f)
+    assert logs.code == 0, logs.err
+    assert any(line.startswith(task["host"]) for line in logs.err.splitlines())
+
+    one = cli("status", "helloq", "--host", "testhost-2", "--json")
+    assert [h["host"] for h in json.loads(one.out)["hosts"]] == ["testhost-2"]
+
+    two[1].pause()
+    try:
+        partial = cli("status", "helloq", "-f", f)
+    finally:
+        two[1].unpause()
+    assert partial.code == ExitCode.PARTIAL == 5, partial.err
+    assert f"testhost-1  helloq  active: v{version}" in partial.err
+    assert "testhost-2  error:" in partial.err and "unreachable" in partial.err
+
+    stopped = cli("stop", "helloq", "-f", f)
+    assert stopped.code == 0, stopped.err
+    assert "testhost-1: stopped helloq" in stopped.err and "testhost-2: stopped helloq" in stopped.err
+
+
+def test_logs_follow_polls_every_host_from_its_own_last_line(monkeypatch, capsys):
+    from beamctl.cli import app_cmds
+
+    class Logs:
+        def __init__(self, name, rounds):
+            self.name, self.rounds, self.asked = name, rounds, []
+
+        def request(self, op, since=0.0, **args):
+            self.asked.append(since)
+            batch = self.rounds.pop(0) if self.rounds else []
+            return {"ok": True, "result": [{"ts": ts, "source": "app", "text": f"{self.name}{ts}"} for ts in batch]}
+
+    class Done(Exception):
+        pass
+
+    sleeps = []
+
+    def sleep(s):
+        sleeps.append(s)
+        if len(sleeps) > 2:
+            raise Done
+
+    monkeypatch.setattr(app_cmds.time, "sleep", sleep)
+    a, b = Logs("a", [[1.0, 3.0], [3.0, 5.0]]), Logs("b", [[2.0], [], [6.0]])
+    with pytest.raises(Done):
+        app_cmds._logs_fleet([a, b], "app", True, None, 0.0, 100)
+    texts = [line.split()[-1] for line in capsys.readouterr().err.splitlines()]
+    assert texts == ["a1.0", "b2.0", "a3.0", "a5.0", "b6.0"]  # the repeated a3.0 is not shown twice
+    assert a.asked == [0.0, 3.0, 5.0] and b.asked == [0.0, 2.0, 2.0]
