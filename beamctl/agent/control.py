@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 MAX_LINE_BYTES = 64 << 20  # one request (a deploy with its secrets, a call with its inputs)
-OPS = ("version", "check_placement", "deploy", "call", "task", "tasks", "status", "logs", "stop")
+OPS = ("version", "check_placement", "deploy", "rollback", "call", "task", "tasks", "status", "logs", "stop")
 
 
 def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The agent's operations: deploy, call, tasks, status, logs, stop. Transport-free: the control
+"""The agent's operations: deploy, rollback, call, tasks, status, logs, stop. Transport-free: the control
 socket and the HTTP endpoint both call these, and tests can too."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import secrets as _secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import logs as _logs
@@ -117,14 +118,20 @@ class Agent:
         place = _gpus.placement(spec.gpu, self.gpus)
         if isinstance(place, str):
             raise AgentError(place, hint="deploy to a host with that GPU, or change gpu in beam.yaml")
-        lock, holder = self._deploying.setdefault(spec.app, (threading.Lock(), {}))
-        if not lock.acquire(blocking=False):
-            raise AgentError(f"a deploy of {spec.app} is already running here (since "
-                             f"{time.strftime('%H:%M:%S', time.localtime(holder.get('since', 0)))}, "
-                             f"image {holder.get('image')})", hint="wait for it to finish, then deploy again")
-        try:
-            holder.update(since=time.time(), image=spec.image)
+        with self._app_lock(spec.app, "deploy", spec.image):
             return self._deploy(spec, secret_values, place[1], health_timeout)
+
+    @contextmanager
+    def _app_lock(self, app: str, op: str, image: str) -> Iterator[None]:
+        """One deploy or rollback of an app at a time on this host; a second is refused with the holder."""
+        lock, holder = self._deploying.setdefault(app, (threading.Lock(), {}))
+        if not lock.acquire(blocking=False):
+            raise AgentError(f"a {holder.get('op', 'deploy')} of {app} is already running here (since "
+                             f"{time.strftime('%H:%M:%S', time.localtime(holder.get('since', 0)))}, "
+                             f"image {holder.get('image')})", hint=f"wait for it to finish, then {op} again")
+        try:
+            holder.update(since=time.time(), image=image, op=op)
+            yield
         finally:
             lock.release()
 
@@ -138,18 +145,24 @@ class Agent:
         _write_secrets(self._secrets_path(spec.app, version), secret_values)  # per version: a failed
         # deploy never changes what the serving version starts with
         token = self.store.ensure_app(spec.app, _secrets.token_urlsafe(32))
-        pool = self._pool(spec.app)
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
+        return self._start_and_switch(spec, version, token, health_timeout)
+
+    def _start_and_switch(self, spec: AppSpec, version: int, token: str, health_timeout: float,
+                          previous_state: str = "retired") -> dict[str, Any]:
+        """Deploy and rollback alike: start `version` (create args from its stored spec and secrets),
+        wait for READY, switch the app to it; the one it replaces gets `previous_state`."""
+        pool = self._pool(spec.app)
         with pool.cond:
             pool.pending.add(version)  # the reaper leaves the new container alone until the switch
         try:
-            return self._await_switch(spec, pool, version, token, health_timeout)
+            return self._await_switch(spec, pool, version, token, health_timeout, previous_state)
         finally:
             with pool.cond:
                 pool.pending.discard(version)
 
     def _await_switch(self, spec: AppSpec, pool: Pool, version: int, token: str,
-                      health_timeout: float) -> dict[str, Any]:
+                      health_timeout: float, previous_state: str = "retired") -> dict[str, Any]:
         live = pool.start(version)
         deadline = time.monotonic() + health_timeout
         with pool.cond:
@@ -174,11 +187,50 @@ class Agent:
         self.store.set_version_state(spec.app, version, "active")
         self.store.set_active(spec.app, version)
         if previous is not None and previous != version:
-            self.store.set_version_state(spec.app, previous, "retired")
-        self.store.event(spec.app, f"v{version} is serving" + (f"; v{previous} retired" if previous else ""))
+            self.store.set_version_state(spec.app, previous, previous_state)
+        self.store.event(spec.app, f"v{version} is serving" + (
+            f"; v{previous} {previous_state.replace('_', ' ')}" if previous else ""))
         return {"app": spec.app, "version": version, "image": spec.image, "status": "ready", "reason": None,
                 "token": token, "endpoint": f"{self.endpoint}/apps/{spec.app}" if self.endpoint else None,
                 "serving": version}
+
+    # rollback -------------------------------------------------------------------------------------
+    def rollback(self, app: str, version: int | None = None,
+                 health_timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+        """Bring an earlier version back: `version`, else the newest retired one before the active one.
+        Started like a deploy (its stored spec and secrets); the replaced one becomes "rolled_back"."""
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise AgentError(f"a version is a number, like 2, not {version!r}", kind="input")
+        rows = self.store.versions(app)
+        if not rows:
+            raise AgentError(f"{app} was never deployed here")
+        target = rollback_target(app, rows, self.store.active_version(app), version)
+        if isinstance(target, str):
+            raise AgentError(target, hint="`beamctl status` lists its versions")
+        row = next(r for r in rows if r["version"] == target)
+        with self._app_lock(app, "rollback", row["image"]):
+            return self._rollback(app, row, health_timeout)
+
+    def _rollback(self, app: str, row: dict[str, Any], health_timeout: float) -> dict[str, Any]:
+        target, spec = row["version"], AppSpec.from_json(row["spec"])
+        active = self.store.active_version(app)  # again, under the lock
+        if active == target:
+            raise AgentError(f"v{target} of {app} is already serving")
+        if not self.containers.has_image(row["image"]):
+            raise AgentError(f"image {row['image']} of v{target} was pruned; deploy again")
+        place = _gpus.placement(spec.gpu, self.gpus)
+        if isinstance(place, str):
+            raise AgentError(place)
+        token = self.store.ensure_app(app, _secrets.token_urlsafe(32))
+        frm = f"v{active}" if active is not None else "nothing serving"
+        self.store.event(app, f"rolling back from {frm} to v{target} ({row['image']})")
+        result = self._start_and_switch(spec, target, token, health_timeout, previous_state="rolled_back")
+        if result["status"] != "ready":  # the old version keeps its state: it may be tried again
+            self.store.set_version_state(app, target, row["state"], f"rollback to it failed: {result['reason']}")
+            self.store.event(app, f"rollback from {frm} to v{target} failed: {result['reason']}")
+        else:
+            self.store.event(app, f"rolled back from {frm} to v{target}")
+        return {**result, "rolled_back_from": active}
 
     def _pool(self, app: str) -> Pool:
         with self._lock:
@@ -304,6 +356,30 @@ class Agent:
         self.store.set_version_state(app, version, "stopped")
         self.store.event(app, f"stopped v{version} (volumes kept)")
         return {"app": app, "stopped_version": version}
+
+
+ROLLBACK_FROM = ("retired", "stopped")  # states of versions that served and were replaced normally
+
+
+def rollback_target(app: str, rows: list[dict[str, Any]], active: int | None, version: int | None) -> int | str:
+    """The version a rollback starts, or why there is none. Without `version`: the newest version older
+    than the active one that served and was replaced by a deploy or a stop (never a failed one, nor one
+    already rolled back). With `version`: that one, unless it never served (failed, starting) or serves now."""
+    states = {r["version"]: r["state"] for r in rows}
+    if version is not None:
+        if version not in states:
+            return f"{app} has no version {version} here"
+        if version == active:
+            return f"v{version} of {app} is already serving"
+        if states[version] in ("failed", "starting"):
+            return f"v{version} of {app} never served (state {states[version]}); it cannot be rolled back to"
+        return version
+    if active is None:
+        return f"nothing of {app} is serving here; name the version to bring back"
+    earlier = [v for v, state in states.items() if v < active and state in ROLLBACK_FROM]
+    if not earlier:
+        return f"no earlier version of {app} to roll back to"
+    return max(earlier)
 
 
 def _agent_id(data_dir: Path) -> str:
