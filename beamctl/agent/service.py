@@ -19,6 +19,7 @@ from beamctl.agent.pool import Live, Pool, StartFailed
 from beamctl.agent.profile import ContainerTimeline, phases
 from beamctl.agent.spec import AppSpec
 from beamctl.agent.store import Store
+from beamctl.agent.versions import rollback_target
 
 HEALTH_TIMEOUT_S = 300  # on_start of a big model (weights from disk, CUDA init) can take minutes
 REAP_EVERY_S = 0.5  # how often idle containers are looked for
@@ -356,30 +357,6 @@ class Agent:
         self.store.set_version_state(app, version, "stopped")
         self.store.event(app, f"stopped v{version} (volumes kept)")
         return {"app": app, "stopped_version": version}
-
-
-ROLLBACK_FROM = ("retired", "stopped")  # states of versions that served and were replaced normally
-
-
-def rollback_target(app: str, rows: list[dict[str, Any]], active: int | None, version: int | None) -> int | str:
-    """The version a rollback starts, or why there is none. Without `version`: the newest version older
-    than the active one that served and was replaced by a deploy or a stop (never a failed one, nor one
-    already rolled back). With `version`: that one, unless it never served (failed, starting) or serves now."""
-    states = {r["version"]: r["state"] for r in rows}
-    if version is not None:
-        if version not in states:
-            return f"{app} has no version {version} here"
-        if version == active:
-            return f"v{version} of {app} is already serving"
-        if states[version] in ("failed", "starting"):
-            return f"v{version} of {app} never served (state {states[version]}); it cannot be rolled back to"
-        return version
-    if active is None:
-        return f"nothing of {app} is serving here; name the version to bring back"
-    earlier = [v for v, state in states.items() if v < active and state in ROLLBACK_FROM]
-    if not earlier:
-        return f"no earlier version of {app} to roll back to"
-    return max(earlier)
 
 
 def _agent_id(data_dir: Path) -> str:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from beamctl.agent.service import rollback_target
+from beamctl.agent.versions import rollback_target
 from beamctl.cli import app_cmds
 from beamctl.errors import ExitCode
-from beamctl.fleet.query import Reply
 
 
 def rows(*states: str) -> list[dict]:
