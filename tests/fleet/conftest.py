@@ -172,3 +172,15 @@ def fleet(tmp_path_factory):
     yield get
     for f in started.values():
         f.down()
+
+
+def hello_on_two_hosts(tmp_path: Path, name: str):
+    """examples/hello copied as app `name` with `hosts: [testhost-1, testhost-2]`; its images removed after."""
+    d = tmp_path / "hello"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "hello", d)
+    text = (d / "beam.yaml").read_text().replace("name: hello\n", f"name: {name}\n")
+    (d / "beam.yaml").write_text(text + "hosts: [testhost-1, testhost-2]\n")
+    yield d
+    images = subprocess.run(["docker", "images", "-q", f"beamctl/{name}"], capture_output=True, text=True)
+    if images.stdout.split():
+        subprocess.run(["docker", "rmi", "-f", *set(images.stdout.split())], capture_output=True)

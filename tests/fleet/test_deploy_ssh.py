@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,8 +16,8 @@ import pytest
 from beamctl.errors import ExitCode
 from beamctl.fleet import rollout, ship
 from beamctl.fleet.remote import command_line
+from tests.fleet.conftest import hello_on_two_hosts
 
-HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello"
 
 
 # --- pure parts ----------------------------------------------------------------------------------------
@@ -85,14 +82,7 @@ def two(fleet):
 
 @pytest.fixture
 def app_dir(tmp_path):
-    d = tmp_path / "hello"
-    shutil.copytree(HELLO, d)
-    text = (d / "beam.yaml").read_text().replace("name: hello\n", "name: hellossh\n")
-    (d / "beam.yaml").write_text(text + "hosts: [testhost-1, testhost-2]\n")
-    yield d
-    images = subprocess.run(["docker", "images", "-q", "beamctl/hellossh"], capture_output=True, text=True)
-    if images.stdout.split():
-        subprocess.run(["docker", "rmi", "-f", *set(images.stdout.split())], capture_output=True)
+    yield from hello_on_two_hosts(tmp_path, "hellossh")
 
 
 def deploy(cli, app_dir):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from beamctl.cli import views
 from beamctl.errors import ExitCode
 from beamctl.fleet import query
 from beamctl.fleet.query import Reply
+from tests.fleet.conftest import hello_on_two_hosts
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello"
 
@@ -143,14 +143,7 @@ def two(fleet):
 
 @pytest.fixture
 def app_dir(tmp_path):
-    d = tmp_path / "hello"
-    shutil.copytree(HELLO, d)
-    text = (d / "beam.yaml").read_text().replace("name: hello\n", "name: helloq\n")
-    (d / "beam.yaml").write_text(text + "hosts: [testhost-1, testhost-2]\n")
-    yield d
-    images = subprocess.run(["docker", "images", "-q", "beamctl/helloq"], capture_output=True, text=True)
-    if images.stdout.split():
-        subprocess.run(["docker", "rmi", "-f", *set(images.stdout.split())], capture_output=True)
+    yield from hello_on_two_hosts(tmp_path, "helloq")
 
 
 @pytest.mark.integration
