@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 MAX_LINE_BYTES = 64 << 20  # one request (a deploy with its secrets, a call with its inputs)
-OPS = ("version", "check_placement", "deploy", "rollback", "call", "task", "tasks", "status", "logs", "stop")
+OPS = ("version", "check_placement", "deploy", "rollback", "call", "task", "tasks", "status", "logs", "stop",
+       "lock_acquire", "lock_release", "lock_break")
 
 
 def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from beamctl.agent import gpus as _gpus
+from beamctl.agent import locks as _locks
 from beamctl.agent import logs as _logs
 from beamctl.agent.containers import Containers, create_args, volume_dir
 from beamctl.agent.pool import Live, Pool, StartFailed
@@ -267,6 +268,16 @@ class Agent:
         _logs.save(self.data_dir, app, live.id, self.containers.logs(live.id))
         self.containers.remove(live.id)
 
+    # deploy locks (held across a whole fleet deploy by the client; agent/locks.py) -------------------
+    def lock_acquire(self, app: str, holder: dict[str, Any]) -> dict[str, Any]:
+        return _lock_op(_locks.acquire, self.data_dir, app, holder)
+
+    def lock_release(self, app: str, token: str) -> bool:
+        return _lock_op(_locks.release, self.data_dir, app, token)
+
+    def lock_break(self, app: str) -> dict[str, Any] | None:
+        return _lock_op(_locks.break_, self.data_dir, app)
+
     # tasks ----------------------------------------------------------------------------------------
     def call(self, app: str, inputs: Any) -> dict[str, Any]:
         if not isinstance(inputs, dict):
@@ -328,7 +339,7 @@ class Agent:
             active = self.store.active_version(name)
             out.append({"app": name, "active_version": active,
                         "image": next((v["image"] for v in versions if v["version"] == active), None),
-                        "containers": live, "token": token,
+                        "containers": live, "token": token, "lock": _locks.read(self.data_dir, name),
                         "endpoint": f"{self.endpoint}/apps/{name}" if self.endpoint else None,
                         "versions": [{k: v[k] for k in ("version", "image", "state", "reason", "created")}
                                      for v in versions[-5:]]})
@@ -357,6 +368,13 @@ class Agent:
         self.store.set_version_state(app, version, "stopped")
         self.store.event(app, f"stopped v{version} (volumes kept)")
         return {"app": app, "stopped_version": version}
+
+
+def _lock_op(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ValueError as e:  # a bad app name or holder
+        raise AgentError(str(e), kind="input") from None
 
 
 def _agent_id(data_dir: Path) -> str:

@@ -1,4 +1,4 @@
-"""Commands about deployed apps: deploy, rollback, call, tasks, profile, logs, status, stop."""
+"""Commands about deployed apps: deploy, rollback, call, tasks, profile, logs, status, stop, unlock."""
 
 from __future__ import annotations
 
@@ -387,3 +387,28 @@ def _rolled_back(name: str, replies: list[Any], json: bool, local: bool) -> int:
         ok = sum(c.error is None for c in checked)
         console.error(f"partial rollback: {ok} of {len(checked)} hosts run the earlier version")
     return code
+
+
+@app.command()
+def unlock(name: str = typer.Argument(..., help="The app."), json: bool = JsonOpt,
+           host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
+    """Break the app's deploy lock (on every host of the app), whoever holds it: for a deploy that died."""
+    from beamctl import apps
+    from beamctl.fleet import locks, query
+
+    with _fleet(name, host, file) as agents:
+        if agents is None:
+            replies = [query.Reply("local", apps.request("lock_break", app=name))]
+        else:
+            replies = locks.break_locks(agents, name)
+    if json:
+        console.emit_json({"app": name, "hosts": [{"host": r.host, "removed": r.result, "error": r.error}
+                                                  for r in replies]})
+    for r in replies:
+        if r.error is None:
+            where = "" if agents is None else f"{console.escape(r.host)}: "
+            said = (f"removed the lock held by {console.escape(locks.describe(r.result))}" if r.result
+                    else f"no lock on {name}")
+            console.say(f"{where}{said}")
+    _report_errors(replies)
+    return query.outcome(replies)

@@ -63,6 +63,10 @@ def status(data: dict[str, Any]) -> list[str]:
         if app["endpoint"]:
             lines.append(f"  endpoint: {app['endpoint']}")
             lines.append(f"  token:    {app['token']}")
+        if app.get("lock"):
+            from beamctl.fleet.locks import describe
+
+            lines.append(f"  locked:   {escape(describe(app['lock']))} (beamctl unlock {app['app']})")
         for c in app["containers"]:
             idle = f", idle {c['idle_s']:.0f} s" if c["idle_s"] else ""
             lines.append(f"  container {c['id']} v{c['version']} {c['state']}, {c['busy']} busy{idle}")

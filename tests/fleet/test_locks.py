@@ -1,0 +1,246 @@
+"""The deploy lock across hosts (fleet/locks.py) with fake agents backed by real lock files, and `unlock`."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from beamctl.agent import control
+from beamctl.agent import locks as host_locks
+from beamctl.errors import ExitCode
+from beamctl.fleet import locks
+from beamctl.fleet.errors import HostUnreachable
+
+ME = {"who": "ada@laptop", "pid": 1, "at": 1_700_000_000.0, "image": "beamctl/app:new", "op": "deploy"}
+OTHER = {"who": "bob@desk", "pid": 7, "at": time.time() - 120, "image": "beamctl/app:old", "op": "rollback"}
+
+
+class Host:
+    """An agent's lock ops over a real lock directory; records every request (into a shared log too)."""
+
+    def __init__(self, name, root, log, fail=None):
+        self.name, self.dir, self.log, self.fail = name, root / name, log, fail
+        self.dir.mkdir()
+
+    def request(self, op, **args):
+        self.log.append((self.name, op))
+        if self.fail is not None:
+            raise self.fail
+        if op == "lock_acquire":
+            return {"ok": True, "result": host_locks.acquire(self.dir, args["app"], args["holder"])}
+        if op == "lock_release":
+            return {"ok": True, "result": host_locks.release(self.dir, args["app"], args["token"])}
+        if op == "lock_break":
+            return {"ok": True, "result": host_locks.break_(self.dir, args["app"])}
+        raise AssertionError(op)
+
+    def locked(self, app="app"):
+        return host_locks.read(self.dir, app)
+
+
+@pytest.fixture
+def hosts(tmp_path):
+    log = []
+    return {n: Host(n, tmp_path, log) for n in ("c", "a", "b")}, log
+
+
+def test_locks_every_host_in_sorted_order_and_releases_at_the_end(hosts):
+    agents, log = hosts
+    lines = []
+    with locks.hold(agents, "app", ME, 0, lines.append) as held:
+        assert sorted(held) == ["a", "b", "c"] and held.missing == {}
+        assert len(set(held.values())) == 1
+        assert all(h.locked() == ME for h in agents.values())
+        assert [e for e in log if e[1] == "lock_acquire"] == [("a", "lock_acquire"), ("b", "lock_acquire"),
+                                                               ("c", "lock_acquire")]
+    assert all(h.locked() is None for h in agents.values())
+    assert lines == []
+
+
+def test_a_held_lock_refuses_with_the_holder_and_gives_back_what_was_taken(hosts):
+    agents, log = hosts
+    host_locks.acquire(agents["b"].dir, "app", OTHER)
+    with pytest.raises(locks.DeployLocked) as e:
+        with locks.hold(agents, "app", ME, 0, lambda m: None):
+            pytest.fail("must not get the lock")
+    assert e.value.exit_code == ExitCode.FAILURE
+    assert e.value.host == "b" and e.value.holder == OTHER
+    assert e.value.message.startswith("b: app is locked by bob@desk (pid 7) since ")
+    assert "2 min ago: rollback of beamctl/app:old" in e.value.message
+    assert e.value.hint == "wait with --lock-wait SECONDS, or if that deploy is dead: beamctl unlock app"
+    assert agents["a"].locked() is None  # taken before b refused, given back
+    assert agents["c"].locked() is None and ("c", "lock_acquire") not in log  # never asked past b
+    assert agents["b"].locked() == OTHER  # someone else's: untouched
+
+
+def test_waits_and_gets_the_lock_when_the_holder_lets_go(hosts, monkeypatch):
+    agents, log = hosts
+    monkeypatch.setattr(locks, "POLL_S", 0.01)
+    other = host_locks.acquire(agents["c"].dir, "app", OTHER)["token"]
+    polls = []
+
+    class Slow(Host):
+        def request(self, op, **args):
+            if op == "lock_acquire":
+                polls.append(1)
+                if len(polls) == 3:
+                    host_locks.release(agents["c"].dir, "app", other)  # the other deploy ends
+            return super().request(op, **args)
+
+    agents["c"].__class__ = Slow
+    lines = []
+    with locks.hold(agents, "app", ME, 30, lines.append) as held:
+        assert sorted(held) == ["a", "b", "c"]
+        assert agents["c"].locked() == ME
+    assert len(polls) == 3
+    assert len(lines) == 1 and lines[0].startswith("waiting up to 30 s for the lock on c held by bob@desk")
+    assert all(h.locked() is None for h in agents.values())
+
+
+def test_waiting_gives_up_after_wait_s(hosts, monkeypatch):
+    agents, _ = hosts
+    monkeypatch.setattr(locks, "POLL_S", 0.01)
+    host_locks.acquire(agents["a"].dir, "app", OTHER)
+    start = time.monotonic()
+    with pytest.raises(locks.DeployLocked) as e:
+        with locks.hold(agents, "app", ME, 0.2, lambda m: None):
+            pass
+    assert 0.2 <= time.monotonic() - start < 2
+    assert e.value.message.endswith(("(waited 0.2 s)", "(waited 0.3 s)"))
+    assert agents["b"].locked() is None and agents["c"].locked() is None
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("deploy blew up"), KeyboardInterrupt()])
+def test_released_when_the_body_fails_or_is_interrupted(hosts, exc):
+    agents, _ = hosts
+    with pytest.raises(type(exc)):
+        with locks.hold(agents, "app", ME, 0, lambda m: None):
+            assert agents["b"].locked() == ME
+            raise exc
+    assert all(h.locked() is None for h in agents.values())
+
+
+def test_interrupted_while_acquiring_releases_what_may_have_been_taken(hosts):
+    agents, _ = hosts
+
+    class CutOff(Host):
+        def request(self, op, **args):
+            answer = super().request(op, **args)  # the host took the lock ...
+            if op == "lock_acquire":
+                raise KeyboardInterrupt  # ... but Ctrl-C came before its answer
+            return answer
+
+    agents["b"].__class__ = CutOff
+    with pytest.raises(KeyboardInterrupt):
+        with locks.hold(agents, "app", ME, 0, lambda m: None):
+            pytest.fail("not reached")
+    assert all(h.locked() is None for h in agents.values())
+
+
+def test_a_host_that_does_not_answer_is_left_out_not_a_lock_failure(hosts):
+    agents, log = hosts
+    agents["b"].fail = HostUnreachable("b", "connection refused")
+    lines = []
+    with locks.hold(agents, "app", ME, 0, lines.append) as held:
+        assert sorted(held) == ["a", "c"]
+        assert held.missing == {"b": "b: unreachable: connection refused"}
+    assert agents["a"].locked() is None and agents["c"].locked() is None
+    assert log.count(("b", "lock_release")) == 0  # nothing reached it: nothing to release
+    assert lines == []
+
+
+def test_a_host_cut_off_mid_request_is_released_quietly_and_release_failures_never_hide_the_error(hosts):
+    agents, log = hosts
+
+    class Flaky(Host):
+        def request(self, op, **args):
+            self.log.append((self.name, op))
+            if op == "lock_release":
+                raise ConnectionError("reset")
+            host_locks.acquire(self.dir, args["app"], args["holder"])
+            raise TimeoutError("timed out")
+
+    agents["a"].__class__ = Flaky  # takes the lock, answer lost; every release fails
+    lines = []
+    with pytest.raises(RuntimeError, match="the real error"):
+        with locks.hold(agents, "app", ME, 0, lines.append) as held:
+            assert sorted(held) == ["b", "c"] and "a" in held.missing
+            raise RuntimeError("the real error")
+    assert ("a", "lock_release") in log  # tried, since it may hold the lock
+    assert lines == []  # quietly: we never knew we held it
+    assert agents["b"].locked() is None and agents["c"].locked() is None
+
+
+def test_a_release_failure_of_a_held_lock_is_a_progress_line(hosts):
+    agents, _ = hosts
+    lines = []
+    with locks.hold(agents, "app", ME, 0, lines.append):
+        agents["a"].fail = ConnectionError("reset")
+    assert len(lines) == 1 and lines[0].startswith("a: could not release the deploy lock of app: a: unreachable")
+    assert "beamctl unlock app --host a" in lines[0]
+
+
+def test_holder_here_and_describe():
+    h = locks.holder_here("app", "beamctl/app:1", "rollback")
+    assert set(h) == {"who", "pid", "at", "image", "op"} and "@" in h["who"] and h["op"] == "rollback"
+    at = time.mktime((2026, 1, 2, 14, 3, 22, 0, 0, -1))
+    assert locks.describe({**OTHER, "at": at}, now=at + 12 * 60) == \
+        "bob@desk (pid 7) since 14:03:22, 12 min ago: rollback of beamctl/app:old"
+    assert locks.describe({**OTHER, "at": at}, now=at + 3 * 86400).startswith("bob@desk (pid 7) since 2026-01-02 14:03:22")
+
+
+def test_break_locks_answers_per_host(hosts):
+    agents, _ = hosts
+    host_locks.acquire(agents["b"].dir, "app", OTHER)
+    agents["c"].fail = ConnectionError("reset")
+    replies = locks.break_locks(agents, "app")
+    assert [r.host for r in replies] == ["a", "b", "c"]
+    assert replies[0].result is None and replies[0].error is None
+    assert replies[1].result == OTHER and agents["b"].locked() is None
+    assert replies[2].error.startswith("c: unreachable")
+
+
+def test_unlock_cli_across_hosts(hosts, monkeypatch, capsys):
+    from beamctl.cli import app_cmds
+
+    agents, _ = hosts
+    host_locks.acquire(agents["a"].dir, "app", OTHER)
+    agents["c"].fail = ConnectionError("reset")
+
+    @contextmanager
+    def fleet(name, host, file):
+        yield list(agents.values())
+
+    monkeypatch.setattr(app_cmds, "_fleet", fleet)
+    code = app_cmds.unlock("app", False, None, None)
+    err = capsys.readouterr().err
+    assert code == ExitCode.PARTIAL
+    assert "a: removed the lock held by bob@desk (pid 7) since " in err
+    assert "b: no lock on app" in err and "c: unreachable" in err
+    assert agents["a"].locked() is None
+
+
+def test_unlock_cli_on_the_local_agent(tmp_path, monkeypatch, cli):
+    from beamctl.agent.service import Agent
+
+    data = tmp_path / "agent"
+    data.mkdir()
+    monkeypatch.setenv("BEAMCTL_AGENT_DIR", str(data))
+    server = control.serve(Agent(data, containers=None, gpus=[]), data / "agent.sock")
+    try:
+        host_locks.acquire(data, "app", OTHER)
+        r = cli("unlock", "app", cwd=tmp_path)
+        assert r.code == 0 and "removed the lock held by bob@desk" in r.err and "rollback of beamctl/app:old" in r.err
+        assert host_locks.read(data, "app") is None
+        r = cli("unlock", "app", "--json", cwd=tmp_path)
+        assert r.code == 0 and "no lock on app" in r.err
+        assert '"removed": null' in r.out
+        client = control.AgentClient(control.LocalTransport(data / "agent.sock", timeout=5))  # a local deploy's
+        with locks.hold({"local": client}, "app", ME, 0, lambda m: None) as held:
+            assert list(held) == ["local"] and host_locks.read(data, "app") == ME
+        assert host_locks.read(data, "app") is None
+    finally:
+        server.shutdown()
+        server.server_close()
