@@ -18,7 +18,7 @@ from beamctl.errors import UsageError
 WIDTH = 88  # comment lines wrap here
 
 # The example values init writes, in the order they appear. Keys left out of a fresh
-# app (hosts) are written commented out, with their description.
+# app (hosts, rollout) are written commented out, with their description.
 _EXAMPLE: dict[str, Any] = {
     "name": None,  # from the folder's name
     "handler": "app:handler",
@@ -36,7 +36,8 @@ _EXAMPLE: dict[str, Any] = {
     "env": {"LOG_LEVEL": "info"},
     "secrets": [],
 }
-_COMMENTED = {"hosts": ["user@gpu-host:22"]}
+_COMMENTED: dict[str, Any] = {"hosts": ["user@gpu-host:22"],
+                               "rollout": {"max_parallel": 2, "health_timeout": 300}}
 
 APP_PY = '''\
 """A beamctl app. `beamctl call` sends a task; its inputs arrive as keyword arguments."""
@@ -71,6 +72,7 @@ def render_beam_yaml(name: str) -> str:
         out += _field(key, name if key == "name" else value, props[key], indent="")
     for key, value in _COMMENTED.items():
         out += [line if line.startswith("#") else f"# {line}" for line in _field(key, value, props[key], "") if line]
+        out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -16,7 +16,7 @@ class Gpu:
     index: int
     name: str  # as the driver says: "NVIDIA H100 80GB HBM3"
     canonical: str | None  # "H100", or None for a type beamctl does not name
-    memory_mib: int
+    memory_mib: int | None  # None: [N/A] on unified-memory parts (GB10)
     driver: str
 
 
@@ -27,7 +27,12 @@ def parse(csv_text: str) -> list[Gpu]:
         if len(parts) != 4:
             continue
         index, name, memory, driver = parts
-        out.append(Gpu(int(index), name, canonical_name(name), int(memory.split()[0]), driver))
+        try:
+            number = int(index)
+        except ValueError:
+            continue  # not a GPU line (nvidia-smi's own messages)
+        mib = memory.split()[0] if memory.split() else ""
+        out.append(Gpu(number, name, canonical_name(name), int(mib) if mib.isdigit() else None, driver))
     return out
 
 

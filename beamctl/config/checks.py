@@ -203,8 +203,21 @@ def hosts_safe(doc: Document, app_dir: Path) -> Iterator[Problem]:
             yield doc.problem(("hosts", i), str(e))
 
 
+def rollout_has_hosts(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """rollout.max_parallel without `hosts:` has no effect: deploy then goes to this machine only."""
+    rollout = doc.data.get("rollout")
+    if not isinstance(rollout, dict) or "max_parallel" not in rollout:
+        return
+    hosts = doc.data.get("hosts")
+    if isinstance(hosts, list) and hosts:
+        return
+    yield doc.problem(("rollout", "max_parallel"), "has no effect without hosts: deploy then goes to this "
+                      "machine only; list the hosts under hosts, or remove max_parallel", severity="warning")
+
+
 CHECKS: tuple[Check, ...] = (entrypoints_exist, gpu_names, checkpoint_single_gpu, volumes_sound,
-                             cache_dir_on_volume, image_sources, env_and_secrets, hosts_safe)
+                             cache_dir_on_volume, image_sources, env_and_secrets, hosts_safe,
+                             rollout_has_hosts)
 
 
 def run_checks(doc: Document, app_dir: Path) -> list[Problem]:

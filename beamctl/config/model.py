@@ -54,6 +54,12 @@ class ImageSpec:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    max_parallel: int | None  # hosts deployed to at once; None: all of them
+    health_timeout_s: float  # per host, seconds to wait for READY
+
+
+@dataclass(frozen=True)
 class AppConfig:
     file: Path
     app_dir: Path
@@ -74,6 +80,7 @@ class AppConfig:
     env: Mapping[str, str]
     secrets: tuple[str, ...]
     hosts: tuple[Host, ...]  # empty: the local machine
+    rollout: RolloutConfig
 
     @property
     def gpu_count(self) -> int:
@@ -100,6 +107,8 @@ def build(data: dict[str, Any], schema: dict[str, Any], file: Path) -> AppConfig
     image = data.get("image", {})
     image_props = props["image"]["properties"]
     img = lambda key: image.get(key, image_props[key].get("default"))  # noqa: E731
+    rollout = data.get("rollout", props["rollout"]["default"])
+    rollout_props = props["rollout"]["properties"]
     app_dir = file.parent
     gpu_raw = get("gpu")
     gpu_list = gpu_raw if isinstance(gpu_raw, list) else [gpu_raw or "none"]
@@ -131,4 +140,8 @@ def build(data: dict[str, Any], schema: dict[str, Any], file: Path) -> AppConfig
         env=MappingProxyType({k: _env_value(v) for k, v in get("env").items()}),
         secrets=tuple(get("secrets")),
         hosts=tuple(parse_host(h) for h in data.get("hosts", [])),
+        rollout=RolloutConfig(
+            max_parallel=rollout.get("max_parallel"),
+            health_timeout_s=float(rollout.get("health_timeout", rollout_props["health_timeout"]["default"])),
+        ),
     )

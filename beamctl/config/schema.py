@@ -139,6 +139,11 @@ def _type_message(field: str, want: Any, got: Any) -> str:
     hint = ""
     if isinstance(got, str) and want in ("integer", "number", "boolean") and _reads_as(got, want):
         hint = " (remove the quotes)"
+    elif field == "health_timeout" and isinstance(got, str):
+        m = re.fullmatch(r"\s*(\d+)\s*(s|m|min|h)\s*", got)
+        if m:
+            seconds = int(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+            hint = f" (write the seconds as a number: {seconds})"
     return f"expected {wants}, got {_describe(got)}{hint}"
 
 
@@ -192,7 +197,7 @@ def _extra_keys(instance: dict, schema: dict) -> list[str]:
 
 def _unknown_key(doc: Document, path: tuple, key: str, schema: dict) -> Problem:
     allowed = list(schema.get("properties", {}))
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.62)  # 0.6 offered rollout for colour (0.615)
     if close:
         hint = f"did you mean '{close[0]}'?"
     elif len(allowed) <= 8:

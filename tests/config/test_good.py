@@ -6,6 +6,7 @@ import pytest
 
 from beamctl.config import load, validate_file
 from beamctl.config.gpu import GpuChoice
+from beamctl.config.model import RolloutConfig
 from tests.conftest import FIXTURES
 
 GOOD = FIXTURES / "good"
@@ -36,6 +37,7 @@ def test_full_file_becomes_a_normalised_model():
     assert config.secrets == ("HF_TOKEN",)
     assert [(h.user, h.hostname, h.port) for h in config.hosts] == [
         (None, "gpu1", None), ("deploy", "10.0.0.7", 2222), ("root", "fe80::1", 22)]
+    assert config.rollout == RolloutConfig(max_parallel=2, health_timeout_s=600.0)
 
 
 def test_defaults_come_from_the_schema():
@@ -46,6 +48,7 @@ def test_defaults_come_from_the_schema():
     assert config.image.python_version == "3.11" and config.image.requirements is None
     assert config.volumes == () and config.cache_dir is None and config.hosts == ()
     assert config.checkpoint_enabled is False
+    assert config.rollout == RolloutConfig(max_parallel=None, health_timeout_s=300.0)  # all hosts at once
 
 
 def test_gpu_preference_list_keeps_its_order():
@@ -89,3 +92,10 @@ def test_missing_file_is_a_usage_error(cli, tmp_path):
     assert result.code == 2
     assert result.err == (f"error: {tmp_path / 'nope.yaml'}: no such file\n"
                           "hint: run `beamctl init` to create one, or pass -f FILE\n")
+
+
+def test_rollout_health_timeout_only_is_fine_without_hosts(tmp_path):
+    (tmp_path / "app.py").write_text("def handler(**inputs):\n    return inputs\n")
+    (tmp_path / "beam.yaml").write_text("name: r\nhandler: app:handler\nrollout:\n  health_timeout: 12.5\n")
+    config, warnings = load(tmp_path / "beam.yaml")
+    assert warnings == [] and config.rollout == RolloutConfig(None, 12.5)
