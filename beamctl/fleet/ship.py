@@ -1,34 +1,53 @@
-"""Ship an image to a host's engine without a registry: ask first, then stream it zstd-compressed.
+"""Ship an image to hosts' engines without a registry: only the layers each host lacks, compressed once.
 
-`ship_image` asks the host's engine for the image id (`docker image inspect`); the same id there
-means nothing is sent. Otherwise `docker save REF | zstd` runs here and its output goes, as data
-on the SSH channel's stdin, into `sh -c 'zstd -d -q | docker load'` on the host; the host's id is
-then compared with ours (the id is the digest of the image's config, which names every layer's
-digest, so an equal id is the digest check on arrival).
-
-Not yet: sending only the layers the host lacks (issue 5's goal). `docker load` wants every layer
-tar of the image in the archive, so a layer-diff needs a different way in (an archive whose missing
-layers are rebuilt on the host from its own store, or the engine's registry protocol); until then a
-missing image is sent whole, compressed. The bulk path is paramiko (~150 MiB/s here); OpenSSH's
-client for the bulk stream is also later.
+Per host (in parallel), on the connection beamctl holds: the host's id for the tag (the same id:
+nothing to send), else the layer lists of every image its engine holds, which say how much of our
+chain it already has (layers.present_prefix). Hosts that lack the same layers form one group; per
+group `docker save` runs once here, layers.filter_archive leaves out the layers the group holds,
+zstd compresses once, and every host of the group gets the same bytes on its own stream
+(bulk.open_sink: OpenSSH where it can, else paramiko) into `zstd -d | docker load`. A slow host
+slows its group only by a bounded queue. On arrival the host's id for the tag must equal ours: the id
+is the digest of the config, which names every layer's digest, and the engine checks each layer it
+reads against it, so that is the digest check; `docker load` unpacks the whole archive before it
+registers anything, so a cut stream leaves nothing half-loaded. A stream that broke is retried once
+on a new connection; a load that found a layer missing (pruned meanwhile) is retried with the whole
+image.
 """
 
 from __future__ import annotations
 
+import json
+import queue
 import shlex
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from beamctl.errors import EnvironmentProblem
+from beamctl.errors import BeamctlError, EnvironmentProblem
+from beamctl.fleet import bulk, layers
 from beamctl.fleet.errors import HostUnreachable, RemoteError, tail
 
 CHUNK = 1 << 20
-LOAD_IDLE_TIMEOUT_S = 300.0  # no progress on the channel for this long: the host is gone
+QUEUE_CHUNKS = 16  # per host: at most this many MiB wait for a slow host
+LOAD_TIMEOUT_S = 600.0  # after the last byte: the host's docker load must end within this
+PROGRESS_EVERY_S = 0.5
 LOAD_SCRIPT = "zstd -d -q | docker load"  # a cut or corrupt stream fails the load; the id check follows
-Progress = Callable[[str], None]
+Progress = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class ShipProgress:
+    """Bytes on the wire to one host so far (an event for progress bars)."""
+
+    host: str
+    sent: int
+    done: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.sent / 1e6:.1f} MB sent{' (done)' if self.done else ''}"
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,10 @@ class ShipResult:
     action: str  # present | sent
     bytes_sent: int  # compressed bytes on the wire
     seconds: float
+    layers_sent: int = 0
+    layers_total: int = 0
+    via: str = ""  # openssh | paramiko
+    attempts: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,8 +74,12 @@ def load_argv() -> list[str]:
     return ["sh", "-c", LOAD_SCRIPT]
 
 
+def held_argv() -> list[str]:
+    return ["sh", "-c", layers.HELD_LAYERS_SCRIPT]
+
+
 def save_commands(image_ref: str) -> tuple[list[str], list[str]]:
-    """The local side: `docker save REF`, piped into zstd on all cores."""
+    """The local side: `docker save REF`, and zstd on all cores for the filtered archive."""
     return ["docker", "save", image_ref], ["zstd", "-q", "-c", "-T0"]
 
 
@@ -65,88 +92,282 @@ def remote_id(conn: Any, label: str, image_ref: str) -> str | None:
     return done.stdout.strip() or None
 
 
+def held_layers(conn: Any, label: str) -> list[list[str]]:
+    done = conn.run(held_argv())
+    if done.exit != 0:
+        raise RemoteError(label, "docker image inspect (layers)", done.exit, tail(done.stderr))
+    return layers.parse_held(done.stdout)
+
+
+def local_layers(image_ref: str) -> list[str]:
+    argv = ["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", image_ref]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise EnvironmentProblem("the docker CLI is not installed here", "run ./scripts/setup.sh") from None
+    if done.returncode != 0:
+        raise EnvironmentProblem(f"cannot inspect {image_ref} here: {tail(done.stderr)}")
+    return list(json.loads(done.stdout))
+
+
+def v1_cache() -> layers.V1Ids:
+    from beamctl.paths import cache_dir
+
+    return layers.V1Ids(cache_dir() / "v1ids.json")
+
+
+class _Host:
+    """One host during a ship: its connection, what it lacks, its result or error."""
+
+    def __init__(self, ssh: Any, name: str, host: Any) -> None:
+        self.ssh, self.name, self.host = ssh, name, host
+        self.target: Any = None
+        self.conn: Any = None
+        self.keep_from = 0
+        self.present = False
+        self.result: ShipResult | None = None
+        self.error: BeamctlError | None = None
+        self.attempts = 0
+        self.sent = 0
+        self.via = ""
+        self.started = time.monotonic()
+
+    def connect(self) -> None:
+        self.close()
+        self.target = self.ssh.resolve(self.host, self.name)
+        self.conn = self.ssh.connect(self.target)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 def ship_image(ssh: Any, host: Any, image_ref: str, image_id: str, progress: Progress,
                name: str | None = None) -> ShipResult:
-    """Make the host's engine hold `image_ref` with id `image_id`; raises SshError when it cannot."""
-    start = time.monotonic()
-    target = ssh.resolve(host, name)
-    label = name or target.name
-    with ssh.connect(target) as conn:
-        if remote_id(conn, label, image_ref) == image_id:
-            progress(f"{label}: {image_ref} is present; nothing sent")
-            return ShipResult(label, "present", 0, time.monotonic() - start)
-        progress(f"{label}: sending {image_ref} (whole image, zstd)")
-        sent = _stream(conn, label, image_ref)
-        got = remote_id(conn, label, image_ref)
-        if got != image_id:
-            raise RemoteError(label, "docker load", None,
-                              f"the image arrived as {got or 'nothing'}, not {image_id}: nothing is used")
-    seconds = time.monotonic() - start
-    progress(f"{label}: sent {sent / 1e6:.1f} MB in {seconds:.1f} s; id verified")
-    return ShipResult(label, "sent", sent, seconds)
+    """One host: make its engine hold `image_ref` with id `image_id`; raises SshError when it cannot."""
+    label = name or ssh.resolve(host, name).name
+    outcome = ship_images(ssh, {label: host}, image_ref, image_id, progress)[label]
+    if isinstance(outcome, BeamctlError):
+        raise outcome
+    return outcome
 
 
-def _stream(conn: Any, label: str, image_ref: str) -> int:
-    """`docker save | zstd` here into the channel; the bytes sent."""
+def ship_images(ssh: Any, hosts: dict[str, Any], image_ref: str, image_id: str, progress: Progress
+                ) -> dict[str, ShipResult | BeamctlError]:
+    """Every host (name -> host) at once; per host its ShipResult or the error that stopped it."""
+    diff_ids = local_layers(image_ref)
+    states = [_Host(ssh, name, host) for name, host in hosts.items()]
+    try:
+        for attempt in (1, 2):
+            todo = [s for s in states if s.result is None and (attempt == 1 or _retryable(s))]
+            if not todo:
+                break
+            for s in todo:
+                s.error, s.sent = None, 0
+            _survey(todo, image_ref, image_id, diff_ids, progress, fresh=attempt > 1)
+            for keep_from, group in _groups([s for s in todo if s.error is None and not s.present]).items():
+                _send(group, image_ref, diff_ids, keep_from, progress)
+            for s in todo:
+                if s.error is None:
+                    _verify(s, image_ref, image_id, diff_ids, progress)
+    finally:
+        for s in states:
+            s.close()
+    return {s.name: (s.result if s.result is not None else s.error or HostUnreachable(s.name, "not shipped"))
+            for s in states}
+
+
+def _retryable(s: _Host) -> bool:
+    """A broken stream (the host, or the way to it, went away) or a layer gone missing: one more try."""
+    if isinstance(s.error, HostUnreachable) and s.attempts > 0:
+        return True
+    if isinstance(s.error, RemoteError) and "layer" in s.error.message.lower() and s.keep_from > 0:
+        s.keep_from = -1  # the host's store changed under us: send the whole image
+        return True
+    return False
+
+
+def _survey(states: list[_Host], image_ref: str, image_id: str, diff_ids: list[str], progress: Progress,
+            fresh: bool) -> None:
+    def one(s: _Host) -> None:
+        try:
+            if fresh or s.conn is None:
+                s.connect()
+            if remote_id(s.conn, s.name, image_ref) == image_id:
+                s.present = True
+                s.result = ShipResult(s.name, "present", 0, time.monotonic() - s.started, 0, len(diff_ids))
+                progress(f"{s.name}: {image_ref} is present; nothing sent")
+                return
+            whole = s.keep_from < 0
+            s.keep_from = 0 if whole else layers.present_prefix(diff_ids, held_layers(s.conn, s.name))
+        except BeamctlError as e:
+            s.error = e
+
+    with ThreadPoolExecutor(max_workers=max(1, len(states)), thread_name_prefix="survey") as pool:
+        list(pool.map(one, states))
+
+
+def _groups(states: list[_Host]) -> dict[int, list[_Host]]:
+    groups: dict[int, list[_Host]] = {}
+    for s in states:
+        groups.setdefault(s.keep_from, []).append(s)
+    return groups
+
+
+def _send(group: list[_Host], image_ref: str, diff_ids: list[str], keep_from: int, progress: Progress) -> None:
+    """One `docker save | filter | zstd` here, the same bytes to every host of the group."""
+    missing = len(diff_ids) - keep_from
+    names = ", ".join(s.name for s in group)
+    progress(f"{names}: sending {image_ref}: {missing} of {len(diff_ids)} layers "
+             f"({'whole image' if keep_from == 0 else f'{keep_from} held there'})")
+    sinks: dict[str, Any] = {}
+    for s in group:
+        s.attempts += 1
+        try:
+            sinks[s.name] = bulk.open_sink(s.conn, s.target, load_argv())
+            s.via = sinks[s.name].via
+        except BeamctlError as e:
+            s.error = e
+    live = [s for s in group if s.name in sinks]
+    if not live:
+        return
     save_argv, zstd_argv = save_commands(image_ref)
     try:
         save = subprocess.Popen(save_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        raise EnvironmentProblem("the docker CLI is not installed here", "run ./scripts/setup.sh") from None
+        zstd = subprocess.Popen(zstd_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except FileNotFoundError as e:
+        for sink in sinks.values():
+            sink.abort()
+        raise EnvironmentProblem(f"{e.filename} is not installed here", "run ./scripts/setup.sh") from None
+    filtered: dict[str, Any] = {}
+    filter_thread = threading.Thread(target=_filter, args=(save, zstd, diff_ids, keep_from, filtered),
+                                     daemon=True, name="ship-filter")
+    filter_thread.start()
+    feeders = {s.name: _Feeder(s, sinks[s.name], progress) for s in live}
+    ended = False
     try:
-        zstd = subprocess.Popen(zstd_argv, stdin=save.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError:
-        save.kill()
-        save.wait()
-        raise EnvironmentProblem("zstd is not installed here", "apt-get install zstd "
-                                 "(./scripts/setup.sh does)") from None
-    assert save.stdout is not None and zstd.stdout is not None
-    save.stdout.close()  # zstd holds it now; save gets SIGPIPE if zstd dies
-    chan = conn.exec(load_argv())
-    chan.settimeout(LOAD_IDLE_TIMEOUT_S)
-    out, err = bytearray(), bytearray()
-    readers = [threading.Thread(target=_drain, args=(f, b), daemon=True)
-               for f, b in ((chan.recv_stderr, err), (chan.recv, out))]
-    for r in readers:
-        r.start()
-    sent = 0
-    try:
+        assert zstd.stdout is not None
         while True:
             chunk = zstd.stdout.read(CHUNK)
             if not chunk:
+                ended = True
                 break
-            chan.sendall(chunk)
-            sent += len(chunk)
-        chan.shutdown_write()
-        for r in readers:
-            r.join(LOAD_IDLE_TIMEOUT_S)
-        status = chan.recv_exit_status()
-    except OSError as e:  # socket.timeout included; a dropped connection
-        raise HostUnreachable(label, f"the image stream broke after {sent} bytes: {e or type(e).__name__}"
-                              ) from None
+            alive = [f for f in feeders.values() if f.alive]
+            if not alive:
+                break
+            for f in alive:
+                f.put(chunk)
     finally:
-        chan.close()
+        for f in feeders.values():
+            f.close()
+        if not ended:  # every host failed, or we were interrupted: stop the producers, never wait on them
+            for p in (save, zstd):
+                if p.poll() is None:
+                    p.kill()
+        filter_thread.join()
         for p in (zstd, save):
-            if p.poll() is None:
-                p.kill()
             p.wait()
-    if save.returncode != 0:
-        raise EnvironmentProblem(f"docker save {image_ref} failed: "
-                                 f"{tail(save.stderr.read().decode(errors='replace')) if save.stderr else ''}")
-    if zstd.returncode != 0:
-        raise EnvironmentProblem("zstd failed while compressing the image")
-    if status != 0:
-        raise RemoteError(label, "zstd -d -q | docker load", status if status >= 0 else None,
-                          tail(err.decode(errors="replace") or out.decode(errors="replace")))
-    return sent
+    if not ended:
+        return  # each host's error is recorded
+    problem = filtered.get("error")
+    if save.returncode != 0 or problem is not None:
+        why = tail(save.stderr.read().decode(errors="replace")) if save.stderr else ""
+        for sink in sinks.values():
+            sink.abort()
+        raise EnvironmentProblem(f"docker save {image_ref} failed here: {why or problem}")
+    for f in feeders.values():
+        f.finish()
 
 
-def _drain(recv: Any, buf: bytearray) -> None:
-    while True:
+def _filter(save: subprocess.Popen, zstd: subprocess.Popen, diff_ids: list[str], keep_from: int,
+            out: dict[str, Any]) -> None:
+    try:
+        assert save.stdout is not None and zstd.stdin is not None
+        out["stats"] = layers.filter_archive(save.stdout, zstd.stdin, diff_ids, keep_from, v1_cache())
+    except BrokenPipeError:
+        out["error"] = "zstd stopped reading"
+    except Exception as e:  # noqa: BLE001 - reported by _send as the save's failure
+        out["error"] = f"{type(e).__name__}: {e}"
+    finally:
         try:
-            chunk = recv(1 << 16)
+            if zstd.stdin is not None:
+                zstd.stdin.close()
         except OSError:
+            pass
+
+
+class _Feeder:
+    """One host's side of the fan-out: a bounded queue and a thread writing it into the sink."""
+
+    def __init__(self, state: _Host, sink: Any, progress: Progress) -> None:
+        self.state, self.sink, self.progress = state, sink, progress
+        self.q: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
+        self.alive = True
+        self._last = 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"ship-{state.name}")
+        self.thread.start()
+
+    def put(self, chunk: bytes) -> None:
+        while self.alive:
+            try:
+                self.q.put(chunk, timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        self.q.put(None)  # the thread reads until this, even after its sink failed
+        self.thread.join()
+
+    def _run(self) -> None:
+        s = self.state
+        while True:
+            chunk = self.q.get()
+            if chunk is None:
+                return
+            try:
+                self.sink.write(chunk)
+            except BeamctlError as e:
+                s.error, self.alive = e, False
+                self.sink.abort()
+                while self.q.get() is not None:  # let the producer go on for the others
+                    pass
+                return
+            s.sent += len(chunk)
+            now = time.monotonic()
+            if now - self._last >= PROGRESS_EVERY_S:
+                self._last = now
+                self.progress(ShipProgress(s.name, s.sent))
+
+    def finish(self) -> None:
+        s = self.state
+        if s.error is not None:
             return
-        if not chunk:
+        try:
+            code, out, err = self.sink.finish(LOAD_TIMEOUT_S)
+        except BeamctlError as e:
+            s.error = e
             return
-        buf.extend(chunk)
+        self.progress(ShipProgress(s.name, s.sent, done=True))
+        if code != 0:
+            s.error = RemoteError(s.name, LOAD_SCRIPT, code if code >= 0 else None, tail(err or out))
+
+
+def _verify(s: _Host, image_ref: str, image_id: str, diff_ids: list[str], progress: Progress) -> None:
+    if s.present:
+        return
+    try:
+        got = remote_id(s.conn, s.name, image_ref)
+    except BeamctlError as e:
+        s.error = e
+        return
+    if got != image_id:
+        s.error = RemoteError(s.name, "docker load", None,
+                              f"the image arrived as {got or 'nothing'}, not {image_id}: nothing is used")
+        return
+    seconds = time.monotonic() - s.started
+    sent_layers = len(diff_ids) - max(s.keep_from, 0)
+    s.result = ShipResult(s.name, "sent", s.sent, seconds, sent_layers, len(diff_ids), s.via, s.attempts)
+    progress(f"{s.name}: {sent_layers} of {len(diff_ids)} layers, {s.sent / 1e6:.1f} MB sent in {seconds:.1f} s "
+             f"({s.via}); id verified")
