@@ -28,12 +28,18 @@ def request(op: str, autostart: bool = True, **args: Any) -> Any:
     return answer_or_raise(answer, lambda message, hint: AgentFailed(message, hint))
 
 
-def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: float) -> dict[str, Any]:
-    """Build, hand the image and secrets to the local agent, wait for READY; per-host results."""
+def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: float | None = None,
+           lock_wait: float = 0.0) -> dict[str, Any]:
+    """Build, hand the image and secrets to the agent(s), wait for READY; per-host results.
+
+    health_timeout: None takes beam.yaml's rollout.health_timeout."""
+    timeout = health_timeout if health_timeout is not None else config.rollout.health_timeout_s
     if config.hosts:
-        return deploy_ssh(config, progress, health_timeout)
+        return deploy_ssh(config, progress, timeout, lock_wait)
     from beamctl import secrets
+    from beamctl.agent.control import answer_or_raise
     from beamctl.agent.spec import spec_from_config
+    from beamctl.fleet import locks
     from beamctl.image import build_app
 
     secret_values = secrets.gather(config.secrets)  # before the build: fail fast on a missing secret
@@ -42,10 +48,12 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
     image = build_app(config, progress)
     progress(f"deploying {image.image} to the local agent")
     client = _agent(autostart=True)
-    from beamctl.agent.control import answer_or_raise
-
-    answer = client.request("deploy", spec_json=spec_from_config(config, image.image).to_json(),
-                            secret_values=secret_values, health_timeout=health_timeout)
+    with locks.hold({"local": client}, config.name, locks.holder_here(config.name, image.image), lock_wait,
+                    progress) as held:
+        if "local" not in held:
+            raise AgentFailed(f"no deploy lock from the local agent: {held.missing.get('local')}")
+        answer = client.request("deploy", spec_json=spec_from_config(config, image.image).to_json(),
+                                secret_values=secret_values, health_timeout=timeout)
     result = answer_or_raise(answer, lambda message, hint: AgentFailed(message, hint))
     return {"app": config.name, "version": result["version"], "image": image.image,
             "hosts": [{"host": "local", "status": result["status"], "reason": result["reason"],
@@ -54,8 +62,8 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
 
 
 def deploy_ssh(config: AppConfig, progress: Callable[[Any], None], health_timeout: float,
-               max_parallel: int | None = None) -> dict[str, Any]:
-    """Build once here, then every host of beam.yaml's `hosts:` in parallel; per-host results."""
+               lock_wait: float = 0.0) -> dict[str, Any]:
+    """Every host of beam.yaml's `hosts:`: agents, placement, one build here, lock, ship, rolling deploy."""
     from beamctl import secrets
     from beamctl.agent.spec import spec_from_config
     from beamctl.fleet import rollout
@@ -63,11 +71,9 @@ def deploy_ssh(config: AppConfig, progress: Callable[[Any], None], health_timeou
     from beamctl.image import build_app
 
     entries, _ = which_hosts(config.hosts)
-    secret_values = secrets.gather(config.secrets)  # before the build: fail fast on a missing secret
-    image = build_app(config, progress)
-    progress(f"deploying {image.image} to {len(entries)} host{'s' if len(entries) != 1 else ''}: "
-             f"{', '.join(e.name for e in entries)}")
-    spec_json = spec_from_config(config, image.image).to_json()
-    hosts = rollout.deploy_hosts(entries, image, spec_json, secret_values, health_timeout, progress,
-                                 max_parallel=max_parallel)
-    return rollout.summary(config.name, image.image, hosts)
+    secret_values = secrets.gather(config.secrets)  # before anything: fail fast on a missing secret
+    return rollout.rollout(entries, config.name, tuple(str(g) for g in config.gpu),
+                           build=lambda: build_app(config, progress),
+                           spec_for=lambda image: spec_from_config(config, image.image).to_json(),
+                           secret_values=secret_values, health_timeout=health_timeout, progress=progress,
+                           max_parallel=config.rollout.max_parallel, lock_wait=lock_wait)

@@ -143,12 +143,33 @@ class Agent:
             volume_dir(self.data_dir, spec.app, v.name).mkdir(parents=True, exist_ok=True)
         if not self.containers.has_image(spec.image):
             raise AgentError(f"image {spec.image} is not on this host")
+        same = self._unchanged(spec, secret_values, gpu_count)
+        if same is not None:
+            return same
         version = self.store.new_version(spec.app, spec.image, {**spec.to_json(), "gpu_count": gpu_count})
         _write_secrets(self._secrets_path(spec.app, version), secret_values)  # per version: a failed
         # deploy never changes what the serving version starts with
         token = self.store.ensure_app(spec.app, _secrets.token_urlsafe(32))
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
         return self._start_and_switch(spec, version, token, health_timeout)
+
+    def _unchanged(self, spec: AppSpec, secret_values: dict[str, str], gpu_count: int) -> dict[str, Any] | None:
+        """A deploy of exactly what is serving (image, spec, secrets): nothing to do, the version stays."""
+        active = self.store.active_version(spec.app)
+        row = self.store.version(spec.app, active) if active is not None else None
+        if row is None or self._pool(spec.app).version != active:
+            return None
+        if row.get("spec") != json.loads(json.dumps({**spec.to_json(), "gpu_count": gpu_count})):  # as stored
+            return None
+        try:
+            if _read_secrets(self._secrets_path(spec.app, active)) != secret_values:
+                return None
+        except (OSError, ValueError):
+            return None
+        self.store.event(spec.app, f"deploy of {spec.image}: unchanged, v{active} keeps serving")
+        return {"app": spec.app, "version": active, "image": spec.image, "status": "ready", "reason": None,
+                "unchanged": True, "token": self.store.token(spec.app),
+                "endpoint": f"{self.endpoint}/apps/{spec.app}" if self.endpoint else None, "serving": active}
 
     def _start_and_switch(self, spec: AppSpec, version: int, token: str, health_timeout: float,
                           previous_state: str = "retired") -> dict[str, Any]:

@@ -21,27 +21,32 @@ FOLLOW_POLL_S = 0.5
 
 
 def _progress(event: Any) -> None:
-    from beamctl.image.steps import Step
+    from beamctl.cli.progress import _line
 
-    if isinstance(event, Step):
-        if event.writes_layer:
-            console.say(f"  [{event.index}/{event.total}] {console.escape(event.instruction[:90])}  "
-                        f"{'[dim]cached[/]' if event.cached else '[green]built[/]'}")
-    else:
-        console.say(f"[dim]{console.escape(str(event))}[/]")
+    _line(event)
+
+
+def _ship_bars() -> Any:
+    from beamctl.cli.progress import reporter
+
+    return reporter()
 
 
 @app.command()
 def deploy(file: Path = FileOpt, json: bool = JsonOpt,
-           health_timeout: float = typer.Option(HEALTH_TIMEOUT_S, help="Seconds to wait for READY.")) -> int:
-    """Build the app, start the new version, wait until READY, then retire the old one."""
+           health_timeout: Optional[float] = typer.Option(
+               None, min=1, help="Seconds to wait for READY (default: beam.yaml's rollout.health_timeout, 300)."),
+           lock_wait: float = typer.Option(
+               0, min=0, help="Seconds to wait for another deploy of the app to finish (default: refuse).")) -> int:
+    """Build the app, start the new version, wait until READY, then retire the old one (on every host)."""
     from beamctl import apps
     from beamctl.config import load
 
     config, warnings = load(file)
     for w in warnings:
         console.line(w.render())
-    result = apps.deploy(config, _progress, health_timeout)
+    with _ship_bars() as progress:
+        result = apps.deploy(config, progress, health_timeout, lock_wait)
     if config.hosts:
         return _deployed_to_hosts(result, json)
     host = result["hosts"][0]
@@ -65,7 +70,7 @@ def _deployed_to_hosts(result: dict[str, Any], json: bool) -> int:
 
     hosts = result["hosts"]
     if json:
-        console.emit_json({**result, "hosts": [{k: h.get(k) for k in ("host", "status", "reason", "version")}
+        console.emit_json({**result, "hosts": [{k: h.get(k) for k in ("host", "status", "reason", "version", "ship")}
                                                for h in hosts]})
     for h in hosts:
         name = console.escape(h["host"])

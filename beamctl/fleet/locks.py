@@ -167,9 +167,13 @@ def _request(agent: Any, op: str, **args: Any) -> dict[str, Any]:
 
 
 def _takes_timeout(agent: Any) -> bool:
-    from beamctl.fleet.query import HostAgent
+    """HostAgent (over SSH) takes a per-request timeout; the local AgentClient would send it as an argument."""
+    import inspect
 
-    return isinstance(agent, HostAgent)
+    try:
+        return "timeout" in inspect.signature(agent.request).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _why(name: str, e: BaseException) -> str:

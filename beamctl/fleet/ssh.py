@@ -8,6 +8,7 @@ direct-tcpip channel is the next one's socket. `run(host, argv)` is the one-comm
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from pathlib import Path
@@ -21,6 +22,10 @@ from beamctl.fleet.errors import HostKeyUnknown, HostUnreachable
 from beamctl.fleet.keys import KeyAuth, KeyRing, Prompt
 from beamctl.fleet.remote import Completed, Connection, command_line
 from beamctl.fleet.sshconfig import Target, load_config, resolve
+
+# paramiko logs a paused host's banner timeout as ERROR with a traceback; with no handler of ours, Python
+# would print that on stderr. Our errors say what happened; its records stay available to handlers users add.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 HANDSHAKE_TIMEOUTS = 2  # banner, then key exchange: each up to the connect timeout
 AUTH_TIMEOUT_S = 30.0  # the host's answer to one key; prompting happens before, outside it

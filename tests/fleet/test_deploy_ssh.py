@@ -48,29 +48,139 @@ def test_the_top_level_version_is_there_only_when_every_host_agrees():
     assert rollout.summary("app", "img", [a, rollout.failed("b", "down")])["version"] is None
 
 
-def test_one_host_failing_never_hides_another(monkeypatch):
-    def one(ssh, entry, *args):
-        if entry.name == "down":
-            return rollout.failed("down", "down: unreachable: no SSH banner")
-        return {"host": entry.name, "status": "ready", "version": 1}
+class FakeAgent:
+    """A host's agent as rollout sees it: version/check_placement answers and a real lock file."""
 
-    monkeypatch.setattr(rollout, "deploy_one", one)
-    hosts = rollout.deploy_hosts([SimpleNamespace(name="up"), SimpleNamespace(name="down")], None, {}, {}, 1,
-                                 print, ssh=object())
-    assert [(h["host"], h["status"]) for h in hosts] == [("up", "ready"), ("down", "failed")]
-    assert rollout.outcome(hosts) == ExitCode.PARTIAL
+    def __init__(self, root, name, gpus=(), refuse=None):
+        self.root, self.name, self.gpus, self.refuse, self.ops = root / name, name, list(gpus), refuse, []
+
+    def request(self, op, timeout=None, **args):
+        from beamctl.agent import locks as agent_locks
+
+        self.ops.append(op)
+        if op == "version":
+            return {"ok": True, "result": {"version": "1", "gpus": self.gpus}}
+        if op == "check_placement":
+            return {"ok": False, "error": self.refuse} if self.refuse else {"ok": True, "result": None}
+        if op == "lock_acquire":
+            return {"ok": True, "result": agent_locks.acquire(self.root, args["app"], args["holder"])}
+        if op == "lock_release":
+            return {"ok": True, "result": agent_locks.release(self.root, args["app"], args["token"])}
+        raise AssertionError(op)
+
+    def close(self):
+        pass
 
 
-def test_a_host_error_becomes_a_failed_result():
-    from beamctl.fleet.errors import HostUnreachable
+@pytest.fixture
+def fake_fleet(tmp_path, monkeypatch):
+    """Three hosts a, b, c with fake agents; install, ship and the agent's deploy recorded, not done."""
+    from beamctl.fleet import query
 
-    class Ssh:
-        def resolve(self, host, name):
-            raise HostUnreachable(name, "no SSH banner from 10.0.0.1 port 22 within 5 s")
+    agents = {n: FakeAgent(tmp_path, n) for n in ("a", "b", "c")}
+    calls = SimpleNamespace(install=[], ship=[], deploy=[], built=0, install_fail={}, ship_fail={}, deploy_fail={})
+    monkeypatch.setattr(query, "HostAgent", lambda entry, ssh: agents[entry.name])
 
-    r = rollout.deploy_one(Ssh(), SimpleNamespace(name="gpu1", host=None), None, {}, {}, 1, print)
-    assert (r["host"], r["status"], r["version"]) == ("gpu1", "failed", None)
-    assert r["reason"] == "gpu1: unreachable: no SSH banner from 10.0.0.1 port 22 within 5 s"
+    def install_all(ssh, entries, progress):
+        calls.install += [e.name for e in entries]
+        return {e.name: (rollout.failed(e.name, calls.install_fail[e.name]) if e.name in calls.install_fail
+                         else SimpleNamespace(action="current")) for e in entries}
+
+    def ship_images(ssh, hosts, ref, image_id, progress):
+        from beamctl.fleet.errors import HostUnreachable
+
+        calls.ship.append(sorted(hosts))
+        return {h: HostUnreachable(h, calls.ship_fail[h]) if h in calls.ship_fail else
+                ship.ShipResult(h, "sent", 10, 0.1) for h in hosts}
+
+    def deploy_request(ssh, entry, spec_json, secret_values, health_timeout, progress):
+        calls.deploy.append(entry.name)
+        if entry.name in calls.deploy_fail:
+            return {**rollout.failed(entry.name, calls.deploy_fail[entry.name]), "serving": 1}
+        return {"host": entry.name, "status": "ready", "version": 2, "reason": None}
+
+    monkeypatch.setattr(rollout, "install_all", install_all)
+    monkeypatch.setattr(ship, "ship_images", ship_images)
+    monkeypatch.setattr(rollout, "deploy_request", deploy_request)
+
+    def run(prefs=(), max_parallel=None, lock_wait=0.0):
+        def build():
+            calls.built += 1
+            return SimpleNamespace(image="beamctl/app:1", id="sha256:1")
+
+        entries = [SimpleNamespace(name=n, host=n) for n in agents]
+        return rollout.rollout(entries, "app", prefs, build, lambda image: {"image": image.image}, {}, 5.0,
+                               lambda e: None, max_parallel=max_parallel, lock_wait=lock_wait, ssh=object())
+
+    return SimpleNamespace(agents=agents, calls=calls, run=run, root=tmp_path)
+
+
+def statuses(result):
+    return [(h["host"], h["status"]) for h in result["hosts"]]
+
+
+def test_one_host_failing_never_hides_another(fake_fleet):
+    fake_fleet.calls.install_fail["b"] = "b: unreachable: no SSH banner"
+    fake_fleet.calls.ship_fail["c"] = "the image stream broke after 10 bytes"
+    result = fake_fleet.run()
+    assert statuses(result) == [("a", "ready"), ("b", "failed"), ("c", "failed")]
+    assert result["hosts"][1]["reason"] == "b: unreachable: no SSH banner"
+    assert "the image stream broke" in result["hosts"][2]["reason"]
+    assert fake_fleet.calls.ship == [["a", "c"]] and fake_fleet.calls.deploy == ["a"]
+    assert rollout.outcome(result["hosts"]) == ExitCode.PARTIAL
+    assert result["hosts"][0]["ship"]["action"] == "sent"
+
+
+def test_a_rolling_deploy_stops_after_a_failed_batch(fake_fleet):
+    fake_fleet.calls.deploy_fail["a"] = "on_start raised"
+    result = fake_fleet.run(max_parallel=1)
+    assert statuses(result) == [("a", "failed"), ("b", "skipped"), ("c", "skipped")]
+    assert fake_fleet.calls.deploy == ["a"]
+    assert "rollout stopped after a failed" in result["hosts"][1]["reason"]
+    assert rollout.outcome(result["hosts"]) == ExitCode.FAILURE
+
+
+def test_all_at_once_deploys_every_host_even_when_one_fails(fake_fleet):
+    fake_fleet.calls.deploy_fail["a"] = "on_start raised"
+    result = fake_fleet.run()
+    assert statuses(result) == [("a", "failed"), ("b", "ready"), ("c", "ready")]
+
+
+def test_the_lock_is_taken_before_shipping_and_released_after(fake_fleet):
+    fake_fleet.run()
+    for agent in fake_fleet.agents.values():
+        assert agent.ops == ["version", "lock_acquire", "lock_release"]
+        assert not (agent.root / "locks" / "app.json").exists()
+
+
+def test_a_held_lock_refuses_the_deploy_before_anything_is_sent(fake_fleet):
+    from beamctl.agent import locks as agent_locks
+    from beamctl.fleet.locks import DeployLocked
+
+    agent_locks.acquire(fake_fleet.root / "b", "app", {"who": "ada@desk", "pid": 7, "at": 0, "image": "x",
+                                                        "op": "deploy", "token": "t"})
+    with pytest.raises(DeployLocked) as e:
+        fake_fleet.run()
+    assert "ada@desk" in e.value.message and "b" in e.value.message
+    assert fake_fleet.calls.ship == [] and fake_fleet.calls.deploy == []
+    assert not (fake_fleet.root / "a" / "locks" / "app.json").exists()  # a's lock was given back
+
+
+def test_a_gpu_app_goes_only_where_the_agents_can_place_it(fake_fleet):
+    fake_fleet.agents["a"].refuse = "this host has no H100 (it has: none)"
+    result = fake_fleet.run(prefs=("H100",))
+    assert statuses(result) == [("a", "skipped"), ("b", "ready"), ("c", "ready")]
+    assert fake_fleet.calls.ship == [["b", "c"]]
+
+
+def test_no_host_for_the_gpu_fails_before_the_build(fake_fleet):
+    from beamctl.fleet.placement import NoGpuPlacement
+
+    for agent in fake_fleet.agents.values():
+        agent.refuse = "this host has no H100 (it has: none)"
+    with pytest.raises(NoGpuPlacement):
+        fake_fleet.run(prefs=("H100",))
+    assert fake_fleet.calls.built == 0 and fake_fleet.calls.ship == []
 
 
 # --- two real hosts ------------------------------------------------------------------------------------
@@ -92,7 +202,7 @@ def deploy(cli, app_dir):
 
 
 def sent_bytes(err: str) -> dict[str, float]:
-    return {m[0]: float(m[1]) for m in re.findall(r"(testhost-\d): sent ([\d.]+) MB", err)}
+    return {m[0]: float(m[1]) for m in re.findall(r"(testhost-\d): \d+ of \d+ layers, ([\d.]+) MB sent", err)}
 
 
 def running_images(host) -> list[str]:

@@ -1,0 +1,242 @@
+"""A rollout to three real test hosts (own sshd, own dockerd, own agent), through the CLI in-process.
+
+One app, one fleet, in order: first deploy and a call on every host; a code-only redeploy (only the
+code layer travels); a no-op redeploy (nothing travels); merged logs; rollback on every host; a held
+deploy lock (refused with the holder, `--lock-wait`, `unlock`); a host paused before the rollout and
+one paused during it (exit 5, the others move on, the paused host keeps serving its version, a rerun
+converges); a stream cut in the middle of a layer (retried, the host's id checked, nothing loaded by
+the cut stream); a host whose disk fills during the load (its old version keeps serving).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from beamctl.errors import ExitCode
+from tests.fleet.conftest import hello_on_two_hosts
+
+pytestmark = pytest.mark.integration
+HOSTS = ("testhost-1", "testhost-2", "testhost-3")
+
+
+@pytest.fixture(scope="module")
+def three(fleet):
+    return fleet(3)
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory):
+    gen = hello_on_two_hosts(tmp_path_factory.mktemp("three"), "hello3")
+    d = next(gen)
+    text = (d / "beam.yaml").read_text().replace("hosts: [testhost-1, testhost-2]", f"hosts: [{', '.join(HOSTS)}]")
+    (d / "beam.yaml").write_text(text)
+    yield d
+    next(gen, None)
+
+
+def deploy(cli, app_dir, *extra):
+    result = cli("deploy", "-f", str(app_dir), "--json", *extra)
+    data = json.loads(result.out) if result.out.strip() else None
+    return result, data
+
+
+def by_host(data):
+    return {h["host"]: h for h in data["hosts"]}
+
+
+def greeting(app_dir: Path, word: str) -> None:
+    app = app_dir / "app.py"
+    text = app.read_text()
+    start = text.index('{"greeting": "') + len('{"greeting": "')
+    app.write_text(text[:start] + word + text[text.index('"', start):])
+
+
+def call_each(cli, app_dir) -> dict[str, str]:
+    out = {}
+    for host in HOSTS:
+        r = cli("call", "hello3", '{"name": "Ada"}', "--host", host, "--json")
+        assert r.code == 0, r.err
+        out[host] = json.loads(r.out)["result"]["message"]
+    return out
+
+
+def serving(host) -> list[str]:
+    got = host.exec(["docker", "ps", "--filter", "label=dev.beamctl.app=hello3", "--format", "{{.Image}}"])
+    return got.stdout.split()
+
+
+def test_three_hosts_deploy_redeploy_noop_logs_rollback(cli, three, app_dir, monkeypatch):
+    three.apply_env(monkeypatch)
+    first, data = deploy(cli, app_dir)
+    assert first.code == 0, first.err
+    hosts = by_host(data)
+    assert all(hosts[h]["status"] == "ready" for h in HOSTS), first.err
+    full = {h: hosts[h]["ship"]["bytes_sent"] for h in HOSTS}
+    assert all(n > 1_000_000 for n in full.values()), full
+    assert call_each(cli, app_dir) == {h: "hello, Ada" for h in HOSTS}
+    v1 = data["version"]
+
+    greeting(app_dir, "hi")
+    second, data2 = deploy(cli, app_dir)
+    assert second.code == 0, second.err
+    for h, r in by_host(data2).items():
+        assert r["status"] == "ready" and r["version"] == v1 + 1
+        assert r["ship"]["action"] == "sent" and r["ship"]["layers_sent"] < r["ship"]["layers_total"]
+        assert r["ship"]["bytes_sent"] < full[h] / 100, (h, r["ship"], full[h])  # < 1% of the first ship
+    assert call_each(cli, app_dir) == {h: "hi, Ada" for h in HOSTS}
+
+    again, data3 = deploy(cli, app_dir)
+    assert again.code == 0, again.err
+    assert {h: r["ship"]["bytes_sent"] for h, r in by_host(data3).items()} == {h: 0 for h in HOSTS}
+    assert all(r["ship"]["action"] == "present" for r in data3["hosts"])
+    assert {r["version"] for r in data3["hosts"]} == {v1 + 1}, data3  # unchanged: no new version
+
+    logs = cli("logs", "hello3", "--file", str(app_dir), "-n", "200")
+    assert logs.code == 0, logs.err
+    assert {line.split()[0] for line in logs.err.splitlines() if line.split()} >= set(HOSTS), logs.err[-2000:]
+
+    back = cli("rollback", "hello3", "-f", str(app_dir), "--json")
+    assert back.code == 0, back.err
+    assert {h["version"] for h in json.loads(back.out)["hosts"]} == {v1}, back.out
+    assert call_each(cli, app_dir) == {h: "hello, Ada" for h in HOSTS}
+    for h in three:
+        assert len(serving(h)) == 1
+
+
+def test_a_held_lock_refuses_then_waits_then_unlock_breaks_it(cli, three, app_dir, monkeypatch):
+    from beamctl.fleet import locks, query
+    from types import SimpleNamespace
+
+    from beamctl.fleet.ssh import Ssh
+
+    three.apply_env(monkeypatch)
+    agents = {"testhost-2": query.HostAgent(SimpleNamespace(name="testhost-2", host="testhost-2"), Ssh())}
+    holder = {**locks.holder_here("hello3", "beamctl/hello3:other"), "who": "ada@elsewhere"}
+    with locks.hold(agents, "hello3", holder, 0, lambda e: None):
+        refused = cli("deploy", "-f", str(app_dir))
+    assert refused.code == ExitCode.FAILURE, refused.err
+    assert "testhost-2" in refused.err and "ada@elsewhere" in refused.err and "--lock-wait" in refused.err
+
+    ctx = locks.hold(agents, "hello3", holder, 0, lambda e: None)
+    ctx.__enter__()
+    threading.Timer(3.0, lambda: ctx.__exit__(None, None, None)).start()
+    started = time.monotonic()
+    waited, data = deploy(cli, app_dir, "--lock-wait", "60")
+    assert waited.code == 0, waited.err
+    assert time.monotonic() - started >= 3.0
+
+    stale = locks.hold(agents, "hello3", holder, 0, lambda e: None)
+    stale.__enter__()  # never released: a dead deploy
+    try:
+        broken = cli("unlock", "hello3", "-f", str(app_dir))
+        assert broken.code == 0, broken.err
+        assert "ada@elsewhere" in broken.err or "ada@elsewhere" in broken.out
+        ok, _ = deploy(cli, app_dir)
+        assert ok.code == 0, ok.err
+    finally:
+        for a in agents.values():
+            a.close()
+
+
+def test_hosts_down_before_and_during_then_a_rerun_converges(cli, three, app_dir, monkeypatch):
+    from beamctl.fleet import ship
+
+    three.apply_env(monkeypatch)
+    before = {h.name: serving(h) for h in three}
+    greeting(app_dir, "hey")
+    three[2].pause()
+    try:
+        partial, data = deploy(cli, app_dir)
+    finally:
+        three[2].unpause()
+    assert partial.code == ExitCode.PARTIAL, partial.err
+    hosts = by_host(data)
+    assert (hosts["testhost-3"]["status"], hosts["testhost-1"]["status"]) == ("failed", "ready")
+    assert "unreachable" in hosts["testhost-3"]["reason"] or "answer" in hosts["testhost-3"]["reason"]
+    assert serving(three[2]) == before["testhost-3"]
+
+    greeting(app_dir, "yo")
+    mid = serving(three[1])
+    real = ship.ship_images
+
+    def pause_then_ship(ssh, targets, ref, image_id, progress):
+        three[1].pause()  # after agents, placement and the lock: during the rollout
+        try:
+            return real(ssh, targets, ref, image_id, progress)
+        finally:
+            three[1].unpause()
+
+    monkeypatch.setattr(ship, "ship_images", pause_then_ship)
+    during, data2 = deploy(cli, app_dir)
+    monkeypatch.setattr(ship, "ship_images", real)
+    assert during.code == ExitCode.PARTIAL, during.err
+    hosts2 = by_host(data2)
+    assert hosts2["testhost-2"]["status"] == "failed" and hosts2["testhost-1"]["status"] == "ready"
+    assert serving(three[1]) == mid  # the paused host keeps serving its version
+
+    rerun, data3 = deploy(cli, app_dir)
+    assert rerun.code == 0, rerun.err
+    assert len({h["version"] for h in data3["hosts"]}) >= 1
+    assert call_each(cli, app_dir) == {h: "yo, Ada" for h in HOSTS}
+
+
+def test_a_stream_cut_mid_layer_is_retried_and_the_disk_full_host_keeps_its_version(cli, three, app_dir,
+                                                                                      monkeypatch):
+    from beamctl.fleet import bulk
+
+    three.apply_env(monkeypatch)
+    real_open = bulk.open_sink
+    cut = {"done": False, "loaded_after_cut": None}
+
+    class Cutting:
+        def __init__(self, sink):
+            self.sink, self.via, self.sent = sink, sink.via, 0
+
+        def write(self, data):
+            if not cut["done"] and self.sent > 2_000:
+                cut["done"] = True
+                self.sink.abort()  # the connection drops in the middle of the stream
+            self.sink.write(data)
+            self.sent += len(data)
+
+        def finish(self, timeout):
+            return self.sink.finish(timeout)
+
+        def abort(self):
+            self.sink.abort()
+
+    def open_sink(conn, target, remote):
+        sink = real_open(conn, target, remote)
+        return Cutting(sink) if target.name == "testhost-1" and not cut["done"] else sink
+
+    monkeypatch.setattr(bulk, "open_sink", open_sink)
+    (app_dir / "big.bin").write_bytes(__import__("os").urandom(3_000_000))  # a layer worth cutting
+    greeting(app_dir, "cut")
+    result, data = deploy(cli, app_dir)
+    monkeypatch.setattr(bulk, "open_sink", real_open)
+    assert result.code == 0, result.err
+    assert cut["done"]
+    one = by_host(data)["testhost-1"]
+    assert one["ship"]["attempts"] == 2 and one["status"] == "ready", one
+    assert call_each(cli, app_dir) == {h: "cut, Ada" for h in HOSTS}
+
+    full_host = three[2]
+    before = serving(full_host)
+    full_host.exec(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", "/var/lib/docker/tmp"])
+    try:
+        (app_dir / "big.bin").write_bytes(__import__("os").urandom(3_000_000))
+        greeting(app_dir, "full")
+        partial, data2 = deploy(cli, app_dir)
+    finally:
+        full_host.exec(["umount", "/var/lib/docker/tmp"])
+    assert partial.code == ExitCode.PARTIAL, partial.err
+    three_r = by_host(data2)["testhost-3"]
+    assert three_r["status"] == "failed" and "no space left" in three_r["reason"].lower(), three_r
+    assert serving(full_host) == before
+    rerun, _ = deploy(cli, app_dir)
+    assert rerun.code == 0, rerun.err
