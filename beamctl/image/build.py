@@ -4,6 +4,8 @@ The tag is `beamctl/<app>:<hash>` where the hash covers every input: the Dockerf
 image's id, the resolved wheels, the runtime's files and the app's files. When the engine
 already has that tag nothing is built; otherwise the image is built untagged and tagged
 only once the build succeeded, so a failure never leaves a half-built image under the tag.
+The dependencies image is built by the engine (`docker build`); the app image on it is
+assembled here (assemble.py: our layer tars + config, `docker load`), as render_app describes.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from beamctl.config.model import AppConfig
-from beamctl.image import context, render
-from beamctl.image.engine import BuildFailed, Engine
+from beamctl.image import assemble, context, render
+from beamctl.image.engine import BuildFailed, Built, Engine
 from beamctl.image.ignore import load_ignore
 
 RUNTIME_SOURCE = Path(__file__).resolve().parent.parent / "runtime"
 SPOOL_BYTES = 64 << 20  # build contexts up to this stay in memory on their way to the engine
+ARCHIVE_SPOOL_BYTES = 4 << 20  # app image archives (code can be large) spill to disk above this
 KEEP_DEFAULT = 3  # images kept per app by --prune: the current one and two to roll back to
 DEPS_REPO = "beamctl/deps"  # dependencies images, named by the hash of what they hold
 
@@ -38,6 +41,7 @@ class BuildPlan:
     with_packages: bool
     deps_tag: str  # the dependencies image the app image starts FROM
     deps_dockerfile: str
+    app_image: render.AppImage  # what the app image adds (dockerfile is its text)
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ def plan(config: AppConfig, base_ref: str, base_id: str, python_exe: str, packag
     runtime_files = context.tree_files(RUNTIME_SOURCE, "runtime/")
     inputs = _hash(dockerfile, deps_inputs, context.digest(runtime_files), context.digest(app_files.files))
     return BuildPlan(f"beamctl/{config.name}:{inputs[:16]}", inputs, dockerfile, app_files, runtime_files,
-                     with_packages, deps_tag, deps_dockerfile)
+                     with_packages, deps_tag, deps_dockerfile, render.app_image(config, python_exe))
 
 
 def _hash(*parts: str) -> str:
@@ -107,13 +111,13 @@ def execute(build_plan: BuildPlan, app: str, engine: Engine, site: Callable[[], 
         built_layers, cached_layers = deps.layers_built, deps.layers_cached
     else:
         progress(f"dependencies: {build_plan.deps_tag} (reused)")
-    built = _build(engine, build_plan.dockerfile, list(build_plan.runtime_files) + list(build_plan.app_files.files),
-                   progress)
+    built, held = _assemble(engine, build_plan, progress)
     code, output = engine.check(built.id)
     lines = output.splitlines()
     last = next((l for l in lines if l.startswith("beamctl-runtime:")), lines[-1] if lines else f"exit code {code}")
     if code != 0:  # the image cannot run the app: it never gets the app's tag, and is removed
-        engine.remove(built.id)
+        if not held:  # (unless the engine held these exact bytes before, maybe under another tag)
+            engine.remove(built.id)
         raise BuildFailed(f"the image was built but cannot run the app: {last}",
                           hint="fix the app's imports or python_packages and build again")
     progress(last)
@@ -121,6 +125,26 @@ def execute(build_plan: BuildPlan, app: str, engine: Engine, site: Callable[[], 
     return BuildResult(build_plan.tag, built.id, engine.image_size(build_plan.tag),
                        built_layers + built.layers_built, cached_layers + built.layers_cached,
                        time.monotonic() - started, False, build_plan.app_files.total_bytes)
+
+
+def _assemble(engine: Engine, build_plan: BuildPlan, progress: Progress) -> tuple[Built, bool]:
+    """The app image: our layers and config written here, loaded into the engine (no docker build).
+
+    Also says whether the engine held that image (same id) before."""
+    parent = engine.image_config(build_plan.deps_tag)
+    with tempfile.SpooledTemporaryFile(max_size=ARCHIVE_SPOOL_BYTES) as archive:
+        image = assemble.assemble(parent, build_plan.app_image, build_plan.runtime_files,
+                                  build_plan.app_files.files, archive)  # type: ignore[arg-type]
+        runtime, code = image.own
+        progress(f"app layers: runtime {_size(runtime.size)}{'' if runtime.new else ' (cached)'}, "
+                 f"code {code.files} files {_size(code.size)}{'' if code.new else ' (cached)'}")
+        held = engine.image_id(image.id) is not None
+        archive.seek(0)
+        loaded = engine.load(archive)  # type: ignore[arg-type]
+    if loaded != image.id:
+        raise BuildFailed(f"the engine loaded the app image as {loaded[:19]}, not {image.id[:19]}")
+    new = sum(layer.new for layer in image.own)
+    return Built(image.id, new, len(image.own) - new), held
 
 
 def _build(engine: Engine, dockerfile: str, files: list[context.ContextFile], progress: Progress) -> Any:

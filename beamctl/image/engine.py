@@ -7,6 +7,7 @@ calls for unit tests.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Protocol
 
@@ -34,7 +35,8 @@ class Built:
 class ImageInfo:
     ref: str
     id: str
-    created: str  # RFC 3339 from the engine; sorts by time
+    created: str  # RFC 3339, UTC, nanoseconds: sorts by time. When it was tagged (assembled images
+    # all carry their dependencies image's creation time), else when it was created
 
 
 class Engine(Protocol):
@@ -45,6 +47,8 @@ class Engine(Protocol):
     def check(self, image_id: str) -> tuple[int, str]: ...
     def app_images(self, app: str) -> list[ImageInfo]: ...
     def remove(self, ref: str) -> None: ...
+    def load(self, archive: BinaryIO) -> str: ...
+    def image_config(self, ref: str) -> dict[str, Any]: ...
 
 
 class DockerEngine:
@@ -117,13 +121,56 @@ class DockerEngine:
         for image in self.client.api.images(filters={"label": f"{LABEL_APP}={app}"}):
             for ref in image.get("RepoTags") or []:
                 if ref.startswith(f"beamctl/{app}:"):
-                    created = self.client.api.inspect_image(image["Id"])["Created"]
-                    out.append(ImageInfo(ref, image["Id"], created))
+                    out.append(ImageInfo(ref, image["Id"], _when(self.client.api.inspect_image(image["Id"]))))
         return out
 
     def remove(self, ref: str) -> None:
         """Remove a tag, or an untagged image by id."""
         self.client.api.remove_image(ref, force=ref.startswith("sha256:"))
+
+    def load(self, archive: BinaryIO) -> str:
+        """`docker load` an archive (untagged); returns the loaded image's id."""
+        import docker
+
+        loaded: str | None = None
+        last = ""
+        try:
+            for chunk in self.client.api.load_image(archive, quiet=True):
+                if chunk.get("error") or chunk.get("errorDetail"):
+                    detail = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message", "")
+                    hint = ("the engine lacks a layer of the dependencies image (removed during the build?): "
+                            "build again" if "layer.tar: no such file" in str(detail) else None)
+                    raise BuildFailed(f"the engine could not load the app image: {_first_line(str(detail))}", hint)
+                text = str(chunk.get("stream") or "")
+                last = text.strip() or last
+                found = _LOADED_ID.search(text)
+                if found:
+                    loaded = found.group(1)
+        except docker.errors.APIError as e:
+            raise BuildFailed(f"the engine could not load the app image: {_short(e)}") from None
+        if loaded is None:
+            raise BuildFailed(f"the engine loaded the app image without naming it{': ' + last if last else ''}")
+        return loaded
+
+    def image_config(self, ref: str) -> dict[str, Any]:
+        """The image's config as in its JSON (architecture, os, created, config, rootfs, history)."""
+        from beamctl.image.assemble import config_from_inspect
+
+        return config_from_inspect(self.client.api.inspect_image(ref), self.client.api.history(ref))
+
+
+def _when(inspect: dict[str, Any]) -> str:
+    tagged = str((inspect.get("Metadata") or {}).get("LastTagTime") or "")
+    text = tagged if tagged and not tagged.startswith("0001-") else str(inspect.get("Created") or "")
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$", text)
+    return f"{m.group(1)}.{(m.group(2) or '').ljust(9, '0')[:9]}Z" if m else text
+
+
+_LOADED_ID = re.compile(r"Loaded image ID: (sha256:[0-9a-f]{64})")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else "no reason given"
 
 
 def _short(e: Exception) -> str:

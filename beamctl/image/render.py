@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 
 from beamctl.config.model import APP_ROOT, AppConfig
 
@@ -46,21 +47,51 @@ def render_deps(config: AppConfig, base_ref: str, python_exe: str, with_packages
     return "\n".join(lines) + "\n"
 
 
-def render_app(config: AppConfig, deps_ref: str, python_exe: str) -> str:
-    """The app image, on top of its dependencies image: the runtime, settings, and the code last."""
+@dataclass(frozen=True)
+class AppImage:
+    """What the app image adds to its dependencies image: the one description that both the
+    Dockerfile text (render_app, for people and the tag) and the assembled image (assemble.py) use."""
+
+    labels: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, str], ...]
+    workdir: str
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    copies: tuple[tuple[str, str], ...]  # (context prefix, absolute folder in the image), one layer each
+
+
+def app_image(config: AppConfig, python_exe: str) -> AppImage:
     settings = {"BEAMCTL_APP": config.name, "BEAMCTL_HANDLER": str(config.handler),
                 "BEAMCTL_APP_DIR": APP_ROOT}
     if config.on_start is not None:
         settings["BEAMCTL_ON_START"] = str(config.on_start)
+    return AppImage(
+        labels=((LABEL_APP, config.name),),
+        env=tuple(settings.items()),
+        workdir=APP_ROOT,
+        entrypoint=(python_exe, "-m", RUNTIME_PACKAGE),
+        cmd=("check",),
+        # the code last: a code change rebuilds this one layer and nothing before it
+        copies=(("runtime/", f"{LIB_DIR}/{RUNTIME_PACKAGE}/"), ("app/", f"{APP_ROOT}/")),
+    )
+
+
+def render_app(config: AppConfig, deps_ref: str, python_exe: str) -> str:
+    """The app image, on top of its dependencies image: the runtime, settings, and the code last.
+
+    beamctl does not build this Dockerfile: it assembles the same image itself (assemble.py); the
+    text says what the image holds and is part of the tag's hash."""
+    spec = app_image(config, python_exe)
+    (runtime_src, runtime_dst), (app_src, app_dst) = spec.copies
     lines = [
         HEADER,
         f"FROM {deps_ref}",
-        f"LABEL {LABEL_APP}={config.name}",
-        f"COPY runtime/ {LIB_DIR}/{RUNTIME_PACKAGE}/",
-        "ENV " + " ".join(f"{k}={v}" for k, v in settings.items()),
-        f"WORKDIR {APP_ROOT}",
-        f"ENTRYPOINT {json.dumps([python_exe, '-m', RUNTIME_PACKAGE])}",
-        'CMD ["check"]',
-        f"COPY app/ {APP_ROOT}/",  # last: a code change rebuilds this one layer and nothing after it
+        *(f"LABEL {k}={v}" for k, v in spec.labels),
+        f"COPY {runtime_src} {runtime_dst}",
+        "ENV " + " ".join(f"{k}={v}" for k, v in spec.env),
+        f"WORKDIR {spec.workdir}",
+        f"ENTRYPOINT {json.dumps(list(spec.entrypoint))}",
+        f"CMD {json.dumps(list(spec.cmd))}",
+        f"COPY {app_src} {app_dst}",
     ]
     return "\n".join(lines) + "\n"

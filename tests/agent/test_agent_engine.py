@@ -398,8 +398,8 @@ def test_two_deploys_at_once_one_is_refused(host):
     runs = [Run(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
     assert sorted(r.code for r in runs) == [0, 1], [r.err for r in runs]
     refused = next(r for r in runs if r.code == 1)
-    assert f"error: a deploy of {app} is already running here (since " in refused.err
-    assert "wait for it to finish, then deploy again" in refused.err
+    assert f"error: local: {app} is locked by " in refused.err  # the deploy lock (fleet/locks.py)
+    assert "--lock-wait" in refused.err and f"beamctl unlock {app}" in refused.err
 
     assert [v["version"] for v in host.status(app)["versions"]] == [1]
     assert len((host.volume(app) / "starts.txt").read_text().splitlines()) == 1
