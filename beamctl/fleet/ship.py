@@ -3,8 +3,10 @@
 Per host (in parallel), on the connection beamctl holds: the host's id for the tag (the same id:
 nothing to send), else the layer lists of every image its engine holds, which say how much of our
 chain it already has (layers.present_prefix). Hosts that lack the same layers form one group; per
-group `docker save` runs once here, layers.filter_archive leaves out the layers the group holds,
-zstd compresses once, and every host of the group gets the same bytes on its own stream
+group one archive is made here: from image.assemble's layer cache when it holds every layer the group
+lacks (an app image beamctl assembled: a code change costs no `docker save`, which reads the whole
+image at ~20 ms per MB), else `docker save` once with layers.filter_archive leaving out the layers
+the group holds; zstd compresses once, and every host of the group gets the same bytes on its own stream
 (bulk.open_sink: OpenSSH where it can, else paramiko) into `zstd -d | docker load`. A slow host
 slows its group only by a bounded queue. On arrival the host's id for the tag must equal ours: the id
 is the digest of the config, which names every layer's digest, and the engine checks each layer it
@@ -167,7 +169,7 @@ def ship_images(ssh: Any, hosts: dict[str, Any], image_ref: str, image_id: str, 
                 s.error, s.sent = None, 0
             _survey(todo, image_ref, image_id, diff_ids, progress, fresh=attempt > 1)
             for keep_from, group in _groups([s for s in todo if s.error is None and not s.present]).items():
-                _send(group, image_ref, diff_ids, keep_from, progress)
+                _send(group, image_ref, image_id, diff_ids, keep_from, progress)
             for s in todo:
                 if s.error is None:
                     _verify(s, image_ref, image_id, diff_ids, progress)
@@ -215,12 +217,75 @@ def _groups(states: list[_Host]) -> dict[int, list[_Host]]:
     return groups
 
 
-def _send(group: list[_Host], image_ref: str, diff_ids: list[str], keep_from: int, progress: Progress) -> None:
-    """One `docker save | filter | zstd` here, the same bytes to every host of the group."""
+def _source(image_ref: str, image_id: str, diff_ids: list[str], keep_from: int) -> Any:
+    """Where the group's archive comes from: beamctl's own layer cache when it holds every layer the
+    group lacks (an assembled app image: no `docker save` at all), else `docker save`, filtered."""
+    from beamctl.image import assemble
+
+    config = assemble.config_bytes(image_id)
+    if config is not None:
+        paths = {d: assemble.layer_path(d) for d in diff_ids[keep_from:]}
+        if all(p is not None for p in paths.values()):
+            return _CachedSource(config, paths, image_ref)  # type: ignore[arg-type]
+    return _SaveSource(image_ref, diff_ids, keep_from)
+
+
+class _CachedSource:
+    what = "from the layer cache"
+
+    def __init__(self, config: bytes, paths: dict[str, Any], image_ref: str) -> None:
+        self.config, self.paths, self.image_ref = config, paths, image_ref
+
+    def start(self) -> None:
+        pass
+
+    def write(self, out: Any) -> None:
+        from beamctl.image import assemble
+
+        assemble.write_archive(out, self.config, self.paths, tags=(self.image_ref,))
+
+    def stop(self) -> None:
+        pass
+
+    def failure(self) -> str | None:
+        return None
+
+
+class _SaveSource:
+    what = "docker save, filtered"
+
+    def __init__(self, image_ref: str, diff_ids: list[str], keep_from: int) -> None:
+        self.image_ref, self.diff_ids, self.keep_from = image_ref, diff_ids, keep_from
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(save_commands(self.image_ref)[0], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+
+    def write(self, out: Any) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        layers.filter_archive(self.proc.stdout, out, self.diff_ids, self.keep_from, v1_cache())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+    def failure(self) -> str | None:
+        if self.proc is None:
+            return None
+        if self.proc.wait() != 0:
+            return tail(self.proc.stderr.read().decode(errors="replace")) if self.proc.stderr else "failed"
+        return None
+
+
+def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str], keep_from: int,
+          progress: Progress) -> None:
+    """One archive (cache or `docker save | filter`), one zstd here, the same bytes to every host of the group."""
+    source = _source(image_ref, image_id, diff_ids, keep_from)
     missing = len(diff_ids) - keep_from
     names = ", ".join(s.name for s in group)
     progress(f"{names}: sending {image_ref}: {missing} of {len(diff_ids)} layers "
-             f"({'whole image' if keep_from == 0 else f'{keep_from} held there'})")
+             f"({'whole image' if keep_from == 0 else f'{keep_from} held there'}; {source.what})")
     sinks: dict[str, Any] = {}
     for s in group:
         s.attempts += 1
@@ -232,18 +297,18 @@ def _send(group: list[_Host], image_ref: str, diff_ids: list[str], keep_from: in
     live = [s for s in group if s.name in sinks]
     if not live:
         return
-    save_argv, zstd_argv = save_commands(image_ref)
     try:
-        save = subprocess.Popen(save_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        zstd = subprocess.Popen(zstd_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        source.start()
+        zstd = subprocess.Popen(save_commands(image_ref)[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
     except FileNotFoundError as e:
+        source.stop()
         for sink in sinks.values():
             sink.abort()
         raise EnvironmentProblem(f"{e.filename} is not installed here", "run ./scripts/setup.sh") from None
-    filtered: dict[str, Any] = {}
-    filter_thread = threading.Thread(target=_filter, args=(save, zstd, diff_ids, keep_from, filtered),
-                                     daemon=True, name="ship-filter")
-    filter_thread.start()
+    produced: dict[str, Any] = {}
+    producer = threading.Thread(target=_produce, args=(source, zstd, produced), daemon=True, name="ship-source")
+    producer.start()
     feeders = {s.name: _Feeder(s, sinks[s.name], progress) for s in live}
     ended = False
     try:
@@ -262,32 +327,29 @@ def _send(group: list[_Host], image_ref: str, diff_ids: list[str], keep_from: in
         for f in feeders.values():
             f.close()
         if not ended:  # every host failed, or we were interrupted: stop the producers, never wait on them
-            for p in (save, zstd):
-                if p.poll() is None:
-                    p.kill()
-        filter_thread.join()
-        for p in (zstd, save):
-            p.wait()
+            source.stop()
+            if zstd.poll() is None:
+                zstd.kill()
+        producer.join()
+        zstd.wait()
     if not ended:
         return  # each host's error is recorded
-    problem = filtered.get("error")
-    if save.returncode != 0 or problem is not None:
-        why = tail(save.stderr.read().decode(errors="replace")) if save.stderr else ""
+    problem = source.failure() or produced.get("error")
+    if problem is not None:
         for sink in sinks.values():
             sink.abort()
-        raise EnvironmentProblem(f"docker save {image_ref} failed here: {why or problem}")
+        raise EnvironmentProblem(f"reading {image_ref} here failed ({source.what}): {problem}")
     for f in feeders.values():
         f.finish()
 
 
-def _filter(save: subprocess.Popen, zstd: subprocess.Popen, diff_ids: list[str], keep_from: int,
-            out: dict[str, Any]) -> None:
+def _produce(source: Any, zstd: subprocess.Popen, out: dict[str, Any]) -> None:
     try:
-        assert save.stdout is not None and zstd.stdin is not None
-        out["stats"] = layers.filter_archive(save.stdout, zstd.stdin, diff_ids, keep_from, v1_cache())
+        assert zstd.stdin is not None
+        source.write(zstd.stdin)
     except BrokenPipeError:
         out["error"] = "zstd stopped reading"
-    except Exception as e:  # noqa: BLE001 - reported by _send as the save's failure
+    except Exception as e:  # noqa: BLE001 - reported by _send as the source's failure
         out["error"] = f"{type(e).__name__}: {e}"
     finally:
         try:

@@ -158,7 +158,8 @@ def test_hosts_down_before_and_during_then_a_rerun_converges(cli, three, app_dir
     hosts = by_host(data)
     assert (hosts["testhost-3"]["status"], hosts["testhost-1"]["status"]) == ("failed", "ready")
     assert "unreachable" in hosts["testhost-3"]["reason"] or "answer" in hosts["testhost-3"]["reason"]
-    assert serving(three[2]) == before["testhost-3"]
+    still = serving(three[2])
+    assert still and set(still) <= set(before["testhost-3"]) and data["image"] not in still, (still, before)
 
     greeting(app_dir, "yo")
     mid = serving(three[1])
@@ -177,7 +178,8 @@ def test_hosts_down_before_and_during_then_a_rerun_converges(cli, three, app_dir
     assert during.code == ExitCode.PARTIAL, during.err
     hosts2 = by_host(data2)
     assert hosts2["testhost-2"]["status"] == "failed" and hosts2["testhost-1"]["status"] == "ready"
-    assert serving(three[1]) == mid  # the paused host keeps serving its version
+    after = serving(three[1])  # the paused host keeps serving its version (an older one may still be retiring)
+    assert after and set(after) <= set(mid) and data2["image"] not in after, (after, mid)
 
     rerun, data3 = deploy(cli, app_dir)
     assert rerun.code == 0, rerun.err
@@ -237,6 +239,7 @@ def test_a_stream_cut_mid_layer_is_retried_and_the_disk_full_host_keeps_its_vers
     assert partial.code == ExitCode.PARTIAL, partial.err
     three_r = by_host(data2)["testhost-3"]
     assert three_r["status"] == "failed" and "no space left" in three_r["reason"].lower(), three_r
-    assert serving(full_host) == before
+    now = serving(full_host)
+    assert now and set(now) <= set(before) and data2["image"] not in now, (now, before)
     rerun, _ = deploy(cli, app_dir)
     assert rerun.code == 0, rerun.err
