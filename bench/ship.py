@@ -131,7 +131,7 @@ def main() -> None:
         beamctl = [sys.executable, "-m", "beamctl"]
         built = json.loads(subprocess.run(beamctl + ["build", "-f", str(app), "--json"], env=env, check=True,
                                           capture_output=True, text=True).stdout)
-        ref, size = built["image"], built.get("size") or 0
+        ref, size = built["image"], built.get("size_bytes") or 0
         print(f"image {ref}: {size / 1e9:.2f} GB", file=sys.stderr)
         # agents first, so the rows below are about images
         subprocess.run(beamctl + ["hosts", "install", *HOSTS], env=env, check=True, capture_output=True)
