@@ -61,18 +61,19 @@ def test_locks_every_host_in_sorted_order_and_releases_at_the_end(hosts):
 
 def test_a_held_lock_refuses_with_the_holder_and_gives_back_what_was_taken(hosts):
     agents, log = hosts
-    host_locks.acquire(agents["b"].dir, "app", OTHER)
+    other = {**OTHER, "at": time.time() - 120}  # taken 2 minutes before this test, not before the run
+    host_locks.acquire(agents["b"].dir, "app", other)
     with pytest.raises(locks.DeployLocked) as e:
         with locks.hold(agents, "app", ME, 0, lambda m: None):
             pytest.fail("must not get the lock")
     assert e.value.exit_code == ExitCode.FAILURE
-    assert e.value.host == "b" and e.value.holder == OTHER
+    assert e.value.host == "b" and e.value.holder == other
     assert e.value.message.startswith("b: app is locked by bob@desk (pid 7) since ")
     assert "2 min ago: rollback of beamctl/app:old" in e.value.message
     assert e.value.hint == "wait with --lock-wait SECONDS, or if that deploy is dead: beamctl unlock app"
     assert agents["a"].locked() is None  # taken before b refused, given back
     assert agents["c"].locked() is None and ("c", "lock_acquire") not in log  # never asked past b
-    assert agents["b"].locked() == OTHER  # someone else's: untouched
+    assert agents["b"].locked() == other  # someone else's: untouched
 
 
 def test_waits_and_gets_the_lock_when_the_holder_lets_go(hosts, monkeypatch):
