@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 SYSTEM_DIR = Path("/var/lib/beamctl")  # as root: the agent owns the host
@@ -15,3 +16,11 @@ def default_data_dir() -> Path:
     if os.geteuid() == 0:
         return SYSTEM_DIR
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "beamctl"
+
+
+def agent_id(data_dir: Path) -> str:
+    """This host's agent id, made once and kept in the data dir."""
+    path = data_dir / "agent-id"
+    if not path.exists():
+        path.write_text(secrets.token_hex(8))
+    return path.read_text().strip()

@@ -3,7 +3,6 @@ socket and the HTTP endpoint both call these, and tests can too."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets as _secrets
 import threading
@@ -15,12 +14,14 @@ from typing import Any, Iterator
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import locks as _locks
 from beamctl.agent import logs as _logs
+from beamctl.agent import secret_files
 from beamctl.agent.containers import Containers, create_args, volume_dir
+from beamctl.agent.paths import agent_id
 from beamctl.agent.pool import Live, Pool, StartFailed
 from beamctl.agent.profile import ContainerTimeline, phases
 from beamctl.agent.spec import AppSpec
 from beamctl.agent.store import Store
-from beamctl.agent.versions import rollback_target
+from beamctl.agent.versions import rollback_target, unchanged
 
 HEALTH_TIMEOUT_S = 300  # on_start of a big model (weights from disk, CUDA init) can take minutes
 REAP_EVERY_S = 0.5  # how often idle containers are looked for
@@ -43,7 +44,7 @@ class Agent:
         self.store = Store(data_dir / "agent.db")
         self.containers = containers
         self.gpus = _gpus.inventory() if gpus is None else gpus
-        self.agent_id = _agent_id(data_dir)
+        self.agent_id = agent_id(data_dir)
         self.pools: dict[str, Pool] = {}
         self._deploying: dict[str, tuple[threading.Lock, dict[str, Any]]] = {}
         self._lock = threading.Lock()
@@ -147,7 +148,7 @@ class Agent:
         if same is not None:
             return same
         version = self.store.new_version(spec.app, spec.image, {**spec.to_json(), "gpu_count": gpu_count})
-        _write_secrets(self._secrets_path(spec.app, version), secret_values)  # per version: a failed
+        secret_files.write(self._secrets_path(spec.app, version), secret_values)  # per version: a failed
         # deploy never changes what the serving version starts with
         token = self.store.ensure_app(spec.app, _secrets.token_urlsafe(32))
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
@@ -159,17 +160,21 @@ class Agent:
         row = self.store.version(spec.app, active) if active is not None else None
         if row is None or self._pool(spec.app).version != active:
             return None
-        if row.get("spec") != json.loads(json.dumps({**spec.to_json(), "gpu_count": gpu_count})):  # as stored
-            return None
         try:
-            if _read_secrets(self._secrets_path(spec.app, active)) != secret_values:
-                return None
+            then = secret_files.read(self._secrets_path(spec.app, active))
         except (OSError, ValueError):
             return None
+        if not unchanged(row, {**spec.to_json(), "gpu_count": gpu_count}, then, secret_values):
+            return None
         self.store.event(spec.app, f"deploy of {spec.image}: unchanged, v{active} keeps serving")
-        return {"app": spec.app, "version": active, "image": spec.image, "status": "ready", "reason": None,
-                "unchanged": True, "token": self.store.token(spec.app),
-                "endpoint": f"{self.endpoint}/apps/{spec.app}" if self.endpoint else None, "serving": active}
+        return {**self._ready(spec, active, self.store.token(spec.app)), "unchanged": True}
+
+    def _ready(self, spec: AppSpec, version: int, token: str | None) -> dict[str, Any]:
+        return {"app": spec.app, "version": version, "image": spec.image, "status": "ready", "reason": None,
+                "token": token, "endpoint": self._endpoint(spec.app), "serving": version}
+
+    def _endpoint(self, app: str) -> str | None:
+        return f"{self.endpoint}/apps/{app}" if self.endpoint else None
 
     def _start_and_switch(self, spec: AppSpec, version: int, token: str, health_timeout: float,
                           previous_state: str = "retired") -> dict[str, Any]:
@@ -213,9 +218,7 @@ class Agent:
             self.store.set_version_state(spec.app, previous, previous_state)
         self.store.event(spec.app, f"v{version} is serving" + (
             f"; v{previous} {previous_state.replace('_', ' ')}" if previous else ""))
-        return {"app": spec.app, "version": version, "image": spec.image, "status": "ready", "reason": None,
-                "token": token, "endpoint": f"{self.endpoint}/apps/{spec.app}" if self.endpoint else None,
-                "serving": version}
+        return self._ready(spec, version, token)
 
     # rollback -------------------------------------------------------------------------------------
     def rollback(self, app: str, version: int | None = None,
@@ -276,7 +279,7 @@ class Agent:
 
     def _create_args(self, app: str, version: int) -> dict[str, Any]:
         spec_json = self._spec(app, version)
-        secret_values = _read_secrets(self._secrets_path(app, version))
+        secret_values = secret_files.read(self._secrets_path(app, version))
         return create_args(AppSpec.from_json(spec_json), version, self.agent_id, self.data_dir, secret_values,
                            spec_json.get("gpu_count", 0))
 
@@ -361,7 +364,7 @@ class Agent:
             out.append({"app": name, "active_version": active,
                         "image": next((v["image"] for v in versions if v["version"] == active), None),
                         "containers": live, "token": token, "lock": _locks.read(self.data_dir, name),
-                        "endpoint": f"{self.endpoint}/apps/{name}" if self.endpoint else None,
+                        "endpoint": self._endpoint(name),
                         "versions": [{k: v[k] for k in ("version", "image", "state", "reason", "created")}
                                      for v in versions[-5:]]})
         return {"agent": {"data_dir": str(self.data_dir), "pid": os.getpid(), "endpoint": self.endpoint,
@@ -396,24 +399,3 @@ def _lock_op(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except ValueError as e:  # a bad app name or holder
         raise AgentError(str(e), kind="input") from None
-
-
-def _agent_id(data_dir: Path) -> str:
-    path = data_dir / "agent-id"
-    if not path.exists():
-        path.write_text(_secrets.token_hex(8))
-    return path.read_text().strip()
-
-
-def _write_secrets(path: Path, values: dict[str, str]) -> None:
-    fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(values, f)
-    os.replace(path.with_suffix(".tmp"), path)
-
-
-def _read_secrets(path: Path) -> dict[str, str]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}

@@ -1,7 +1,9 @@
-"""Which version a rollback brings back: a pure choice over the app's version records."""
+"""Which version a rollback brings back, and whether a deploy changes anything: pure choices over the
+app's version records."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 ROLLBACK_FROM = ("retired", "stopped")  # states of versions that served and were replaced normally
@@ -26,3 +28,9 @@ def rollback_target(app: str, rows: list[dict[str, Any]], active: int | None, ve
     if not earlier:
         return f"no earlier version of {app} to roll back to"
     return max(earlier)
+
+
+def unchanged(active_row: dict[str, Any], spec: dict[str, Any], secrets_then: dict[str, str],
+              secrets_now: dict[str, str]) -> bool:
+    """A deploy of exactly what serves: same spec (image included; compared as stored, JSON) and secrets."""
+    return active_row.get("spec") == json.loads(json.dumps(spec)) and secrets_then == secrets_now

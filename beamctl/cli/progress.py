@@ -18,15 +18,22 @@ from beamctl import console
 LOG_EVERY_S = 5.0
 
 
-def _line(event: Any) -> None:
+def _markup(event: Any) -> str | None:
+    """The line an event prints (rich markup), or None for a build step that wrote no layer."""
     from beamctl.image.steps import Step
 
     if isinstance(event, Step):
-        if event.writes_layer:
-            console.say(f"  [{event.index}/{event.total}] {console.escape(event.instruction[:90])}  "
-                        f"{'[dim]cached[/]' if event.cached else '[green]built[/]'}")
-    else:
-        console.say(f"[dim]{console.escape(str(event))}[/]")
+        if not event.writes_layer:
+            return None
+        return (f"  [{event.index}/{event.total}] {console.escape(event.instruction[:90])}  "
+                f"{'[dim]cached[/]' if event.cached else '[green]built[/]'}")
+    return f"[dim]{console.escape(str(event))}[/]"
+
+
+def _line(event: Any) -> None:
+    text = _markup(event)
+    if text is not None:
+        console.say(text)
 
 
 class _Plain:
@@ -59,14 +66,9 @@ class _Bars:
     def __call__(self, event: Any) -> None:
         host = getattr(event, "host", None)
         if host is None or not hasattr(event, "sent"):
-            from beamctl.image.steps import Step
-
-            if isinstance(event, Step):
-                if event.writes_layer:
-                    self.progress.console.print(f"  [{event.index}/{event.total}] "
-                                                f"{console.escape(event.instruction[:90])}")
-                return
-            self.progress.console.print(f"[dim]{console.escape(str(event))}[/]", highlight=False)
+            text = _markup(event)
+            if text is not None:
+                self.progress.console.print(text, highlight=False)
             return
         with self._lock:
             if host not in self.tasks:

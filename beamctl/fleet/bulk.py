@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from beamctl.fleet.errors import HostUnreachable
-from beamctl.fleet.remote import command_line
+from beamctl.fleet.remote import command_line, read_into
 from beamctl.fleet.sshconfig import Target
 
 DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -171,7 +171,7 @@ class ChannelSink:
         self.label, self.chan = label, chan
         chan.settimeout(idle_timeout)
         self._out, self._err = bytearray(), bytearray()
-        self._readers = [threading.Thread(target=_drain_recv, args=(f, b), daemon=True)
+        self._readers = [threading.Thread(target=read_into, args=(f, b), daemon=True)
                          for f, b in ((chan.recv_stderr, self._err), (chan.recv, self._out))]
         for r in self._readers:
             r.start()
@@ -203,17 +203,6 @@ class ChannelSink:
 def _drain_file(f: Any, buf: bytearray) -> None:
     while True:
         chunk = f.read1(1 << 16) if hasattr(f, "read1") else f.read(1 << 16)
-        if not chunk:
-            return
-        buf.extend(chunk)
-
-
-def _drain_recv(recv: Any, buf: bytearray) -> None:
-    while True:
-        try:
-            chunk = recv(1 << 16)
-        except OSError:
-            return
         if not chunk:
             return
         buf.extend(chunk)

@@ -23,6 +23,7 @@ arrival. `filter_archive` makes that archive from `docker save`'s stream, in one
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tarfile
@@ -195,7 +196,7 @@ def filter_archive(src: IO[bytes], dst: IO[bytes], diff_ids: list[str], keep_fro
                 parents[folder] = _parent_of(data)
             if data is not None and member.name == "manifest.json":
                 stats.learned = _learn(data, chains)
-            tout.addfile(member, _bytes(data) if data is not None else None)
+            tout.addfile(member, io.BytesIO(data) if data is not None else None)
     stats.bytes_in, stats.bytes_out = counting_src.count, counting_dst.count
     if stats.learned:
         v1ids.learn(stats.learned)
@@ -229,12 +230,6 @@ def _copy_hashing(src: IO[bytes] | None, dst: IO[bytes]) -> str:
         h.update(chunk)
         dst.write(chunk)
     return "sha256:" + h.hexdigest()
-
-
-def _bytes(data: bytes) -> IO[bytes]:
-    import io
-
-    return io.BytesIO(data)
 
 
 class _Counting:

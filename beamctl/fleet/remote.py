@@ -68,14 +68,14 @@ class Connection:
         chan = self.exec(argv)
         chan.settimeout(idle_timeout)
         err = bytearray()
-        reader = threading.Thread(target=_read_into, args=(chan.recv_stderr, err), daemon=True)
+        reader = threading.Thread(target=read_into, args=(chan.recv_stderr, err), daemon=True)
         reader.start()
         out = bytearray()
         try:
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
-            _read_into(chan.recv, out, raise_timeout=True)
+            read_into(chan.recv, out, raise_timeout=True)
             reader.join(idle_timeout)
             status = chan.recv_exit_status()  # -1: none came (killed by a signal)
         except socket.timeout:
@@ -104,13 +104,16 @@ class Connection:
         self.close()
 
 
-def _read_into(recv: Any, buf: bytearray, raise_timeout: bool = False) -> None:
+def read_into(recv: Any, buf: bytearray, raise_timeout: bool = False) -> None:
+    """Read a channel stream to its end into `buf`; a timeout ends it (or is raised), a broken one ends it."""
     while True:
         try:
             chunk = recv(READ_CHUNK)
         except socket.timeout:
             if raise_timeout:
                 raise
+            return
+        except OSError:  # the connection broke: what came is what there is (the exit status tells)
             return
         if not chunk:
             return

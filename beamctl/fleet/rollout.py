@@ -16,7 +16,6 @@ into an exit code (all ready: OK, some: PARTIAL, none: FAILURE).
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from beamctl.errors import BeamctlError, EnvironmentProblem
-from beamctl.fleet import bulk, layers
+from beamctl.fleet import bulk, layers, sources
 from beamctl.fleet.errors import HostUnreachable, RemoteError, tail
 
 CHUNK = 1 << 20
@@ -82,7 +82,7 @@ def held_argv() -> list[str]:
 
 def save_commands(image_ref: str) -> tuple[list[str], list[str]]:
     """The local side: `docker save REF`, and zstd on all cores for the filtered archive."""
-    return ["docker", "save", image_ref], ["zstd", "-q", "-c", "-T0"]
+    return [*sources.SAVE_ARGV, image_ref], ["zstd", "-q", "-c", "-T0"]
 
 
 def remote_id(conn: Any, label: str, image_ref: str) -> str | None:
@@ -112,12 +112,6 @@ def local_layers(image_ref: str) -> list[str]:
     return list(json.loads(done.stdout))
 
 
-def v1_cache() -> layers.V1Ids:
-    from beamctl.paths import cache_dir
-
-    return layers.V1Ids(cache_dir() / "v1ids.json")
-
-
 class _Host:
     """One host during a ship: its connection, what it lacks, its result or error."""
 
@@ -143,16 +137,6 @@ class _Host:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-
-
-def ship_image(ssh: Any, host: Any, image_ref: str, image_id: str, progress: Progress,
-               name: str | None = None) -> ShipResult:
-    """One host: make its engine hold `image_ref` with id `image_id`; raises SshError when it cannot."""
-    label = name or ssh.resolve(host, name).name
-    outcome = ship_images(ssh, {label: host}, image_ref, image_id, progress)[label]
-    if isinstance(outcome, BeamctlError):
-        raise outcome
-    return outcome
 
 
 def ship_images(ssh: Any, hosts: dict[str, Any], image_ref: str, image_id: str, progress: Progress
@@ -217,71 +201,10 @@ def _groups(states: list[_Host]) -> dict[int, list[_Host]]:
     return groups
 
 
-def _source(image_ref: str, image_id: str, diff_ids: list[str], keep_from: int) -> Any:
-    """Where the group's archive comes from: beamctl's own layer cache when it holds every layer the
-    group lacks (an assembled app image: no `docker save` at all), else `docker save`, filtered."""
-    from beamctl.image import assemble
-
-    config = assemble.config_bytes(image_id)
-    if config is not None:
-        paths = {d: assemble.layer_path(d) for d in diff_ids[keep_from:]}
-        if all(p is not None for p in paths.values()):
-            return _CachedSource(config, paths, image_ref)  # type: ignore[arg-type]
-    return _SaveSource(image_ref, diff_ids, keep_from)
-
-
-class _CachedSource:
-    what = "from the layer cache"
-
-    def __init__(self, config: bytes, paths: dict[str, Any], image_ref: str) -> None:
-        self.config, self.paths, self.image_ref = config, paths, image_ref
-
-    def start(self) -> None:
-        pass
-
-    def write(self, out: Any) -> None:
-        from beamctl.image import assemble
-
-        assemble.write_archive(out, self.config, self.paths, tags=(self.image_ref,))
-
-    def stop(self) -> None:
-        pass
-
-    def failure(self) -> str | None:
-        return None
-
-
-class _SaveSource:
-    what = "docker save, filtered"
-
-    def __init__(self, image_ref: str, diff_ids: list[str], keep_from: int) -> None:
-        self.image_ref, self.diff_ids, self.keep_from = image_ref, diff_ids, keep_from
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(save_commands(self.image_ref)[0], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-
-    def write(self, out: Any) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        layers.filter_archive(self.proc.stdout, out, self.diff_ids, self.keep_from, v1_cache())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-
-    def failure(self) -> str | None:
-        if self.proc is None:
-            return None
-        if self.proc.wait() != 0:
-            return tail(self.proc.stderr.read().decode(errors="replace")) if self.proc.stderr else "failed"
-        return None
-
-
 def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str], keep_from: int,
           progress: Progress) -> None:
     """One archive (cache or `docker save | filter`), one zstd here, the same bytes to every host of the group."""
-    source = _source(image_ref, image_id, diff_ids, keep_from)
+    source = sources.pick(image_ref, image_id, diff_ids, keep_from)
     missing = len(diff_ids) - keep_from
     names = ", ".join(s.name for s in group)
     progress(f"{names}: sending {image_ref}: {missing} of {len(diff_ids)} layers "
@@ -307,7 +230,8 @@ def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str]
             sink.abort()
         raise EnvironmentProblem(f"{e.filename} is not installed here", "run ./scripts/setup.sh") from None
     produced: dict[str, Any] = {}
-    producer = threading.Thread(target=_produce, args=(source, zstd, produced), daemon=True, name="ship-source")
+    producer = threading.Thread(target=sources.produce, args=(source, zstd, produced), daemon=True,
+                                name="ship-source")
     producer.start()
     feeders = {s.name: _Feeder(s, sinks[s.name], progress) for s in live}
     ended = False
@@ -341,22 +265,6 @@ def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str]
         raise EnvironmentProblem(f"reading {image_ref} here failed ({source.what}): {problem}")
     for f in feeders.values():
         f.finish()
-
-
-def _produce(source: Any, zstd: subprocess.Popen, out: dict[str, Any]) -> None:
-    try:
-        assert zstd.stdin is not None
-        source.write(zstd.stdin)
-    except BrokenPipeError:
-        out["error"] = "zstd stopped reading"
-    except Exception as e:  # noqa: BLE001 - reported by _send as the source's failure
-        out["error"] = f"{type(e).__name__}: {e}"
-    finally:
-        try:
-            if zstd.stdin is not None:
-                zstd.stdin.close()
-        except OSError:
-            pass
 
 
 class _Feeder:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from beamctl.agent.versions import rollback_target
-from beamctl.cli import app_cmds
+from beamctl.cli import app_cmds, release_cmds
 from beamctl.errors import ExitCode
 
 
@@ -63,7 +63,7 @@ def test_cli_partial_when_some_hosts_failed(monkeypatch, capsys):
         yield hosts
 
     monkeypatch.setattr(app_cmds, "_fleet", fleet)
-    code = app_cmds.rollback("app", None, False, ["a", "b", "c", "d"], None, 30.0)
+    code = release_cmds.rollback("app", None, False, ["a", "b", "c", "d"], None, 30.0)
     err = capsys.readouterr().err
     assert code == ExitCode.PARTIAL == 5
     assert "a: rolled back app from v2 to v1" in err
@@ -83,11 +83,11 @@ def test_cli_failure_when_all_hosts_failed(monkeypatch, capsys):
         yield [Fake("b", FAILED), Fake("c", REFUSED)]
 
     monkeypatch.setattr(app_cmds, "_fleet", fleet)
-    assert app_cmds.rollback("app", 1, False, None, None, 30.0) == ExitCode.FAILURE
+    assert release_cmds.rollback("app", 1, False, None, None, 30.0) == ExitCode.FAILURE
 
     @contextmanager
     def all_ok(name, host, file):
         yield [Fake("a", READY), Fake("e", READY)]
 
     monkeypatch.setattr(app_cmds, "_fleet", all_ok)
-    assert app_cmds.rollback("app", 1, False, None, None, 30.0) == ExitCode.OK
+    assert release_cmds.rollback("app", 1, False, None, None, 30.0) == ExitCode.OK

@@ -204,7 +204,7 @@ def test_break_locks_answers_per_host(hosts):
 
 
 def test_unlock_cli_across_hosts(hosts, monkeypatch, capsys):
-    from beamctl.cli import app_cmds
+    from beamctl.cli import app_cmds, release_cmds
 
     agents, _ = hosts
     host_locks.acquire(agents["a"].dir, "app", OTHER)
@@ -215,7 +215,7 @@ def test_unlock_cli_across_hosts(hosts, monkeypatch, capsys):
         yield list(agents.values())
 
     monkeypatch.setattr(app_cmds, "_fleet", fleet)
-    code = app_cmds.unlock("app", False, None, None)
+    code = release_cmds.unlock("app", False, None, None)
     err = capsys.readouterr().err
     assert code == ExitCode.PARTIAL
     assert "a: removed the lock held by bob@desk (pid 7) since " in err
