@@ -44,7 +44,7 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
 
     secret_values = secrets.gather(config.secrets)  # before the build: fail fast on a missing secret
     if config.gpu:
-        request("check_placement", gpu=[str(g) for g in config.gpu])  # no build for a host that can't run it
+        request("check_placement", gpu=[str(g) for g in config.gpu], app=config.name)  # no build if it cannot run
     image = build_app(config, progress)
     progress(f"deploying {image.image} to the local agent")
     client = _agent(autostart=True)

@@ -24,7 +24,8 @@ def volume_dir(data_dir: Path, app: str, volume: str) -> Path:
 
 
 def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
-                secret_values: dict[str, str], gpu_count: int = 0) -> dict[str, Any]:
+                secret_values: dict[str, str], gpu_count: int = 0,
+                gpu_devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
     """Keyword arguments for the engine's container create, for one container of one version."""
     env = {**spec.env, **secret_values,
            "BEAMCTL_WORKERS": str(spec.workers), "BEAMCTL_TIMEOUT": str(spec.timeout_s),
@@ -43,7 +44,9 @@ def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
         "mem_limit": spec.memory_bytes,
         "stop_signal": "SIGTERM",
     }
-    if gpu_count:
+    if gpu_devices:  # pinned: these GPUs and no others (versions from before pinning: a count)
+        args["gpus"] = [str(i) for i in gpu_devices]
+    elif gpu_count:
         args["gpus"] = gpu_count
     return args
 
@@ -137,12 +140,14 @@ class DockerContainers:
         return out
 
 
-def _gpus(count: int) -> list[Any] | None:
-    if not count:
+def _gpus(wanted: int | list[str]) -> list[Any] | None:
+    if not wanted:
         return None
     import docker
 
-    return [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]
+    if isinstance(wanted, list):
+        return [docker.types.DeviceRequest(device_ids=wanted, capabilities=[["gpu"]])]
+    return [docker.types.DeviceRequest(count=wanted, capabilities=[["gpu"]])]
 
 
 def _shown(line: str) -> str:

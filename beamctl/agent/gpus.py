@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from typing import Any
 from dataclasses import dataclass
 
 from beamctl.config.gpu import canonical_name
@@ -49,15 +50,51 @@ def inventory() -> list[Gpu]:
 
 
 def placement(requested: tuple[str, ...], gpus: list[Gpu]) -> tuple[str, int] | str:
-    """The first requested `TYPE[:COUNT]` this host can give, as (type, count), else why not."""
+    """The first requested `TYPE[:COUNT]` this host has, as (type, count), else why not (busy or not)."""
+    got = assign(requested, gpus, {})
+    return got if isinstance(got, str) else (got[0].partition(":")[0], len(got[1]))
+
+
+def assign(requested: tuple[str, ...], gpus: list[Gpu], taken: dict[int, str]
+           ) -> tuple[str, tuple[int, ...]] | str:
+    """The first requested `TYPE[:COUNT]` this host can give from GPUs no other app holds (`taken`:
+    index -> app), as (that request, the device indices), else why not."""
     if not requested:
-        return ("", 0)
+        return ("", ())
     if not gpus:
         return f"this host has no GPU (nvidia-smi lists none); the app asks for {' or '.join(requested)}"
+    busy = []
     for choice in requested:
         kind, _, count = choice.partition(":")
         n = int(count or 1)
-        if sum(g.canonical == kind for g in gpus) >= n:
-            return (kind, n)
+        mine = [g.index for g in gpus if g.canonical == kind]
+        free = [i for i in mine if i not in taken]
+        if len(free) >= n:
+            return (choice, tuple(free[:n]))
+        if len(mine) >= n:
+            busy += [f"GPU {i} ({kind}): {taken[i]}" for i in mine if i in taken]
+    if busy:
+        return (f"not enough free GPUs here for {' or '.join(requested)}: in use by other apps: "
+                f"{', '.join(dict.fromkeys(busy))}")
     have = ", ".join(f"{g.name}" for g in gpus)
     return f"this host has {have}; the app asks for {' or '.join(requested)}"
+
+
+HOLDING = ("starting", "active")  # version states whose GPUs are not free
+
+
+def taken(rows: list[dict[str, Any]], exclude: str | None) -> dict[int, str]:
+    """GPU index -> the app holding it, from other apps' starting or active versions' pinned devices (an
+    app's own GPUs are free to its next version: old and new share them during a switch)."""
+    out: dict[int, str] = {}
+    for row in rows:
+        if row.get("app") != exclude and row.get("state") in HOLDING:
+            for i in (row.get("spec") or {}).get("gpu_devices") or ():
+                out.setdefault(int(i), row["app"])
+    return out
+
+
+def clash(pinned: list[int], taken: dict[int, str]) -> str | None:
+    """Why a version pinned to these GPUs cannot start again now (others hold some), or None."""
+    held = sorted({taken[i] for i in pinned if i in taken})
+    return f"used GPU(s) {', '.join(map(str, pinned))}, now held by {', '.join(held)}" if held else None

@@ -48,6 +48,7 @@ class Agent:
         self.pools: dict[str, Pool] = {}
         self._deploying: dict[str, tuple[threading.Lock, dict[str, Any]]] = {}
         self._lock = threading.Lock()
+        self._gpu_lock = threading.Lock()
         self._stop = threading.Event()
         self.endpoint = ""  # set by the HTTP server: http://host:port
 
@@ -59,11 +60,20 @@ class Agent:
                 "gpus": [{"name": g.name, "canonical": g.canonical, "memory_mib": g.memory_mib,
                           "driver": g.driver, "index": g.index} for g in self.gpus]}
 
-    def check_placement(self, gpu: list[str]) -> None:
-        """Refuse early (before a build) what deploy would refuse: a GPU this host does not have."""
-        place = _gpus.placement(tuple(gpu), self.gpus)
-        if isinstance(place, str):
-            raise AgentError(place, hint="deploy to a host with that GPU, or change gpu in beam.yaml")
+    def check_placement(self, gpu: list[str], app: str | None = None) -> dict[str, Any]:
+        """Refuse early (before a build) what deploy would refuse: no free GPU of the kinds asked for here
+        (`app`'s own GPUs count as free: its next version takes them over); else which it would get."""
+        choice, devices = self._assign(tuple(gpu), app)
+        return {"gpu": choice, "devices": list(devices)}
+
+    def _taken(self, app: str | None) -> dict[int, str]:
+        return _gpus.taken(self.store.versions_in(_gpus.HOLDING), app)
+
+    def _assign(self, gpu: tuple[str, ...], app: str | None) -> tuple[str, tuple[int, ...]]:
+        got = _gpus.assign(gpu, self.gpus, self._taken(app))
+        if isinstance(got, str):
+            raise AgentError(got, hint="deploy to a host with a free GPU of that kind, or change gpu in beam.yaml")
+        return got
 
     def recover(self) -> None:
         """After a (re)start: cut-off tasks are marked lost; healthy containers are adopted, not killed."""
@@ -118,11 +128,9 @@ class Agent:
         missing = [n for n in spec.secret_names if n not in secret_values]
         if missing:
             raise AgentError(f"no value for secret(s) {', '.join(missing)}")
-        place = _gpus.placement(spec.gpu, self.gpus)
-        if isinstance(place, str):
-            raise AgentError(place, hint="deploy to a host with that GPU, or change gpu in beam.yaml")
+        self._assign(spec.gpu, spec.app)  # refused before anything is written
         with self._app_lock(spec.app, "deploy", spec.image):
-            return self._deploy(spec, secret_values, place[1], health_timeout)
+            return self._deploy(spec, secret_values, health_timeout)
 
     @contextmanager
     def _app_lock(self, app: str, op: str, image: str) -> Iterator[None]:
@@ -138,23 +146,26 @@ class Agent:
         finally:
             lock.release()
 
-    def _deploy(self, spec: AppSpec, secret_values: dict[str, str], gpu_count: int,
-                health_timeout: float) -> dict[str, Any]:
+    def _deploy(self, spec: AppSpec, secret_values: dict[str, str], health_timeout: float) -> dict[str, Any]:
         for v in spec.volumes:  # created once, never deleted by beamctl
             volume_dir(self.data_dir, spec.app, v.name).mkdir(parents=True, exist_ok=True)
         if not self.containers.has_image(spec.image):
             raise AgentError(f"image {spec.image} is not on this host")
-        same = self._unchanged(spec, secret_values, gpu_count)
-        if same is not None:
-            return same
-        version = self.store.new_version(spec.app, spec.image, {**spec.to_json(), "gpu_count": gpu_count})
+        with self._gpu_lock:  # two apps deploying at once never get the same GPU
+            devices = self._assign(spec.gpu, spec.app)[1]
+            stored = {**spec.to_json(), "gpu_count": len(devices), "gpu_devices": list(devices)}
+            same = self._unchanged(spec, secret_values, stored)
+            if same is not None:
+                return same
+            version = self.store.new_version(spec.app, spec.image, stored)
         secret_files.write(self._secrets_path(spec.app, version), secret_values)  # per version: a failed
         # deploy never changes what the serving version starts with
         token = self.store.ensure_app(spec.app, _secrets.token_urlsafe(32))
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
         return self._start_and_switch(spec, version, token, health_timeout)
 
-    def _unchanged(self, spec: AppSpec, secret_values: dict[str, str], gpu_count: int) -> dict[str, Any] | None:
+    def _unchanged(self, spec: AppSpec, secret_values: dict[str, str], stored: dict[str, Any]
+                   ) -> dict[str, Any] | None:
         """A deploy of exactly what is serving (image, spec, secrets): nothing to do, the version stays."""
         active = self.store.active_version(spec.app)
         row = self.store.version(spec.app, active) if active is not None else None
@@ -164,7 +175,7 @@ class Agent:
             then = secret_files.read(self._secrets_path(spec.app, active))
         except (OSError, ValueError):
             return None
-        if not unchanged(row, {**spec.to_json(), "gpu_count": gpu_count}, then, secret_values):
+        if not unchanged(row, stored, then, secret_values):
             return None
         self.store.event(spec.app, f"deploy of {spec.image}: unchanged, v{active} keeps serving")
         return {**self._ready(spec, active, self.store.token(spec.app)), "unchanged": True}
@@ -244,9 +255,11 @@ class Agent:
             raise AgentError(f"v{target} of {app} is already serving")
         if not self.containers.has_image(row["image"]):
             raise AgentError(f"image {row['image']} of v{target} was pruned; deploy again")
-        place = _gpus.placement(spec.gpu, self.gpus)
-        if isinstance(place, str):
-            raise AgentError(place)
+        clash = _gpus.clash(row["spec"].get("gpu_devices") or [], self._taken(app))
+        if clash:
+            raise AgentError(f"v{target} {clash}", hint="stop that app first, or deploy again to get free GPUs")
+        if spec.gpu and not row["spec"].get("gpu_devices"):  # recorded before pinning: the host must have them
+            self._assign(spec.gpu, app)
         token = self.store.ensure_app(app, _secrets.token_urlsafe(32))
         frm = f"v{active}" if active is not None else "nothing serving"
         self.store.event(app, f"rolling back from {frm} to v{target} ({row['image']})")
@@ -281,7 +294,7 @@ class Agent:
         spec_json = self._spec(app, version)
         secret_values = secret_files.read(self._secrets_path(app, version))
         return create_args(AppSpec.from_json(spec_json), version, self.agent_id, self.data_dir, secret_values,
-                           spec_json.get("gpu_count", 0))
+                           spec_json.get("gpu_count", 0), spec_json.get("gpu_devices") or ())
 
     def _secrets_path(self, app: str, version: int) -> Path:
         return self.data_dir / "secrets" / f"{app}-v{version}.json"

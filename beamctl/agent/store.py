@@ -81,6 +81,11 @@ class Store:
         rows = self._q("SELECT * FROM versions WHERE app = ? AND version = ?", (app, version))
         return _version(rows[0]) if rows else None
 
+    def versions_in(self, states: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Every app's versions in these states."""
+        marks = ", ".join("?" for _ in states)
+        return [_version(r) for r in self._q(f"SELECT * FROM versions WHERE state IN ({marks})", states)]
+
     def versions(self, app: str) -> list[dict[str, Any]]:
         return [_version(r) for r in self._q("SELECT * FROM versions WHERE app = ? ORDER BY version", (app,))]
 

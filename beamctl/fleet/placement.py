@@ -152,18 +152,18 @@ def gpus_from_about(about: Any) -> tuple[Gpu, ...]:
 
 # --- asking the agents ---------------------------------------------------------------------------------
 
-def gather(agents: Mapping[str, Any], prefs: tuple[str, ...]) -> dict[str, HostGpus]:
+def gather(agents: Mapping[str, Any], prefs: tuple[str, ...], app: str | None = None) -> dict[str, HostGpus]:
     """Each agent's GPUs (`version`) and, when `prefs` are given, its `check_placement` answer; all hosts
     at once. An agent is anything with .request(op, **args) -> {"ok", "result", "error", "hint"}."""
     if not agents:
         return {}
     names = list(agents)
     with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="place") as pool:
-        found = list(pool.map(lambda n: _ask_host(n, agents[n], tuple(prefs)), names))
+        found = list(pool.map(lambda n: _ask_host(n, agents[n], tuple(prefs), app), names))
     return dict(zip(names, found))
 
 
-def _ask_host(host: str, agent: Any, prefs: tuple[str, ...]) -> HostGpus:
+def _ask_host(host: str, agent: Any, prefs: tuple[str, ...], app: str | None = None) -> HostGpus:
     answer, error = _request(host, agent, "version")
     if error is not None:
         return HostGpus(error=error)
@@ -172,7 +172,8 @@ def _ask_host(host: str, agent: Any, prefs: tuple[str, ...]) -> HostGpus:
     gpus = gpus_from_about(answer.get("result"))
     if not prefs:
         return HostGpus(gpus)
-    answer, error = _request(host, agent, "check_placement", gpu=list(prefs))
+    args = {"gpu": list(prefs), **({"app": app} if app else {})}  # the app's own GPUs are free to it
+    answer, error = _request(host, agent, "check_placement", **args)
     if error is not None:
         return HostGpus(gpus, error=error)
     if not answer.get("ok"):

@@ -65,11 +65,11 @@ def install_all(ssh: Any, entries: list[Any], progress: Progress) -> dict[str, A
     return dict(zip((e.name for e in entries), _each(entries, one)))
 
 
-def place(agents: dict[str, Any], prefs: tuple[str, ...]) -> Any:
+def place(agents: dict[str, Any], prefs: tuple[str, ...], app: str | None = None) -> Any:
     """Which of these hosts run the app (placement.Placement); raises NoGpuPlacement when none can."""
     from beamctl.fleet import placement
 
-    return placement.place(prefs, placement.gather(agents, prefs))
+    return placement.place(prefs, placement.gather(agents, prefs, app))
 
 
 def deploy_request(ssh: Any, entry: Any, spec_json: dict[str, Any], secret_values: dict[str, str],
@@ -131,7 +131,7 @@ def rollout(entries: list[Any], app: str, prefs: tuple[str, ...], build: Callabl
     live = [e for e in entries if e.name not in results]
     agents = {e.name: HostAgent(e, ssh) for e in live}
     try:
-        placed = place(agents, prefs) if live else None
+        placed = place(agents, prefs, app) if live else None
         if placed is not None:
             results.update({n: skipped(n, why) for n, why in placed.skipped.items()})
             live = [e for e in live if e.name in placed.chosen]
