@@ -24,22 +24,35 @@ def rollback(name: str = typer.Argument(..., help="The app."),
              health_timeout: float = typer.Option(HEALTH_TIMEOUT_S, help="Seconds to wait for READY.")) -> int:
     """Bring an earlier version back (on every host of the app): start it, wait READY, switch; volumes stay."""
     from beamctl import apps
-    from beamctl.fleet import query
+    from beamctl.fleet import locks, query
 
+    holder = locks.holder_here(name, None, "rollback")
     with app_cmds._fleet(name, host, file) as agents:
         if agents is None:
             try:
-                replies = [query.Reply("local", apps.request("rollback", app=name, version=version,
-                                                             health_timeout=health_timeout))]
+                with locks.hold({"local": apps._agent(autostart=True)}, name, holder, 0, _say) as held:
+                    if "local" not in held:
+                        raise apps.AgentFailed(f"no deploy lock from the local agent: {held.missing['local']}")
+                    replies = [query.Reply("local", apps.request("rollback", app=name, version=version,
+                                                                 health_timeout=health_timeout))]
             except apps.AgentFailed as e:
                 if json:
                     console.emit_json({"app": name, "hosts": [{"host": "local", "status": "refused",
                                                                "error": e.message}]})
                 raise
         else:
-            replies = query.ask_all(agents, "rollback", timeout=health_timeout + query.QUERY_TIMEOUT_S,
-                                    app=name, version=version, health_timeout=health_timeout)
+            with locks.hold({a.name: a for a in agents}, name, holder, 0, _say) as held:
+                got = query.ask_all([a for a in agents if a.name in held], "rollback",
+                                    timeout=health_timeout + query.QUERY_TIMEOUT_S, app=name, version=version,
+                                    health_timeout=health_timeout)
+            answers = {r.host: r for r in got}
+            replies = [answers.get(a.name) or query.Reply(a.name, error=f"no deploy lock: {held.missing.get(a.name)}")
+                       for a in agents]
     return _rolled_back(name, replies, json, local=agents is None)
+
+
+def _say(event: Any) -> None:
+    console.say(f"[dim]{console.escape(str(event))}[/]")
 
 
 def rollback_replies(replies: list[Any]) -> list[Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from beamctl.agent.versions import rollback_target
 from beamctl.cli import app_cmds, release_cmds
 from beamctl.errors import ExitCode
@@ -39,6 +41,10 @@ class Fake:
         self.name, self.answer, self.asked = name, answer, []
 
     def request(self, op, timeout=None, **args):
+        if op == "lock_acquire":  # the rollback holds the app's deploy lock on every host
+            return {"ok": True, "result": {"acquired": True, "token": args["holder"]["token"]}}
+        if op == "lock_release":
+            return {"ok": True, "result": True}
         self.asked.append((op, args))
         if isinstance(self.answer, Exception):
             raise self.answer
@@ -91,3 +97,28 @@ def test_cli_failure_when_all_hosts_failed(monkeypatch, capsys):
 
     monkeypatch.setattr(app_cmds, "_fleet", all_ok)
     assert release_cmds.rollback("app", 1, False, None, None, 30.0) == ExitCode.OK
+
+
+def test_a_rollback_is_refused_while_a_deploy_holds_the_lock(monkeypatch):
+    from contextlib import contextmanager
+
+    from beamctl.fleet.locks import DeployLocked
+
+    class Locked(Fake):
+        def request(self, op, timeout=None, **args):
+            if op == "lock_acquire":
+                return {"ok": True, "result": {"acquired": False, "holder": {
+                    "who": "ada@desk", "pid": 9, "at": 0, "image": "beamctl/app:new", "op": "deploy"}}}
+            return super().request(op, timeout, **args)
+
+    hosts = [Fake("a", READY), Locked("b", READY)]
+
+    @contextmanager
+    def fleet(name, host, file):
+        yield hosts
+
+    monkeypatch.setattr(app_cmds, "_fleet", fleet)
+    with pytest.raises(DeployLocked) as e:
+        release_cmds.rollback("app", None, False, ["a", "b"], None, 30.0)
+    assert "b: app is locked by ada@desk" in e.value.message
+    assert hosts[0].asked == [] and hosts[1].asked == []  # nothing rolled back anywhere

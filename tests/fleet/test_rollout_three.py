@@ -243,3 +243,39 @@ def test_a_stream_cut_mid_layer_is_retried_and_the_disk_full_host_keeps_its_vers
     assert now and set(now) <= set(before) and data2["image"] not in now, (now, before)
     rerun, _ = deploy(cli, app_dir)
     assert rerun.code == 0, rerun.err
+
+
+def test_two_deploys_at_once_the_second_is_refused_with_the_holder(three, app_dir, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    three.apply_env(monkeypatch)
+    app = app_dir / "app.py"
+    app.write_text(app.read_text().replace("def load_model():\n", "def load_model():\n    time.sleep(4)  # overlap\n", 1)
+                   if "time.sleep(4)" not in app.read_text() else app.read_text())
+    greeting(app_dir, "twice")
+    env = {**os.environ, **three.env}
+    procs = [subprocess.Popen([sys.executable, "-m", "beamctl", "deploy", "-f", str(app_dir)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    errs = [e for _, e in outs]
+    assert codes == [0, 1], errs
+    refused = next(e for p, (_, e) in zip(procs, outs) if p.returncode == 1)
+    assert "is locked by" in refused and "--lock-wait" in refused, refused
+    assert call_each_cli(app_dir) == {h: "twice, Ada" for h in HOSTS}
+
+
+def call_each_cli(app_dir):
+    import os
+    import subprocess
+    import sys
+
+    out = {}
+    for host in HOSTS:
+        done = subprocess.run([sys.executable, "-m", "beamctl", "call", "hello3", '{"name": "Ada"}', "--host", host,
+                               "--json"], env=dict(os.environ), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        out[host] = json.loads(done.stdout)["result"]["message"]
+    return out
