@@ -1,27 +1,42 @@
 #!/usr/bin/env bash
-# Install CRIU >= 4 into a private prefix plus a `criu` wrapper on PATH. Idempotent; run as root.
+# Install CRIU >= 4.2 into a private prefix plus a `criu` wrapper on PATH. Idempotent; run as root.
 #
 # Why not `apt-get install criu`: Debian bookworm's criu 3.17 fails `criu check` on the 6.x kernels we
-# run on ("vdso: Unexpected rt vDSO area bounds"). Debian trixie's criu 4.x works, but needs trixie's
-# libc6, so we unpack trixie's criu and every library it depends on (libc6 included) into PREFIX with
-# `dpkg -x` and run it through PREFIX's own dynamic loader. Nothing from trixie is installed into the
-# system, and apt is pointed at trixie only through command-line options: the machine's own bookworm
-# package lists, caches and dpkg database stay untouched.
+# run on ("vdso: Unexpected rt vDSO area bounds"). Why >= 4.2: Linux 6.16 limited SO_PASSCRED/SO_PASSSEC
+# to AF_UNIX and netlink sockets, and CRIU 4.1.x then fails to dump any process holding a TCP socket
+# ("sockets: Can't get 1:16 opt: Operation not supported"; upstream criu #2705/#2718, fixed in 4.2), so
+# it cannot checkpoint an app container (the runtime listens on :8000). Debian forky has 4.2.1 (trixie
+# only 4.1.1). Its criu needs forky's libc6, so we unpack criu and every library it depends on (libc6
+# included) into PREFIX with `dpkg -x` and run it through PREFIX's own dynamic loader. Nothing from
+# forky is installed into the system, and apt is pointed at the suite only through command-line options:
+# the machine's own bookworm package lists, caches and dpkg database stay untouched.
+# An existing prefix older than 4.2 (e.g. trixie's 4.1.1) is replaced. BEAMCTL_CRIU_SUITE picks another
+# suite; the script fails, saying what it found, if that suite's criu is older than 4.2 or does not run.
 set -euo pipefail
 
 PREFIX=${BEAMCTL_CRIU_PREFIX:-/opt/beamctl/criu}
 WRAPPER=${BEAMCTL_CRIU_WRAPPER:-/usr/local/bin/criu}
-MIRROR=${BEAMCTL_TRIXIE_MIRROR:-http://deb.debian.org/debian}
-SUITE=${BEAMCTL_CRIU_SUITE:-trixie}
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg   # bookworm's keyring already holds trixie's keys
+MIRROR=${BEAMCTL_CRIU_MIRROR:-${BEAMCTL_TRIXIE_MIRROR:-http://deb.debian.org/debian}}
+SUITE=${BEAMCTL_CRIU_SUITE:-forky}
+MIN_VERSION=4.2   # major.minor; see above
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg   # bookworm's keyring holds trixie's and forky's keys
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
 
 say() { printf '[setup] criu: %s\n' "$*"; }
 die() { printf '[setup] criu: ERROR: %s\n' "$*" >&2; exit 1; }
 
-criu_major() {  # prints the major version of the criu on PATH, or nothing
+# "Version: 4.2.1" -> "4.2" (major.minor); nothing when the text has no version.
+major_minor() { sed -n 's/^Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n1; }
+
+criu_version() {  # prints major.minor of the criu on PATH, or nothing
     command -v criu >/dev/null 2>&1 || return 0
-    criu --version 2>/dev/null | sed -n 's/^Version: *\([0-9][0-9]*\).*/\1/p' | head -n1
+    criu --version 2>/dev/null | major_minor
+}
+
+version_ok() {  # version_ok 4.10 -> true when >= MIN_VERSION (numeric per part, so 4.10 > 4.2)
+    [[ -n $1 ]] || return 1
+    local a=${1%%.*} b=${1#*.} ma=${MIN_VERSION%%.*} mb=${MIN_VERSION#*.}
+    ((a > ma || (a == ma && b >= mb)))
 }
 
 # `criu check` must say "Looks good". It also prints "rlimit: Can't setup RLIMIT_NOFILE" on every run
@@ -47,15 +62,22 @@ install_criu() {
         -o "APT::Sandbox::User=root")
     apt-get "${apt_opts[@]}" update >"$work/update.log" 2>&1 \
         || die "apt-get update for $SUITE failed:"$'\n'"$(tail -n 20 "$work/update.log")"
-    # criu plus the closure of its hard dependencies (Depends/Pre-Depends only). For trixie's criu 4.1.1
-    # that is criu, libcompel1, libc6, libgcc-s1, gcc-14-base, libbsd0, libmd0, libuuid1, libnet1,
-    # libnl-3-200, libprotobuf-c1, libnftables1, libnftnl11, libmnl0, libjansson4, libxtables12,
-    # libgnutls30t64, libhogweed6t64, libnettle8t64, libgmp10, libidn2-0, libunistring5, libp11-kit0,
-    # libffi8, libtasn1-6 (25 packages).
+    # criu plus the closure of its hard dependencies (Depends/Pre-Depends only). For forky's criu 4.2.1
+    # (2026-11) that is criu, libcompel1, libc6, libc-gconv-modules-extra, libgcc-s1, gcc-16-base, libbsd0,
+    # libmd0, libuuid1, libnet9, libnl-3-200, libprotobuf-c1, libnftables1, libnftnl11, libmnl0,
+    # libjansson4, libxtables12, libgnutls30t64, libhogweed6t64, libnettle8t64, libgmp10, libidn2-0,
+    # libunistring5, libp11-kit0, libffi8, libtasn1-6 (26 packages; the list lands in PREFIX/PACKAGES).
     mapfile -t pkgs < <(apt-cache "${apt_opts[@]}" depends --recurse --no-recommends --no-suggests \
         --no-conflicts --no-breaks --no-replaces --no-enhances criu | grep -E '^[a-z0-9]' | sort -u)
     [[ " ${pkgs[*]} " == *" libc6 "* && " ${pkgs[*]} " == *" criu "* ]] \
         || die "unexpected dependency list from $SUITE: ${pkgs[*]:-<empty>}"
+    # Refuse before downloading anything when the suite's criu is too old (e.g. forky moved on and
+    # dropped it, or BEAMCTL_CRIU_SUITE names an older suite).
+    local candidate
+    candidate=$(apt-cache "${apt_opts[@]}" show --no-all-versions criu 2>/dev/null | sed -n 's/^Version: *//p' | head -n1)
+    version_ok "$(printf 'Version: %s\n' "${candidate#*:}" | major_minor)" \
+        || die "Debian $SUITE offers criu ${candidate:-<none>}, need >= $MIN_VERSION" \
+            "(set BEAMCTL_CRIU_SUITE to a suite that has it)"
     (cd "$work/debs" && apt-get "${apt_opts[@]}" download "${pkgs[@]}" >"$work/download.log" 2>&1) \
         || die "apt-get download failed:"$'\n'"$(tail -n 20 "$work/download.log")"
     local deb
@@ -65,6 +87,12 @@ install_criu() {
         "$work/root/usr/share/lintian" "$work/root/usr/lib/x86_64-linux-gnu/gconv"
     [[ -x $work/root/usr/sbin/criu && -e $work/root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 ]] \
         || die "unpacked packages lack usr/sbin/criu or the dynamic loader"
+    # Run the unpacked criu before it replaces anything: a suite whose criu does not start here (or is
+    # too old) must not replace a working prefix.
+    local lib=$work/root/usr/lib/x86_64-linux-gnu got
+    got=$("$lib/ld-linux-x86-64.so.2" --library-path "$lib" "$work/root/usr/sbin/criu" --version 2>&1) || true
+    version_ok "$(major_minor <<<"$got")" \
+        || die "criu $candidate from Debian $SUITE does not run as >= $MIN_VERSION here; it printed:"$'\n'"$got"
     # Swap the new prefix in whole, so an interrupted run never leaves a half-written one behind.
     mkdir -p "$(dirname "$PREFIX")"
     rm -rf "$PREFIX.old"
@@ -78,22 +106,22 @@ install_criu() {
     # find this wrapper by looking up `criu` on PATH; exec keeps the fds runc passes to `criu swrk`.
     cat >"$WRAPPER" <<EOF
 #!/bin/sh
-# Generated by beamctl scripts/install-criu.sh: CRIU from Debian $SUITE in a private prefix.
+# Generated by beamctl scripts/install-criu.sh: CRIU $candidate from Debian $SUITE in a private prefix.
 exec "$LIBDIR/ld-linux-x86-64.so.2" --library-path "$LIBDIR" "$PREFIX/usr/sbin/criu" "\$@"
 EOF
     chmod 755 "$WRAPPER"
 }
 
-major=$(criu_major)
-if [[ -n $major && $major -ge 4 ]]; then
-    say "already there ($(criu --version | head -n1))"
+found=$(criu_version)
+if version_ok "$found"; then
+    say "already there ($(criu --version | head -n1), >= $MIN_VERSION)"
 else
-    say "installing CRIU from Debian $SUITE into $PREFIX (found: ${major:-none})"
+    say "installing CRIU >= $MIN_VERSION from Debian $SUITE into $PREFIX (found: ${found:-none})"
     install_criu
     hash -r
-    major=$(criu_major)
-    [[ -n $major && $major -ge 4 ]] || die "criu on PATH is still not >= 4 ($(command -v criu || echo none));" \
-        "is $(dirname "$WRAPPER") early enough on PATH?"
+    found=$(criu_version)
+    version_ok "$found" || die "criu on PATH is still not >= $MIN_VERSION (found ${found:-none} at" \
+        "$(command -v criu || echo none)); is $(dirname "$WRAPPER") early enough on PATH?"
 fi
 check_criu
 say "criu check: Looks good"

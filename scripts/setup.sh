@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # beamctl development/CI set-up for a Debian 12 (bookworm) machine, run as root:
-#   apt packages, Docker Engine (experimental, for checkpoints), CRIU >= 4, sshd binary, .venv.
+#   apt packages, Docker Engine (experimental, for checkpoints), CRIU >= 4.2, sshd binary, .venv.
 # Idempotent: a re-run with everything present takes a few seconds and changes nothing.
 # Needs network access to the Debian mirror and PyPI only (no container registry).
 set -euo pipefail

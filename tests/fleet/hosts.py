@@ -135,7 +135,7 @@ DAEMON_JSON = '{"experimental": true}\n'
 
 # As scripts/install-criu.sh writes it: programs criu starts use the host's libraries, criu its own.
 CRIU_WRAPPER = f"""#!/bin/sh
-# CRIU from Debian trixie in a private prefix (copied by tests/fleet/hosts.py, as scripts/install-criu.sh).
+# CRIU >= 4.2 in a private prefix (copied by tests/fleet/hosts.py, as scripts/install-criu.sh).
 exec "{HOST_CRIU_PREFIX}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path \
 "{HOST_CRIU_PREFIX}/usr/lib/x86_64-linux-gnu" "{HOST_CRIU_PREFIX}/usr/sbin/criu" "$@"
 """
