@@ -32,6 +32,8 @@ def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
            "BEAMCTL_PORT": str(RUNTIME_PORT)}
     if spec.cache_dir:
         env["BEAMCTL_CACHE_DIR"] = spec.cache_dir
+    if spec.checkpoint_enabled:  # the runtime pauses after on_start until the agent releases it
+        env["BEAMCTL_CHECKPOINT"] = "1"
     args: dict[str, Any] = {
         "image": spec.image,
         "command": ["serve"],
@@ -69,11 +71,15 @@ class Containers(Protocol):
     def remove(self, container_id: str) -> None: ...
     def logs(self, container_id: str, tail: int | None = None) -> list[tuple[float, str]]: ...
     def list(self, agent_id: str) -> list[ContainerInfo]: ...
+    def image_id(self, ref: str) -> str: ...
+    # issue 6: CRIU snapshots (agent/checkpoint.py); both raise checkpoint.CheckpointError subclasses
+    def capture(self, container_id: str, folder: Path, timeout_s: float) -> Any: ...  # CaptureResult
+    def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any: ...  # RestoreResult
 
 
 class DockerContainers:
     def __init__(self, client: Any) -> None:
-        self.api = client.api
+        self.client, self.api = client, client.api
 
     def has_image(self, ref: str) -> bool:
         import docker
@@ -92,6 +98,22 @@ class DockerContainers:
             device_requests=_gpus(args.pop("gpus", 0)))
         return self.api.create_container(host_config=host_config, volumes=[b["bind"] for b in binds.values()],
                                          **args)["Id"]
+
+    def image_id(self, ref: str) -> str:
+        return self.api.inspect_image(ref)["Id"]
+
+    def capture(self, container_id: str, folder: Path, timeout_s: float) -> Any:
+        from beamctl.agent import checkpoint
+
+        return checkpoint.capture(self._full_id(container_id), folder, timeout_s)
+
+    def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any:
+        from beamctl.agent import checkpoint
+
+        return checkpoint.restore(self.client, self._full_id(container_id), folder, "beamctl", timeout_s=timeout_s)
+
+    def _full_id(self, container_id: str) -> str:
+        return container_id if len(container_id) == 64 else self.api.inspect_container(container_id)["Id"]
 
     def start(self, container_id: str) -> str:
         self.api.start(container_id)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from beamctl.agent.checkpoint import args_hash
 from beamctl.agent.containers import Containers
 from beamctl.agent.profile import ContainerTimeline
 
@@ -21,6 +22,8 @@ HEALTH_POLL_S = 0.005  # READY is seen within 5 ms at first: the gap shows up as
 HEALTH_POLL_MAX_S = 0.025  # ...backing off to 25 ms, so polling does not eat a core during long on_starts
 EXIT_POLL_S = 0.25  # how often a starting container is checked for having died (an engine inspect)
 LOG_TAIL_LINES = 20  # lines of a failed container's output shown to the user
+RELEASE_TIMEOUT_S = 30  # POST /checkpoint/release: the runtime answers once READY
+PAUSED = "CHECKPOINT"  # the runtime's state after on_start when checkpoint_enabled: waiting for release
 
 
 class StartFailed(Exception):
@@ -41,6 +44,7 @@ class Live:
     busy: int = 0
     last_used: float = 0.0
     failure: StartFailed | None = None
+    args_hash: str = ""  # of its create arguments (name aside): a snapshot's key holds the same
     _conns: list[http.client.HTTPConnection] = field(default_factory=list)
     _conn_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -73,7 +77,7 @@ class Live:
 class Pool:
     def __init__(self, app: str, containers: Containers, make_args: Callable[[int], dict[str, Any]],
                  workers: int, keep_warm_s: int, on_event: Callable[[str], None],
-                 on_retire: Callable[[Live], None]) -> None:
+                 on_retire: Callable[[Live], None], snapshots: Any = None) -> None:
         self.app = app
         self.containers = containers
         self.make_args = make_args  # version -> create arguments
@@ -82,6 +86,7 @@ class Pool:
         self.live: list[Live] = []
         self.cond = threading.Condition()
         self.on_event, self.on_retire = on_event, on_retire
+        self.snapshots = snapshots  # snapshots.AppSnapshots (issue 6), or None: never capture or restore
         self._failure: StartFailed | None = None
         self._failure_at = 0.0
         self._failure_version: int | None = None
@@ -95,7 +100,8 @@ class Pool:
         args = self.make_args(version)
         self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
         container_id = self.containers.create(args)
-        live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()), busy=int(reserve))
+        live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()), busy=int(reserve),
+                    args_hash=args_hash(args))
         with self.cond:
             self.live.append(live)
         threading.Thread(target=self._boot, args=(live,), daemon=True, name=f"boot-{self.app}").start()
@@ -103,17 +109,14 @@ class Pool:
 
     def _boot(self, live: Live) -> None:
         try:
-            live.address = self.containers.start(live.id)
-            health = self._wait_ready(live)
-            t = live.timeline
-            timings = health.get("timings", {})
-            live.timeline = ContainerTimeline(t.create_start, t.create_end, timings.get("process_start"),
-                                              timings.get("imports_done"), timings.get("on_start_start"),
-                                              timings.get("on_start_end"), time.monotonic())
-            state = "ready"
-            secs = (timings.get("on_start_end") or 0) - (timings.get("on_start_start") or 0)
-            self.on_event(f"container {live.id[:12]} of v{live.version} READY (cold start "
-                          f"{live.timeline.ready_seen - t.create_start:.2f} s, on_start {secs:.2f} s)")
+            restored = self._restore(live)
+            if not restored:
+                self._cold_boot(live)
+            state, t = "ready", live.timeline
+            how = ("restored start" if restored else "cold start") + f" {t.ready_seen - t.create_start:.2f} s"
+            if not restored:
+                how += f", on_start {(t.on_start_end or 0) - (t.on_start_start or 0):.2f} s"
+            self.on_event(f"container {live.id[:12]} of v{live.version} READY ({how})")
         except Exception as e:  # noqa: BLE001 - any failure to start is this container's failure
             failure = e if isinstance(e, StartFailed) else StartFailed(f"could not start: {e}", [])
             live.failure, state = failure, "failed"
@@ -128,6 +131,79 @@ class Pool:
             self.cond.notify_all()
         if state == "failed":
             self.on_retire(live)
+
+    def _cold_boot(self, live: Live) -> None:
+        """Start the created container: the app's imports and on_start run (then a capture, if wanted)."""
+        live.address = self.containers.start(live.id)
+        health = self._wait_ready(live)
+        capture: tuple[float, float] | tuple[None, None] = (None, None)
+        if health.get("state") == PAUSED:
+            capture = self._capture_and_release(live)
+        timings, t = health.get("timings", {}), live.timeline
+        live.timeline = ContainerTimeline(t.create_start, t.create_end, timings.get("process_start"),
+                                          timings.get("imports_done"), timings.get("on_start_start"),
+                                          timings.get("on_start_end"), time.monotonic(), *capture)
+
+    def _capture_and_release(self, live: Live) -> tuple[float, float] | tuple[None, None]:
+        """The runtime is paused after on_start: snapshot it if this version wants one, and ALWAYS release
+        it (a failed optimisation must never wedge a healthy container). (capture start, end) or Nones."""
+        began = ended = None
+        try:
+            if self.snapshots is not None and self.snapshots.wants_capture(live.version):
+                live.close()  # CRIU refuses a process with an open TCP connection
+                began = time.monotonic()
+                self.snapshots.capture(live.version, live.id, live.args_hash)
+                ended = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - the capture's own failures are recorded by it; this is a bug
+            self.on_event(f"checkpoint of v{live.version} went wrong: {type(e).__name__}: {e}")
+        finally:
+            self._release(live, restored=False)
+        return (began, ended) if began is not None and ended is not None else (None, None)
+
+    def _release(self, live: Live, restored: bool) -> dict[str, Any]:
+        last: Exception | None = None
+        for _ in range(50):  # a just-restored container may take a moment to accept
+            try:
+                status, health = live.request("POST", "/checkpoint/release", {"restored": restored},
+                                              timeout=RELEASE_TIMEOUT_S)
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                last = e
+                time.sleep(0.02)
+                continue
+            if status == 200 and health.get("state") == "READY":
+                return health
+            raise StartFailed(f"the runtime did not resume after its checkpoint: HTTP {status} {health}", [])
+        raise StartFailed(f"the runtime did not answer its checkpoint release: {last}", [])
+
+    def _restore(self, live: Live) -> bool:
+        """Start the created container from its version's snapshot, if there is a usable one. On a failed
+        restore the container is replaced by a fresh one (a cold boot follows) and False is returned."""
+        if self.snapshots is None:
+            return False
+        found = self.snapshots.restorable(live.version, live.args_hash)
+        if found is None:
+            return False
+        folder, timeout_s = found
+        began = time.monotonic()
+        try:
+            self.containers.restore(live.id, folder, timeout_s)
+            live.address = self.containers.address(live.id)
+            self._release(live, restored=True)
+        except Exception as e:  # noqa: BLE001 - RestoreFailed, a dead runtime: this start boots cold instead
+            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+            self.snapshots.restore_failed(live.version, reason)
+            live.close()
+            self.containers.stop(live.id)
+            self.containers.remove(live.id)
+            args = self.make_args(live.version)
+            live.id, live.args_hash = self.containers.create(args), args_hash(args)
+            return False
+        ended = time.monotonic()
+        t = live.timeline
+        live.timeline = ContainerTimeline(t.create_start, t.create_end, ready_seen=ended,
+                                          restore_start=began, restore_end=ended)
+        self.snapshots.restored(live.version, live.id, ended - began)
+        return True
 
     def _wait_ready(self, live: Live) -> dict[str, Any]:
         next_exit_check = 0.0
@@ -144,7 +220,7 @@ class Pool:
                 next_exit_check = now + EXIT_POLL_S
             try:
                 status, health = live.request("GET", "/health", None, timeout=2)
-                if status == 200 and health.get("state") == "READY":
+                if status == 200 and health.get("state") in ("READY", PAUSED):
                     return health
             except (OSError, http.client.HTTPException, ValueError):
                 pass  # not listening yet

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PHASES = ("queue", "image_load", "container_start", "imports", "application_start", "task_run", "other")
+# a start restored from a checkpoint: the snapshot's restore (CRIU, then the runtime's release) stands in
+# for container start, imports and on_start
+RESTORED_PHASES = ("queue", "image_load", "checkpoint_restore", "task_run", "other")
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,14 @@ class ContainerTimeline:
     on_start_start: float | None = None
     on_start_end: float | None = None
     ready_seen: float | None = None  # the agent saw READY
+    capture_start: float | None = None  # a cold start that snapshotted itself after on_start (issue 6)
+    capture_end: float | None = None
+    restore_start: float | None = None  # a start restored from a snapshot: no process_start..on_start
+    restore_end: float | None = None
+
+    @property
+    def restored(self) -> bool:
+        return self.restore_start is not None
 
 
 def _span(a: float | None, b: float | None, floor: float) -> float:
@@ -32,19 +43,28 @@ def _span(a: float | None, b: float | None, floor: float) -> float:
 
 def phases(received: float, done: float, task_start: float, task_end: float,
            timeline: ContainerTimeline | None) -> tuple[str, dict[str, float]]:
-    """(start kind, seconds per phase) for one task; the phases add up to done - received."""
+    """(start kind: cold | restored | warm, seconds per phase) for one task; the phases add up to
+    done - received. A cold start that captured a snapshot has a `checkpoint_capture` phase too."""
     total = max(0.0, done - received)
-    out = dict.fromkeys(PHASES, 0.0)
     cold = timeline is not None and (timeline.ready_seen is None or timeline.ready_seen > received)
+    restored = cold and timeline.restored
+    out = dict.fromkeys(RESTORED_PHASES if restored else PHASES, 0.0)
     if cold:
         t = timeline
         out["queue"] = max(0.0, t.create_start - received)
         out["image_load"] = _span(t.create_start, t.create_end, received)
-        out["container_start"] = _span(t.create_end, t.process_start, received)
-        out["imports"] = _span(t.process_start, t.imports_done, received)
-        out["application_start"] = _span(t.on_start_start, t.on_start_end, received)
+        if restored:
+            out["checkpoint_restore"] = _span(t.restore_start, t.restore_end, received)
+        else:
+            out["container_start"] = _span(t.create_end, t.process_start, received)
+            out["imports"] = _span(t.process_start, t.imports_done, received)
+            out["application_start"] = _span(t.on_start_start, t.on_start_end, received)
+            if t.capture_start is not None:
+                out["checkpoint_capture"] = _span(t.capture_start, t.capture_end, received)
     else:
         out["queue"] = max(0.0, task_start - received)
     out["task_run"] = max(0.0, task_end - task_start)
-    out["other"] = max(0.0, total - sum(v for k, v in out.items() if k != "other"))
-    return ("cold" if cold else "warm"), {k: round(v, 6) for k, v in out.items()}
+    out["other"] = 0.0
+    out["other"] = max(0.0, total - sum(out.values()))
+    kind = "restored" if restored else "cold" if cold else "warm"
+    return kind, {k: round(v, 6) for k, v in out.items()}

@@ -19,6 +19,7 @@ from beamctl.agent.containers import Containers, create_args, volume_dir
 from beamctl.agent.paths import agent_id
 from beamctl.agent.pool import Live, Pool, StartFailed
 from beamctl.agent.profile import ContainerTimeline, phases
+from beamctl.agent.snapshots import AppSnapshots, Snapshots
 from beamctl.agent.spec import AppSpec
 from beamctl.agent.store import Store
 from beamctl.agent.versions import rollback_target, unchanged
@@ -43,6 +44,7 @@ class Agent:
         (data_dir / "secrets").mkdir(mode=0o700, exist_ok=True)
         self.store = Store(data_dir / "agent.db")
         self.containers = containers
+        self.snapshots = Snapshots(data_dir, self.store, containers, self.store.event)
         self.gpus = _gpus.inventory() if gpus is None else gpus
         self.agent_id = agent_id(data_dir)
         self.pools: dict[str, Pool] = {}
@@ -178,7 +180,21 @@ class Agent:
         if not unchanged(row, stored, then, secret_values):
             return None
         self.store.event(spec.app, f"deploy of {spec.image}: unchanged, v{active} keeps serving")
+        if spec.checkpoint_enabled and self.snapshots.retry(spec.app, active):
+            self._recapture(spec.app, active)
         return {**self._ready(spec, active, self.store.token(spec.app)), "unchanged": True}
+
+    def _recapture(self, app: str, version: int) -> None:
+        """A redeploy after a failed capture or restore: one more container of the serving version boots,
+        is captured (tries and back-off inside) and serves beside the other until idle. Bounded by the
+        deploy's wait; the result is in the version's snapshot state."""
+        pool = self._pool(app)
+        self.store.event(app, f"redeploy: capturing v{version}'s checkpoint again")
+        live = pool.start(version)
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        with pool.cond:
+            while live.state == "starting" and time.monotonic() < deadline:
+                pool.cond.wait(0.5)
 
     def _ready(self, spec: AppSpec, version: int, token: str | None) -> dict[str, Any]:
         return {"app": spec.app, "version": version, "image": spec.image, "status": "ready", "reason": None,
@@ -216,6 +232,7 @@ class Agent:
                         pool.live.remove(live)
                 self._retire(spec.app, live)
             self.store.set_version_state(spec.app, version, "failed", reason)
+            self.snapshots.delete(spec.app, version)
             serving = pool.version
             return {"app": spec.app, "version": version, "image": spec.image, "status": "failed",
                     "reason": reason, "log_tail": tail, "serving": serving}
@@ -227,6 +244,7 @@ class Agent:
         self.store.set_active(spec.app, version)
         if previous is not None and previous != version:
             self.store.set_version_state(spec.app, previous, previous_state)
+            self.snapshots.delete(spec.app, previous)
         self.store.event(spec.app, f"v{version} is serving" + (
             f"; v{previous} {previous_state.replace('_', ' ')}" if previous else ""))
         return self._ready(spec, version, token)
@@ -279,7 +297,8 @@ class Agent:
                 spec = self._spec(app, active) if active else {"workers": 1, "keep_warm_s": 180}
                 pool = Pool(app, self.containers, lambda v: self._create_args(app, v), spec["workers"],
                             spec["keep_warm_s"], lambda m: self.store.event(app, m),
-                            lambda live: self._retire(app, live))
+                            lambda live: self._retire(app, live),
+                            AppSnapshots(self.snapshots, app, lambda v: self._spec(app, v)))
                 pool.version = active
                 self.pools[app] = pool
             return pool
@@ -374,12 +393,13 @@ class Agent:
                     for c in (pool.live if pool else [])]
             versions = self.store.versions(name)
             active = self.store.active_version(name)
+            snaps = self.snapshots.describe(name)
             out.append({"app": name, "active_version": active,
                         "image": next((v["image"] for v in versions if v["version"] == active), None),
                         "containers": live, "token": token, "lock": _locks.read(self.data_dir, name),
                         "endpoint": self._endpoint(name),
-                        "versions": [{k: v[k] for k in ("version", "image", "state", "reason", "created")}
-                                     for v in versions[-5:]]})
+                        "versions": [{**{k: v[k] for k in ("version", "image", "state", "reason", "created")},
+                                      "checkpoint": snaps.get(v["version"])} for v in versions[-5:]]})
         return {"agent": {"data_dir": str(self.data_dir), "pid": os.getpid(), "endpoint": self.endpoint,
                           "gpus": [g.name for g in self.gpus]}, "apps": out}
 
@@ -403,6 +423,7 @@ class Agent:
             self._retire(app, live)
         self.store.set_active(app, None)
         self.store.set_version_state(app, version, "stopped")
+        self.snapshots.delete(app, version)
         self.store.event(app, f"stopped v{version} (volumes kept)")
         return {"app": app, "stopped_version": version}
 

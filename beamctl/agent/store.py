@@ -28,7 +28,12 @@ CREATE INDEX IF NOT EXISTS tasks_app ON tasks (app, received);
 CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL, app TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_app ON events (app, ts);
+CREATE TABLE IF NOT EXISTS snapshots (
+    app TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, reason TEXT,
+    size_bytes INTEGER, capture_s REAL, failures INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+    PRIMARY KEY (app, version));
 """
+SNAPSHOT_FIELDS = ("state", "reason", "size_bytes", "capture_s", "failures")
 
 
 class Store:
@@ -88,6 +93,31 @@ class Store:
 
     def versions(self, app: str) -> list[dict[str, Any]]:
         return [_version(r) for r in self._q("SELECT * FROM versions WHERE app = ? ORDER BY version", (app,))]
+
+    # snapshots (issue 6): one row per app version that ever had checkpointing
+    def snapshot(self, app: str, version: int) -> dict[str, Any] | None:
+        rows = self._q("SELECT * FROM snapshots WHERE app = ? AND version = ?", (app, version))
+        return dict(rows[0]) if rows else None
+
+    def snapshots(self, app: str) -> dict[int, dict[str, Any]]:
+        return {r["version"]: dict(r) for r in self._q("SELECT * FROM snapshots WHERE app = ?", (app,))}
+
+    def set_snapshot(self, app: str, version: int, **fields: Any) -> None:
+        """Upsert: the fields given change, the others keep their values (a new row: None / 0)."""
+        bad = set(fields) - set(SNAPSHOT_FIELDS)
+        if bad:
+            raise ValueError(f"not snapshot fields: {sorted(bad)}")
+        now = time.time()
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        updates = ", ".join(f"{k} = excluded.{k}" for k in fields)
+        self._q(f"INSERT INTO snapshots (app, version, updated{', ' if fields else ''}{cols}) "
+                f"VALUES (?, ?, ?{', ' if fields else ''}{marks}) ON CONFLICT (app, version) DO UPDATE SET "
+                f"updated = excluded.updated{', ' if fields else ''}{updates}",
+                (app, version, now, *fields.values()))
+
+    def delete_snapshot(self, app: str, version: int) -> None:
+        self._q("DELETE FROM snapshots WHERE app = ? AND version = ?", (app, version))
 
     # tasks
     def task_started(self, task_id: str, app: str, received: float) -> None:

@@ -213,7 +213,8 @@ def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl cal
         console.emit_json({"task_id": task["task_id"], "app": task["app"], "start": task["start"],
                            "phases": task["phases"], "total": task["total"], **({"host": where} if where else {})})
         return ExitCode.OK
-    recent = [t["total"] for t in recent_rows or [] if t["start"] == "cold" and t["total"]]
+    kind = "restored" if task["start"] == "restored" else "cold"  # compared with starts of its own kind
+    recent = [t["total"] for t in recent_rows or [] if t["start"] == kind and t["total"]]
     if where:
         console.say(f"host: [bold]{console.escape(where)}[/]")
     for line in views.profile(task, recent):

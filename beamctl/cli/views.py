@@ -9,7 +9,8 @@ from typing import Any
 BAR_WIDTH = 48  # characters for the whole task in `beamctl profile`
 PHASE_LABELS = {"queue": "queue", "image_load": "image load", "container_start": "container start",
                 "imports": "imports", "application_start": "application start (on_start)",
-                "checkpoint_restore": "checkpoint restore", "task_run": "task run", "other": "other"}
+                "checkpoint_capture": "checkpoint capture", "checkpoint_restore": "checkpoint restore",
+                "task_run": "task run", "other": "other"}
 
 
 def ms(seconds: float | None) -> str:
@@ -34,7 +35,8 @@ def profile(task: dict[str, Any], recent_cold: list[float]) -> list[str]:
         offset += value
     if recent_cold:
         avg = sum(recent_cold) / len(recent_cold)
-        lines.append(f"  recent cold starts of {task['app']}: {len(recent_cold)}, average total {ms(avg)}")
+        kind = "restored" if task.get("start") == "restored" else "cold"
+        lines.append(f"  recent {kind} starts of {task['app']}: {len(recent_cold)}, average total {ms(avg)}")
     if task.get("error"):
         lines.append(f"  [red]error:[/] {task['error']}")
     return lines
@@ -75,7 +77,21 @@ def status(data: dict[str, Any]) -> list[str]:
         for v in app["versions"]:
             reason = f" ({v['reason']})" if v["reason"] else ""
             lines.append(f"  v{v['version']} {v['state']}{reason}  {v['image']}")
+            if v.get("checkpoint"):
+                lines.append(f"      checkpoint: {checkpoint(v['checkpoint'])}")
     return lines or ["no apps deployed on this machine"]
+
+
+def checkpoint(snap: dict[str, Any]) -> str:
+    """A version's snapshot in one phrase: `ready, 1.07 GB (captured in 0.91 s)`, `checkpoint_failed: why`."""
+    state = snap["state"]
+    if state == "ready":
+        size = snap.get("size_bytes") or 0
+        shown = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+        took = f" (captured in {snap['capture_s']:.2f} s)" if snap.get("capture_s") is not None else ""
+        return f"[green]ready[/], {shown}{took}"
+    color = "red" if state.endswith("failed") else "yellow"
+    return f"[{color}]{state}[/]" + (f": {escape(snap['reason'])}" if snap.get("reason") else "")
 
 
 def host_status(replies: list[Any]) -> list[str]:

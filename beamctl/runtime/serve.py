@@ -49,6 +49,12 @@ def serve(app_dir: str, process_start: float) -> int:
         rt.state = FAILED  # for the moment until exit_now; the listening socket closes with the process
         complain(*failure)
         return EXIT_APP_BROKEN
+    if settings.checkpoint:
+        say("on_start done: paused for the agent's checkpoint")
+        if not rt.pause_for_checkpoint(settings.checkpoint_wait_s):
+            say(f"no checkpoint release within {settings.checkpoint_wait_s:g} s: serving without one")
+        elif rt.restored:
+            say(f"restored from a checkpoint (clock offset {rt.clock_offset:+.3f} s)")
     rt.become_ready(Pool(settings.workers, tasks.late))
     say(f"ready on port {settings.port} ({settings.workers} worker{'s' * (settings.workers > 1)}, "
         f"timeout {settings.timeout_s:g} s)")

@@ -16,10 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional
 
 from .log import complain
-from .state import READY, Runtime
+from .state import CHECKPOINT, READY, Runtime
 
 MAX_BODY_BYTES = 256 * 1024 * 1024  # inputs are JSON: anything bigger belongs in a volume
 LISTEN_BACKLOG = 128  # connections the kernel holds while every thread is busy accepting
+RELEASE_WAIT_S = 30.0  # POST /checkpoint/release answers once READY (the main thread's few steps)
 
 
 class Server(ThreadingHTTPServer):
@@ -58,6 +59,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         queued = time.monotonic()
+        if self.path == "/checkpoint/release":
+            self._release()
+            return
         if self.path != "/tasks":
             self._reply(404, {"error": f"no such path: POST {self.path} (try /tasks)"}, close=True)
             return
@@ -76,6 +80,26 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(400, {"error": str(e)})
             return
         self._send(200, tasks.run(rt, task_id, inputs, queued))
+
+    def _release(self) -> None:
+        """The agent has taken its snapshot (or will not): go on to READY, and answer with /health."""
+        body = self._body()
+        if body is None:
+            return
+        rt = self.server.runtime
+        if rt.state != CHECKPOINT:
+            self._reply(409, {"error": "not paused for a checkpoint", "state": rt.state})
+            return
+        try:
+            restored = bool(json.loads(body or b"{}").get("restored", False))
+        except (ValueError, AttributeError):
+            self._reply(400, {"error": 'the body must be a JSON object like {"restored": false}'})
+            return
+        rt.release(restored)
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while rt.state == CHECKPOINT and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        self._reply(200, rt.health())
 
     def handle_expect_100(self) -> bool:
         ok = super().handle_expect_100()

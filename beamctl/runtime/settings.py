@@ -9,6 +9,7 @@ DEFAULT_PORT = 8000
 DEFAULT_WORKERS = 1  # beam.yaml `workers`: tasks one container runs at the same time
 DEFAULT_TIMEOUT_S = 180.0  # beam.yaml `timeout`: seconds one task may run
 MAX_WORKERS = 256  # the schema's maximum
+DEFAULT_CHECKPOINT_WAIT_S = 600.0  # a paused runtime serves anyway if no agent ever releases it
 
 
 class SettingsError(Exception):
@@ -16,7 +17,8 @@ class SettingsError(Exception):
 
 
 class Settings:
-    __slots__ = ("app", "handler", "on_start", "app_dir", "port", "workers", "timeout_s", "cache_dir")
+    __slots__ = ("app", "handler", "on_start", "app_dir", "port", "workers", "timeout_s", "cache_dir",
+                 "checkpoint", "checkpoint_wait_s")
 
     def __init__(self, env: Mapping[str, str], app_dir: str) -> None:
         self.app = env.get("BEAMCTL_APP", "app")
@@ -29,6 +31,10 @@ class Settings:
         self.workers = _number(env, "BEAMCTL_WORKERS", int, DEFAULT_WORKERS, 1, MAX_WORKERS)
         self.timeout_s = _number(env, "BEAMCTL_TIMEOUT", float, DEFAULT_TIMEOUT_S, 0.001, 86400 * 7)
         self.cache_dir: Optional[str] = env.get("BEAMCTL_CACHE_DIR") or None
+        # checkpoint_enabled: after on_start, pause for the agent's snapshot until it releases us
+        self.checkpoint = env.get("BEAMCTL_CHECKPOINT", "") == "1"
+        self.checkpoint_wait_s = _number(env, "BEAMCTL_CHECKPOINT_WAIT", float, DEFAULT_CHECKPOINT_WAIT_S,
+                                         0.001, 86400)
 
 
 def _number(env: Mapping[str, str], name: str, kind: type, default, low, high):

@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # not imported at run time: the HTTP server starts before the
     from .settings import Settings
 
 STARTING, READY, FAILED = "STARTING", "READY", "FAILED"  # FAILED lasts only until the process exits
+CHECKPOINT = "CHECKPOINT"  # on_start done, paused until the agent has snapshotted us and releases us
 
 # Monotonic seconds (CLOCK_MONOTONIC, shared with the host): the agent lines them up with its own.
 START_POINTS = ("process_start", "imports_done", "on_start_start", "on_start_end", "ready")
@@ -29,6 +30,25 @@ class Runtime:
         self.served = 0  # tasks answered with a status, succeeded or failed
         self._count_lock = threading.Lock()
         self.pid = os.getpid()
+        self.clock_offset = 0.0  # CLOCK_MONOTONIC here minus the host's: non-zero once restored from a snapshot
+        self.restored = False
+        self._released = threading.Event()
+
+    # checkpoint handshake: the main thread pauses, the agent's POST /checkpoint/release ends the pause
+    def pause_for_checkpoint(self, wait_s: float) -> bool:
+        """Wait (CHECKPOINT) for the agent to snapshot this process and release it; False: no release came."""
+        self.state = CHECKPOINT
+        released = self._released.wait(wait_s)
+        self.clock_offset = read_clock_offset()  # a restored process wakes up here, in a new time namespace
+        return released
+
+    def release(self, restored: bool) -> None:
+        self.restored = restored
+        self._released.set()
+
+    def host_clock(self, t: float) -> float:
+        """One of our monotonic timestamps on the host's clock (the agent's)."""
+        return t - self.clock_offset
 
     def mark(self, point: str) -> float:
         now = self.timings[point] = time.monotonic()
@@ -47,4 +67,18 @@ class Runtime:
         pool = self.pool
         return {"state": self.state, "pid": self.pid, "workers": self.settings.workers,
                 "busy": pool.busy if pool else 0, "stuck": pool.stuck if pool else 0,
-                "served": self.served, "timings": self.timings}
+                "served": self.served, "timings": self.timings, "restored": self.restored,
+                "clock_offset": self.clock_offset}
+
+
+def read_clock_offset(path: str = "/proc/self/timens_offsets") -> float:
+    """Our time namespace's CLOCK_MONOTONIC offset in seconds (CRIU gives a restored process one)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] in ("monotonic", "1"):
+                    return int(parts[1]) + int(parts[2]) / 1e9
+    except OSError:
+        pass  # a kernel without time namespaces
+    return 0.0

@@ -59,7 +59,9 @@ def run(rt: Runtime, task_id: str, inputs: Dict[str, Any], queued: float) -> byt
     if error:
         complain(f"task {task_id} failed: {error}", trace)
     head = json.dumps({"task_id": task_id, "status": status})
-    tail = json.dumps({"error": error, "timings": {"queued": queued, "start": start, "end": end}})
+    clock = rt.host_clock  # the agent's clock, also in a restored process's own time namespace
+    tail = json.dumps({"error": error, "timings": {"queued": clock(queued), "start": clock(start),
+                                                   "end": clock(end)}})
     return f'{head[:-1]}, "result": {result_json}, {tail[1:]}'.encode()  # result encoded once
 
 

@@ -1,0 +1,228 @@
+"""Checkpoints as the agent runs them (issue 6): when to capture, where snapshots live, whether a cold
+start may restore one, and the state users see in `status` and `logs`.
+
+The CRIU work is agent/checkpoint.py's, reached through Containers.capture/restore. Per app version:
+
+    (none) --cold boot, paused after on_start--> capturing --> ready | checkpoint_failed
+    ready --key differs (kernel, CPU, CRIU, image, args)--> incompatible (deleted; the next cold boot recaptures)
+    ready --restore fails--> restore_failed (deleted; cold boots until a redeploy retries)
+
+A snapshot holds the process's memory, secrets included: DATA/snapshots/APP/vN is 0700, its files 0600,
+written as vN.partial and renamed when whole (with key.json, the facts it may be restored under), and
+deleted when its version stops serving. Nothing here raises into a start: a failed optimisation only
+costs the app its fast cold starts, never a container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from beamctl.agent import checkpoint
+from beamctl.agent.store import Store
+
+CAPTURE_TIMEOUT_S = 300.0  # one runc checkpoint; ~1 s per GB here
+CAPTURE_TRIES = 3  # inside one start (the runtime stays paused between tries), with back-off:
+BACKOFF_S = (0.5, 1.5)
+RESTORE_BASE_S = 20.0  # a restore's timeout: this plus the snapshot read at a slow disk's pace
+RESTORE_BYTES_PER_S = 150e6
+FACTS_TTL_S = 60.0  # host facts (kernel, CPU, CRIU version) are re-read this often
+KEY_FILE = "key.json"
+PERMANENT = ("no runc state", "No such file or directory: 'runc'", "not supported")  # no retry helps
+
+
+class Snapshots:
+    def __init__(self, data_dir: Path, store: Store, containers: Any,
+                 on_event: Callable[[str, str], None]) -> None:
+        self.root = data_dir / "snapshots"
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        self.store, self.containers, self.on_event = store, containers, on_event
+        self._facts: tuple[float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    def folder(self, app: str, version: int) -> Path:
+        return self.root / app / f"v{version}"
+
+    # capture ------------------------------------------------------------------------------------
+    def wants_capture(self, app: str, version: int) -> bool:
+        row = self.store.snapshot(app, version)
+        return row is None or row["state"] in ("capturing", "incompatible")  # capturing: the agent died
+
+    def capture(self, app: str, version: int, container_id: str, args_hash: str, spec: dict[str, Any]) -> bool:
+        """Snapshot the paused container; records ready or checkpoint_failed. Never raises."""
+        refusal = refuse(spec)
+        if refusal:
+            return self._failed(app, version, refusal, spec)
+        self.store.set_snapshot(app, version, state="capturing", reason=None)
+        self.on_event(app, f"checkpoint of v{version}: capturing container {container_id[:12]}")
+        final, partial = self.folder(app, version), self.folder(app, version).with_suffix(".partial")
+        final.parent.mkdir(mode=0o700, exist_ok=True)
+        error: str = ""
+        for attempt in range(1, CAPTURE_TRIES + 1):
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                key = self._key(spec["image"], args_hash)
+                result = self.containers.capture(container_id, partial, CAPTURE_TIMEOUT_S)
+                break
+            except Exception as e:  # noqa: BLE001 - CheckpointFailed, or an engine error: a failed capture
+                error = e.reason if isinstance(e, checkpoint.CheckpointError) else f"{type(e).__name__}: {e}"
+                if attempt == CAPTURE_TRIES or any(p in error for p in PERMANENT):
+                    shutil.rmtree(partial, ignore_errors=True)
+                    return self._failed(app, version, error, spec)
+                time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1])
+        _write_private(partial / KEY_FILE, json.dumps(key, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(partial, final)
+        self.store.set_snapshot(app, version, state="ready", reason=None, size_bytes=result.size_bytes,
+                                capture_s=round(result.seconds, 3), failures=0)
+        tries = f", {attempt} tries" if attempt > 1 else ""
+        self.on_event(app, f"checkpoint of v{version} ready: {_size(result.size_bytes)} in "
+                           f"{result.seconds:.2f} s{tries}")
+        return True
+
+    def _failed(self, app: str, version: int, reason: str, spec: dict[str, Any]) -> bool:
+        reason = reason + cache_dir_note(spec)
+        row = self.store.snapshot(app, version)
+        self.store.set_snapshot(app, version, state="checkpoint_failed", reason=reason, size_bytes=None,
+                                failures=(row["failures"] if row else 0) + 1)
+        self.on_event(app, f"checkpoint of v{version} failed: {reason}; cold starts boot the app "
+                           f"(a redeploy tries again)")
+        return False
+
+    # restore ------------------------------------------------------------------------------------
+    def restorable(self, app: str, version: int, args_hash: str, image: str) -> tuple[Path, float] | None:
+        """(folder, restore timeout) when this version has a snapshot that may be restored here."""
+        row = self.store.snapshot(app, version)
+        if row is None or row["state"] != "ready":
+            return None
+        folder = self.folder(app, version)
+        try:
+            key = json.loads((folder / KEY_FILE).read_text())
+        except (OSError, ValueError) as e:
+            self._incompatible(app, version, f"its key cannot be read ({type(e).__name__})")
+            return None
+        differ = checkpoint.key_differences(key, self._key(image, args_hash))
+        if differ:
+            self._incompatible(app, version, f"{', '.join(differ)} changed since it was captured")
+            return None
+        return folder, RESTORE_BASE_S + (row["size_bytes"] or 0) / RESTORE_BYTES_PER_S
+
+    def _incompatible(self, app: str, version: int, why: str) -> None:
+        shutil.rmtree(self.folder(app, version), ignore_errors=True)
+        self.store.set_snapshot(app, version, state="incompatible", reason=why, size_bytes=None)
+        self.on_event(app, f"checkpoint of v{version} incompatible: {why}; cold boot, then a new capture")
+
+    def restored(self, app: str, version: int, container_id: str, seconds: float) -> None:
+        self.on_event(app, f"container {container_id[:12]} of v{version} restored from its checkpoint "
+                           f"in {seconds:.2f} s")
+
+    def restore_failed(self, app: str, version: int, reason: str, spec: dict[str, Any]) -> None:
+        reason = reason + cache_dir_note(spec)
+        shutil.rmtree(self.folder(app, version), ignore_errors=True)
+        row = self.store.snapshot(app, version)
+        self.store.set_snapshot(app, version, state="restore_failed", reason=reason, size_bytes=None,
+                                failures=(row["failures"] if row else 0) + 1)
+        self.on_event(app, f"restore of v{version} failed: {reason}; this start boots cold, and so do the "
+                           f"next (a redeploy captures again)")
+
+    # deploys and retirement -------------------------------------------------------------------
+    def retry(self, app: str, version: int) -> bool:
+        """A redeploy: a version whose capture or restore failed may capture again. True if it was failed."""
+        row = self.store.snapshot(app, version)
+        if row is None or row["state"] not in ("checkpoint_failed", "restore_failed"):
+            return False
+        self.store.set_snapshot(app, version, state="incompatible", reason="retrying after: " + (row["reason"] or ""))
+        return True
+
+    def delete(self, app: str, version: int) -> None:
+        """The version stopped serving: its snapshot goes (it holds memory, secrets included, and disk)."""
+        folder = self.folder(app, version)
+        existed = folder.exists()
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder.with_suffix(".partial"), ignore_errors=True)
+        self.store.delete_snapshot(app, version)
+        if existed:
+            self.on_event(app, f"checkpoint of v{version} deleted (v{version} no longer serves)")
+
+    def describe(self, app: str) -> dict[int, dict[str, Any]]:
+        return {v: {"state": r["state"], "reason": r["reason"], "size_bytes": r["size_bytes"],
+                    "capture_s": r["capture_s"]} for v, r in self.store.snapshots(app).items()}
+
+    # the key ---------------------------------------------------------------------------------------
+    def _key(self, image: str, args_hash: str) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            if self._facts is None or now - self._facts[0] > FACTS_TTL_S:
+                base = checkpoint.snapshot_key("", "")
+                self._facts = now, {k: base[k] for k in ("format", "kernel", "cpu_model", "cpu_flags_hash",
+                                                         "criu_version", "gpu")}
+            facts = dict(self._facts[1])
+        return {**facts, "image_id": self.containers.image_id(image), "create_args_hash": args_hash}
+
+
+def refuse(spec: dict[str, Any]) -> str | None:
+    """Why this version cannot be snapshotted at all, or None."""
+    gpus = spec.get("gpu_count") or 0
+    if gpus > 1:
+        return (f"checkpoints of apps with {gpus} GPUs are not supported: the driver's checkpoint API "
+                f"snapshots each process's device memory on its own, and peer mappings and NCCL "
+                f"communicators between GPUs cannot be restored consistently; use one GPU or set "
+                f"checkpoint_enabled: false")
+    if gpus == 1:
+        return ("GPU checkpoints are not enabled on this agent yet (CPU apps only); this version boots cold")
+    return None
+
+
+def cache_dir_note(spec: dict[str, Any]) -> str:
+    """The usual cause of big or failing snapshots: a model cache inside the container, not on a volume."""
+    cache = spec.get("cache_dir")
+    if not cache:
+        return ""
+    mounts = [v["mount_path"].rstrip("/") + "/" for v in spec.get("volumes") or ()]
+    if any((cache.rstrip("/") + "/").startswith(m) for m in mounts):
+        return ""
+    return (f" (cache_dir {cache} is not on a volume: the weights live inside the container and the "
+            f"snapshot, and a new container does not have them; mount a volume there)")
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+class AppSnapshots:
+    """Snapshots as one app's Pool sees them: by version; the spec of each version from `spec_of`."""
+
+    def __init__(self, snapshots: Snapshots, app: str, spec_of: Callable[[int], dict[str, Any]]) -> None:
+        self.snapshots, self.app, self.spec_of = snapshots, app, spec_of
+
+    def enabled(self, version: int) -> bool:
+        return bool(self.spec_of(version).get("checkpoint_enabled"))
+
+    def wants_capture(self, version: int) -> bool:
+        return self.enabled(version) and self.snapshots.wants_capture(self.app, version)
+
+    def capture(self, version: int, container_id: str, args_hash: str) -> bool:
+        return self.snapshots.capture(self.app, version, container_id, args_hash, self.spec_of(version))
+
+    def restorable(self, version: int, args_hash: str) -> tuple[Path, float] | None:
+        if not self.enabled(version):
+            return None
+        return self.snapshots.restorable(self.app, version, args_hash, self.spec_of(version)["image"])
+
+    def restored(self, version: int, container_id: str, seconds: float) -> None:
+        self.snapshots.restored(self.app, version, container_id, seconds)
+
+    def restore_failed(self, version: int, reason: str) -> None:
+        self.snapshots.restore_failed(self.app, version, reason, self.spec_of(version))
