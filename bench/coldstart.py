@@ -1,0 +1,223 @@
+"""Cold boot against restored start of examples/weights, side by side in one run (issue 6).
+
+    .venv/bin/python bench/coldstart.py [--rounds 5] [--captures 3] [--write docs/BENCHMARKS.md]
+
+The agent of this checkout runs in this process (a temporary data dir; the real Docker Engine, runc and
+CRIU), so every start below is of the same version of the same image with the same create arguments.
+Each round scales the app to zero, then makes one cold boot (the pool told not to restore: a start
+without a usable snapshot) and one restored start, in alternating order, each timed from the call
+until its result. Results must be identical; on_start must have run only in the cold boots.
+
+Raw CRIU, for the capture and restore costs: a plain python process holding the same weights file in
+memory (1 GiB), `criu dump --leave-running` and `criu restore --restore-detached` run by hand, against
+beamctl's capture (runc checkpoint, key, rename) and restore (a new container, links, docker start
+--checkpoint, the runtime's release) of the app's container. The page cache is warm for both sides
+(the weights file and the snapshot were just read or written); nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from results import write_section  # bench/results.py (scripts run from bench/)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+BEGIN, END = "<!-- bench/coldstart.py: begin -->", "<!-- bench/coldstart.py: end -->"
+RAW_HOLDER = ("import sys, time\ndata = open(sys.argv[1], 'rb').read()\n"
+              "open(sys.argv[2], 'w').write(str(len(data)))\ntime.sleep(3600)\n")
+
+
+def sh(*argv: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)}: {(proc.stderr or proc.stdout).strip()[-800:]}")
+    return proc.stdout
+
+
+def scale_to_zero(agent, app: str) -> None:
+    pool = agent.pools[app]
+    agent.reap(time.monotonic() + 1e6)
+    deadline = time.monotonic() + 60
+    while pool.live and time.monotonic() < deadline:
+        time.sleep(0.05)
+        agent.reap(time.monotonic() + 1e6)
+    if pool.live:
+        raise SystemExit("the app did not scale to zero within 60 s")
+
+
+def start(agent, app: str, restore: bool) -> dict:
+    """One start from zero: {"wall": seconds from the call to its result, "task": the task record}."""
+    scale_to_zero(agent, app)
+    pool = agent.pools[app]
+    saved = pool.snapshots
+    if not restore:
+        pool.snapshots = None  # no restore, and no capture: a cold boot as without a snapshot
+    try:
+        t0 = time.perf_counter()
+        task = agent.call(app, {"seed": 1})
+        wall = time.perf_counter() - t0
+    finally:
+        pool.snapshots = saved
+    if task["status"] != "succeeded":
+        raise SystemExit(f"task failed: {task['error']}")
+    return {"wall": wall, "task": task}
+
+
+def raw_criu(weights: Path, work: Path, rounds: int) -> dict[str, list[float]]:
+    """criu dump --leave-running / restore of a python process holding the weights file's bytes."""
+    out: dict[str, list[float]] = {"dump": [], "restore": [], "size": []}
+    for i in range(rounds):
+        ready, images = work / f"ready-{i}", work / f"raw-{i}"
+        images.mkdir(mode=0o700)
+        log = open(work / f"holder-{i}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-c", RAW_HOLDER, str(weights), str(ready)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        while not ready.exists():
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        sh("criu", "dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log", "--leave-running")
+        out["dump"].append(time.perf_counter() - t0)
+        out["size"].append(sum(p.stat().st_size for p in images.iterdir()))
+        proc.kill()
+        proc.wait()
+        pidfile = images / "restored.pid"
+        t0 = time.perf_counter()
+        sh("criu", "restore", "-D", str(images), "-o", "restore.log", "--restore-detached",
+           "--pidfile", str(pidfile))
+        out["restore"].append(time.perf_counter() - t0)
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        shutil.rmtree(images)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--captures", type=int, default=3)
+    ap.add_argument("--write", type=Path)
+    args = ap.parse_args()
+    if os.geteuid() != 0 or shutil.which("criu") is None:
+        raise SystemExit("needs root and CRIU (./scripts/setup.sh)")
+
+    import docker
+
+    from beamctl.agent.containers import DockerContainers
+    from beamctl.agent.service import Agent
+    from beamctl.agent.spec import spec_from_config
+    from beamctl.config import load
+
+    example = REPO / "examples" / "weights"
+    image = json.loads(sh(sys.executable, "-m", "beamctl", "build", "-f", str(example), "--json"))["image"]
+    config, _ = load(example / "beam.yaml")
+    spec = spec_from_config(config, image)
+    data = Path(tempfile.mkdtemp(prefix="beamctl-coldstart-"))
+    agent = Agent(data, DockerContainers(docker.from_env(timeout=600)), gpus=[])
+    app = spec.app
+    try:
+        t0 = time.perf_counter()
+        deployed = agent.deploy(spec.to_json(), {}, health_timeout=900)
+        if deployed["status"] != "ready":
+            raise SystemExit(f"deploy failed: {deployed['reason']}")
+        version = deployed["version"]
+        print(f"deployed {image} v{version} in {time.perf_counter() - t0:.1f} s (weights made on the volume)",
+              file=sys.stderr)
+
+        captures, capture_phase = [], []
+        for _ in range(args.captures):  # a fresh capture each: the snapshot goes, the next cold boot captures
+            agent.snapshots.delete(app, version)
+            got = start(agent, app, restore=True)
+            snap = agent.store.snapshot(app, version)
+            if snap["state"] != "ready":
+                raise SystemExit(f"capture failed: {snap['reason']}")
+            captures.append(snap["capture_s"])
+            capture_phase.append(got["task"]["phases"].get("checkpoint_capture", 0.0))
+        size = agent.store.snapshot(app, version)["size_bytes"]
+
+        runs: dict[str, list[dict]] = {"cold": [], "restored": []}
+        for r in range(args.rounds):
+            order = (False, True) if r % 2 == 0 else (True, False)
+            for restore in order:
+                got = start(agent, app, restore)
+                kind = got["task"]["start"]
+                if kind != ("restored" if restore else "cold"):
+                    raise SystemExit(f"asked for a {'restored' if restore else 'cold'} start, got {kind}")
+                runs[kind].append(got)
+                print(f"round {r + 1}: {kind:8} {got['wall']:.3f} s", file=sys.stderr)
+        results = {json.dumps(g["task"]["result"], sort_keys=True) for k in runs for g in runs[k]}
+        logs = "\n".join(line["text"] if isinstance(line, dict) else str(line)
+                         for line in agent.logs(app, tail=100000))
+        on_start_runs = logs.count("on_start complete")
+        restored_lines = logs.count("restored from a checkpoint")
+        scale_to_zero(agent, app)
+        weights = next((data / "volumes" / app / "weights").glob("weights-*.npy"))
+        raw = raw_criu(weights, data, args.captures)
+    finally:
+        for live in agent.pools.get(app).drain() if app in agent.pools else []:
+            agent._retire(app, live)
+        shutil.rmtree(data, ignore_errors=True)
+
+    def med(xs: list[float]) -> float:
+        return statistics.median(xs)
+
+    cold = med([g["wall"] for g in runs["cold"]])
+    fast = med([g["wall"] for g in runs["restored"]])
+    restore_phase = med([g["task"]["phases"]["checkpoint_restore"] for g in runs["restored"]])
+    app_start = med([g["task"]["phases"]["application_start"] for g in runs["cold"]])
+    imports = med([g["task"]["phases"]["imports"] for g in runs["cold"]])
+    boot = med([g["task"]["phases"]["container_start"] for g in runs["cold"]])
+    same = len(results) == 1
+    expected_on_start = 1 + args.captures + args.rounds  # deploy, capture boots, the cold boots
+    lines = [
+        BEGIN,
+        f"Command: `.venv/bin/python bench/coldstart.py --rounds {args.rounds} --captures {args.captures}"
+        f"{' --write ' + str(args.write) if args.write else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{os.cpu_count()} cores, kernel {platform.release()}, CRIU {sh('criu', '--version').split()[1]}).",
+        "",
+        f"examples/weights ({image}), snapshot {size / 1e9:.2f} GB; {args.rounds} rounds, each one cold boot and "
+        "one restored start from zero containers, alternating which goes first; medians; from the call until "
+        "the result.",
+        "",
+        "| start | median | min | max | of which |",
+        "|---|---|---|---|---|",
+        f"| cold boot | {cold:.3f} s | {min(g['wall'] for g in runs['cold']):.3f} s | "
+        f"{max(g['wall'] for g in runs['cold']):.3f} s | container start {boot:.3f} s, imports {imports:.3f} s, "
+        f"on_start {app_start:.3f} s |",
+        f"| restored | {fast:.3f} s | {min(g['wall'] for g in runs['restored']):.3f} s | "
+        f"{max(g['wall'] for g in runs['restored']):.3f} s | checkpoint restore {restore_phase:.3f} s |",
+        "",
+        f"- **restored start {cold / fast:.2f}x faster than a cold boot** (target 5x: "
+        f"{'met' if cold / fast >= 5 else 'NOT met'}).",
+        f"- results identical across all {2 * args.rounds} starts: {'yes' if same else 'NO'}; on_start ran "
+        f"{on_start_runs} times (expected {expected_on_start}: deploy, {args.captures} capture boots, "
+        f"{args.rounds} cold boots), {restored_lines} starts were restored.",
+        f"- capture through beamctl (runc checkpoint, key, rename): median {med(captures):.3f} s "
+        f"(the task's checkpoint_capture phase {med(capture_phase):.3f} s); raw `criu dump --leave-running` of a "
+        f"process holding the same {raw['size'][0] / 1e9:.2f} GB: {med(raw['dump']):.3f} s -> "
+        f"**{med(captures) / med(raw['dump']):.2f}x** (target <= 1.5x).",
+        f"- restore through beamctl (new container, links, docker start --checkpoint, release): median "
+        f"{restore_phase:.3f} s; raw `criu restore --restore-detached` of that process: {med(raw['restore']):.3f} s "
+        f"-> **{restore_phase / med(raw['restore']):.2f}x** (target <= 1.5x).",
+        END,
+    ]
+    section = "\n".join(lines)
+    print(section)
+    if args.write:
+        write_section(args.write, section, BEGIN, END, "Cold start: restored from a checkpoint (bench/coldstart.py)")
+    ok = same and on_start_runs == expected_on_start
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
