@@ -41,7 +41,8 @@ def check_lines(c: Any) -> list[str]:
     lines.append("  docker  " + (f"{f.docker_version} (data root {f.docker_root})" if f.docker_version
                                  else f"unavailable: {f.docker_error}"))
     lines.append("  gpus    " + gpu_text(f))
-    lines.append("  criu    " + (f.criu_version or f"unavailable: {f.criu_error}"))
+    lines.append("  criu    " + (criu_text(f.criu_version) if f.criu_version else
+                                 f"unavailable: {f.criu_error} (checkpoints need CRIU >= 4.2)"))
     disks = "; ".join(f"{d.path} {size(d.free_bytes)} free of {size(d.size_bytes)}" for d in f.disks)
     lines.append("  disk    " + (disks or "?"))
     if f.agent_version:
@@ -72,3 +73,15 @@ def summary(checks: list[Any]) -> str:
     n = len(checks)
     text = f"{n} host{'s' * (n != 1)}: {n - len(bad)} ok"
     return text + (f", {len(bad)} failed ({', '.join(bad)})" if bad else "")
+
+
+def criu_text(version: str) -> str:
+    """CRIU's version, with a warning when checkpoints cannot work with it (4.1 cannot dump a TCP socket
+    on kernels >= 6.16; scripts/install-criu.sh installs 4.2)."""
+    try:
+        parts = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return version
+    if parts >= (4, 2):
+        return version
+    return f"{version} [yellow](checkpoints need CRIU >= 4.2: scripts/install-criu.sh)[/]"

@@ -20,10 +20,17 @@ def test_a_host_that_answered():
         "  system  gpu1, Linux 6.8.0 x86_64, 64 CPUs, 512.0 GiB memory",
         "  docker  27.3.1 (data root /data/docker)",
         "  gpus    2x H100 (79.6 GiB, driver 550.54.15)",
-        "  criu    4.1.1",
+        "  criu    4.1.1 [yellow](checkpoints need CRIU >= 4.2: scripts/install-criu.sh)[/]",
         "  disk    / 100.0 GiB free of 400.0 GiB; /data/docker 3072.0 GiB free of 7168.0 GiB",
         "  agent   not installed",
     ]
+
+
+def test_criu_versions():
+    from beamctl.cli.host_views import criu_text
+
+    assert criu_text("4.2.1") == "4.2.1" and criu_text("5.0") == "5.0" and criu_text("weird") == "weird"
+    assert "need CRIU >= 4.2" in criu_text("3.17.1")
 
 
 def test_a_host_that_refused():
