@@ -1,6 +1,7 @@
 """Cold boot against restored start of examples/weights, side by side in one run (issue 6).
 
-    .venv/bin/python bench/coldstart.py [--rounds 5] [--captures 3] [--write docs/BENCHMARKS.md]
+    .venv/bin/python bench/coldstart.py [--example weights|embeddings] [--rounds 5] [--captures 3]
+                                        [--write docs/BENCHMARKS.md]
 
 The agent of this checkout runs in this process (a temporary data dir; the real Docker Engine, runc and
 CRIU), so every start below is of the same version of the same image with the same create arguments.
@@ -34,7 +35,7 @@ from results import write_section  # bench/results.py (scripts run from bench/)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-BEGIN, END = "<!-- bench/coldstart.py: begin -->", "<!-- bench/coldstart.py: end -->"
+INPUTS = {"weights": {"seed": 1}, "embeddings": {"texts": ["a restored start", "a cold boot"]}}
 RAW_HOLDER = ("import sys, time\ndata = open(sys.argv[1], 'rb').read()\n"
               "open(sys.argv[2], 'w').write(str(len(data)))\ntime.sleep(3600)\n")
 
@@ -57,7 +58,7 @@ def scale_to_zero(agent, app: str) -> None:
         raise SystemExit("the app did not scale to zero within 60 s")
 
 
-def start(agent, app: str, restore: bool) -> dict:
+def start(agent, app: str, restore: bool, inputs: dict) -> dict:
     """One start from zero: {"wall": seconds from the call to its result, "task": the task record}."""
     scale_to_zero(agent, app)
     pool = agent.pools[app]
@@ -66,7 +67,7 @@ def start(agent, app: str, restore: bool) -> dict:
         pool.snapshots = None  # no restore, and no capture: a cold boot as without a snapshot
     try:
         t0 = time.perf_counter()
-        task = agent.call(app, {"seed": 1})
+        task = agent.call(app, inputs)
         wall = time.perf_counter() - t0
     finally:
         pool.snapshots = saved
@@ -104,6 +105,7 @@ def raw_criu(weights: Path, work: Path, rounds: int) -> dict[str, list[float]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--example", choices=sorted(INPUTS), default="weights")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--captures", type=int, default=3)
     ap.add_argument("--write", type=Path)
@@ -118,7 +120,9 @@ def main() -> int:
     from beamctl.agent.spec import spec_from_config
     from beamctl.config import load
 
-    example = REPO / "examples" / "weights"
+    example = REPO / "examples" / args.example
+    inputs = INPUTS[args.example]
+    begin, end = f"<!-- bench/coldstart.py {args.example}: begin -->", f"<!-- bench/coldstart.py {args.example}: end -->"
     image = json.loads(sh(sys.executable, "-m", "beamctl", "build", "-f", str(example), "--json"))["image"]
     config, _ = load(example / "beam.yaml")
     spec = spec_from_config(config, image)
@@ -137,7 +141,7 @@ def main() -> int:
         captures, capture_phase = [], []
         for _ in range(args.captures):  # a fresh capture each: the snapshot goes, the next cold boot captures
             agent.snapshots.delete(app, version)
-            got = start(agent, app, restore=True)
+            got = start(agent, app, True, inputs)
             snap = agent.store.snapshot(app, version)
             if snap["state"] != "ready":
                 raise SystemExit(f"capture failed: {snap['reason']}")
@@ -149,7 +153,7 @@ def main() -> int:
         for r in range(args.rounds):
             order = (False, True) if r % 2 == 0 else (True, False)
             for restore in order:
-                got = start(agent, app, restore)
+                got = start(agent, app, restore, inputs)
                 kind = got["task"]["start"]
                 if kind != ("restored" if restore else "cold"):
                     raise SystemExit(f"asked for a {'restored' if restore else 'cold'} start, got {kind}")
@@ -161,7 +165,9 @@ def main() -> int:
         on_start_runs = logs.count("on_start complete")
         restored_lines = logs.count("restored from a checkpoint")
         scale_to_zero(agent, app)
-        weights = next((data / "volumes" / app / "weights").glob("weights-*.npy"))
+        weights = data / "raw-weights.bin"  # a file of the snapshot's size: the raw process holds its bytes
+        with open(weights, "wb") as f:
+            f.truncate(size)
         raw = raw_criu(weights, data, args.captures)
     finally:
         for live in agent.pools.get(app).drain() if app in agent.pools else []:
@@ -180,12 +186,12 @@ def main() -> int:
     same = len(results) == 1
     expected_on_start = 1 + args.captures + args.rounds  # deploy, capture boots, the cold boots
     lines = [
-        BEGIN,
-        f"Command: `.venv/bin/python bench/coldstart.py --rounds {args.rounds} --captures {args.captures}"
+        begin,
+        f"Command: `.venv/bin/python bench/coldstart.py --example {args.example} --rounds {args.rounds} --captures {args.captures}"
         f"{' --write ' + str(args.write) if args.write else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} cores, kernel {platform.release()}, CRIU {sh('criu', '--version').split()[1]}).",
         "",
-        f"examples/weights ({image}), snapshot {size / 1e9:.2f} GB; {args.rounds} rounds, each one cold boot and "
+        f"examples/{args.example} ({image}), snapshot {size / 1e9:.2f} GB; {args.rounds} rounds, each one cold boot and "
         "one restored start from zero containers, alternating which goes first; medians; from the call until "
         "the result.",
         "",
@@ -209,12 +215,13 @@ def main() -> int:
         f"- restore through beamctl (new container, links, docker start --checkpoint, release): median "
         f"{restore_phase:.3f} s; raw `criu restore --restore-detached` of that process: {med(raw['restore']):.3f} s "
         f"-> **{restore_phase / med(raw['restore']):.2f}x** (target <= 1.5x).",
-        END,
+        end,
     ]
     section = "\n".join(lines)
     print(section)
     if args.write:
-        write_section(args.write, section, BEGIN, END, "Cold start: restored from a checkpoint (bench/coldstart.py)")
+        write_section(args.write, section, begin, end,
+                      f"Cold start of examples/{args.example}: restored from a checkpoint (bench/coldstart.py)")
     ok = same and on_start_runs == expected_on_start
     return 0 if ok else 1
 

@@ -45,7 +45,7 @@ def profile(task: dict[str, Any], recent_cold: list[float]) -> list[str]:
 def tasks_table(tasks: list[dict[str, Any]], hosts: bool = False) -> list[str]:
     """With `hosts`, a HOST column (each task's "host") after the task id."""
     host_head = f" {'HOST':<16}" if hosts else ""
-    head = (f"{'TASK':<16}{host_head} {'APP':<16} {'VER':>3} {'STATUS':<10} {'START':<6} {'TOTAL':>12} "
+    head = (f"{'TASK':<16}{host_head} {'APP':<16} {'VER':>3} {'STATUS':<10} {'START':<8} {'TOTAL':>12} "
             f"{'RUN':>12}  WHEN")
     rows = [head]
     for t in tasks:
@@ -53,7 +53,7 @@ def tasks_table(tasks: list[dict[str, Any]], hosts: bool = False) -> list[str]:
         when = time.strftime("%H:%M:%S", time.localtime(t["received"]))
         host = f" {t.get('host') or '-':<16}" if hosts else ""
         rows.append(f"{t['task_id']:<16}{host} {t['app']:<16} {t['version'] or '-':>3} {t['status']:<10} "
-                    f"{t['start'] or '-':<6} {ms(t['total']):>12} {ms(run):>12}  {when}")
+                    f"{t['start'] or '-':<8} {ms(t['total']):>12} {ms(run):>12}  {when}")
     return rows
 
 
