@@ -11,6 +11,7 @@ the cut stream); a host whose disk fills during the load (its old version keeps 
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -106,6 +107,46 @@ def test_three_hosts_deploy_redeploy_noop_logs_rollback(cli, three, app_dir, mon
     assert call_each(cli, app_dir) == {h: "hello, Ada" for h in HOSTS}
     for h in three:
         assert len(serving(h)) == 1
+
+
+def test_checkpoints_on_the_hosts_then_a_restored_start_over_ssh(cli, three, app_dir, monkeypatch, tmp_path):
+    """examples/hello has checkpoint_enabled: each host's agent captured after on_start (runc + CRIU inside
+    the test host); a copy with keep_warm_seconds: 2 on one host restores after scaling to zero."""
+    three.apply_env(monkeypatch)
+    status = cli("status", "hello3", "-f", str(app_dir), "--json")
+    assert status.code == 0, status.err
+    for h in json.loads(status.out)["hosts"]:
+        app = h["status"]["apps"][0]
+        active = next(v for v in app["versions"] if v["version"] == app["active_version"])
+        assert active["checkpoint"]["state"] == "ready" and active["checkpoint"]["size_bytes"] > 1_000_000, h
+    text = cli("status", "hello3", "-f", str(app_dir))
+    assert sum("checkpoint: ready" in line for line in text.err.splitlines()) == len(HOSTS), text.err
+
+    quick = tmp_path / "quick"
+    quick.mkdir()
+    (quick / "app.py").write_text((app_dir / "app.py").read_text())
+    yaml = (app_dir / "beam.yaml").read_text().replace("name: hello3\n", "name: hello3q\n")
+    yaml = yaml.replace("keep_warm_seconds: 60", "keep_warm_seconds: 2")
+    (quick / "beam.yaml").write_text(yaml.replace(f"hosts: [{', '.join(HOSTS)}]", "hosts: [testhost-1]"))
+    try:
+        first = cli("deploy", "-f", str(quick))
+        assert first.code == 0, first.err
+        deadline = time.monotonic() + 30
+        while True:
+            st = json.loads(cli("status", "hello3q", "-f", str(quick), "--json").out)
+            if not st["hosts"][0]["status"]["apps"][0]["containers"]:
+                break
+            assert time.monotonic() < deadline, "hello3q did not scale to zero"
+            time.sleep(0.5)
+        task = json.loads(cli("call", "hello3q", '{"name": "Ada"}', "-f", str(quick), "--json").out)
+        assert task["start"] == "restored" and task["result"]["message"].endswith(", Ada"), task
+        profile = json.loads(cli("profile", task["task_id"], "-f", str(quick), "--json").out)
+        assert profile["phases"]["checkpoint_restore"] > 0 and "application_start" not in profile["phases"]
+    finally:
+        cli("stop", "hello3q", "-f", str(quick))
+        subprocess.run(["docker", "rmi", "-f", *set(subprocess.run(
+            ["docker", "images", "-q", "beamctl/hello3q"], capture_output=True, text=True).stdout.split())],
+            capture_output=True)
 
 
 def test_a_held_lock_refuses_then_waits_then_unlock_breaks_it(cli, three, app_dir, monkeypatch):
