@@ -58,7 +58,7 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
     return {"app": config.name, "version": result["version"], "image": image.image,
             "hosts": [{"host": "local", "status": result["status"], "reason": result["reason"],
                        "log_tail": result.get("log_tail", []), "serving": result.get("serving"),
-                       "endpoint": result.get("endpoint")}]}
+                       "endpoint": result.get("endpoint"), "checkpoint": result.get("checkpoint")}]}
 
 
 def deploy_ssh(config: AppConfig, progress: Callable[[Any], None], health_timeout: float,

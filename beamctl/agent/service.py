@@ -198,7 +198,8 @@ class Agent:
 
     def _ready(self, spec: AppSpec, version: int, token: str | None) -> dict[str, Any]:
         return {"app": spec.app, "version": version, "image": spec.image, "status": "ready", "reason": None,
-                "token": token, "endpoint": self._endpoint(spec.app), "serving": version}
+                "token": token, "endpoint": self._endpoint(spec.app), "serving": version,
+                "checkpoint": self.snapshots.describe(spec.app).get(version)}
 
     def _endpoint(self, app: str) -> str | None:
         return f"{self.endpoint}/apps/{app}" if self.endpoint else None

@@ -42,11 +42,15 @@ def deploy(file: Path = FileOpt, json: bool = JsonOpt,
         return _deployed_to_hosts(result, json)
     host = result["hosts"][0]
     if json:
-        console.emit_json({**result, "hosts": [{k: h[k] for k in ("host", "status", "reason")}
+        console.emit_json({**result, "hosts": [{k: h.get(k) for k in ("host", "status", "reason", "checkpoint")}
                                                for h in result["hosts"]]})
     if host["status"] == "ready":
         console.say(f"[bold green]deployed[/] {result['app']} v{result['version']} ({result['image']}); "
                     f"endpoint {host['endpoint']} (token: beamctl status {result['app']})")
+        if host.get("checkpoint"):
+            from beamctl.cli import views
+
+            console.say(f"  checkpoint: {views.checkpoint(host['checkpoint'])}")
         return ExitCode.OK
     for line in host["log_tail"]:
         console.line(f"  | {line}")
@@ -61,13 +65,17 @@ def _deployed_to_hosts(result: dict[str, Any], json: bool) -> int:
 
     hosts = result["hosts"]
     if json:
-        console.emit_json({**result, "hosts": [{k: h.get(k) for k in ("host", "status", "reason", "version", "ship")}
-                                               for h in hosts]})
+        console.emit_json({**result, "hosts": [{k: h.get(k) for k in ("host", "status", "reason", "version", "ship",
+                                                                       "checkpoint")} for h in hosts]})
     for h in hosts:
         name = console.escape(h["host"])
         if h["status"] == "ready":
             console.say(f"[bold green]ready[/]  {name}: {result['app']} v{h['version']} ({result['image']}); "
                         f"endpoint {h.get('endpoint')}")
+            if h.get("checkpoint"):
+                from beamctl.cli import views
+
+                console.say(f"       {name}: checkpoint: {views.checkpoint(h['checkpoint'])}")
             continue
         for line in h.get("log_tail") or []:
             console.line(f"  {h['host']} | {line}")

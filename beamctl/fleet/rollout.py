@@ -93,7 +93,8 @@ def deploy_request(ssh: Any, entry: Any, spec_json: dict[str, Any], secret_value
         return failed(name, (answer.get("error") or "the agent failed") + (f" ({hint})" if hint else ""))
     r = answer["result"]
     return {"host": name, "status": r["status"], "reason": r.get("reason"), "log_tail": r.get("log_tail", []),
-            "version": r.get("version"), "serving": r.get("serving"), "endpoint": r.get("endpoint")}
+            "version": r.get("version"), "serving": r.get("serving"), "endpoint": r.get("endpoint"),
+            "checkpoint": r.get("checkpoint")}
 
 
 def deploy_rolling(ssh: Any, entries: list[Any], spec_json: dict[str, Any], secret_values: dict[str, str],
