@@ -33,7 +33,7 @@ RESTORE_BASE_S = 20.0  # a restore's timeout: this plus the snapshot read at a s
 RESTORE_BYTES_PER_S = 150e6
 FACTS_TTL_S = 60.0  # host facts (kernel, CPU, CRIU version) are re-read this often
 KEY_FILE = "key.json"
-PERMANENT = ("no runc state", "No such file or directory: 'runc'", "not supported")  # no retry helps
+PERMANENT = ("no runc state", "No such file or directory: 'runc'", "not supported", "not installed")  # no retry helps
 
 
 class Snapshots:
@@ -71,7 +71,7 @@ class Snapshots:
                 result = self.containers.capture(container_id, partial, CAPTURE_TIMEOUT_S)
                 break
             except Exception as e:  # noqa: BLE001 - CheckpointFailed, or an engine error: a failed capture
-                error = e.reason if isinstance(e, checkpoint.CheckpointError) else f"{type(e).__name__}: {e}"
+                error = explain(e.reason if isinstance(e, checkpoint.CheckpointError) else f"{type(e).__name__}: {e}")
                 if attempt == CAPTURE_TRIES or any(p in error for p in PERMANENT):
                     shutil.rmtree(partial, ignore_errors=True)
                     return self._failed(app, version, error, spec)
@@ -177,6 +177,16 @@ def refuse(spec: dict[str, Any]) -> str | None:
     if gpus == 1:
         return ("GPU checkpoints are not enabled on this agent yet (CPU apps only); this version boots cold")
     return None
+
+
+def explain(reason: str) -> str:
+    """runc's and CRIU's words for the failures a user can fix, said so that they can."""
+    if '"criu": executable file not found' in reason or "No such file or directory: 'criu'" in reason:
+        return ("CRIU is not installed on this host (runc found no `criu` in PATH): install CRIU >= 4.2, "
+                "e.g. scripts/install-criu.sh, then deploy again")
+    if "No such file or directory: 'runc'" in reason:
+        return "runc is not installed on this host (Docker's runtime is needed for checkpoints); deploy again after"
+    return reason
 
 
 def cache_dir_note(spec: dict[str, Any]) -> str:

@@ -93,6 +93,15 @@ def test_permanent_failures_are_not_retried(book) -> None:
     assert engine.captures == 1
 
 
+def test_a_missing_criu_is_said_plainly_and_not_retried(book) -> None:
+    snaps, engine, store, _ = book
+    engine.fail = ['checkpoint of c failed (exit 1): level=error msg="CRIU version check failed: exec: '
+                   '"criu": executable file not found in $PATH"']
+    assert not snaps.capture("app", 1, "c", "h", SPEC)
+    assert engine.captures == 1
+    assert store.snapshot("app", 1)["reason"].startswith("CRIU is not installed on this host")
+
+
 def test_refusals_and_the_cache_dir_note(book) -> None:
     snaps, engine, store, _ = book
     assert "2 GPUs are not supported" in refuse({"gpu_count": 2})
