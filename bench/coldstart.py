@@ -58,9 +58,17 @@ def scale_to_zero(agent, app: str) -> None:
         raise SystemExit("the app did not scale to zero within 60 s")
 
 
-def start(agent, app: str, restore: bool, inputs: dict) -> dict:
+def drop_caches() -> None:
+    """The page cache emptied (weights file, snapshot, image layers alike): a host idle for hours."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def start(agent, app: str, restore: bool, inputs: dict, cold_cache: bool = False) -> dict:
     """One start from zero: {"wall": seconds from the call to its result, "task": the task record}."""
     scale_to_zero(agent, app)
+    if cold_cache:
+        drop_caches()
     pool = agent.pools[app]
     saved = pool.snapshots
     if not restore:
@@ -76,7 +84,7 @@ def start(agent, app: str, restore: bool, inputs: dict) -> dict:
     return {"wall": wall, "task": task}
 
 
-def raw_criu(weights: Path, work: Path, rounds: int) -> dict[str, list[float]]:
+def raw_criu(weights: Path, work: Path, rounds: int, cold_cache: bool = False) -> dict[str, list[float]]:
     """criu dump --leave-running / restore of a python process holding the weights file's bytes."""
     out: dict[str, list[float]] = {"dump": [], "restore": [], "size": []}
     for i in range(rounds):
@@ -94,6 +102,8 @@ def raw_criu(weights: Path, work: Path, rounds: int) -> dict[str, list[float]]:
         proc.kill()
         proc.wait()
         pidfile = images / "restored.pid"
+        if cold_cache:
+            drop_caches()
         t0 = time.perf_counter()
         sh("criu", "restore", "-D", str(images), "-o", "restore.log", "--restore-detached",
            "--pidfile", str(pidfile))
@@ -108,6 +118,8 @@ def main() -> int:
     ap.add_argument("--example", choices=sorted(INPUTS), default="weights")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--captures", type=int, default=3)
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="empty the page cache before every start (both kinds): disk reads included")
     ap.add_argument("--write", type=Path)
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("criu") is None:
@@ -122,7 +134,8 @@ def main() -> int:
 
     example = REPO / "examples" / args.example
     inputs = INPUTS[args.example]
-    begin, end = f"<!-- bench/coldstart.py {args.example}: begin -->", f"<!-- bench/coldstart.py {args.example}: end -->"
+    tag = args.example + (" drop-caches" if args.drop_caches else "")
+    begin, end = f"<!-- bench/coldstart.py {tag}: begin -->", f"<!-- bench/coldstart.py {tag}: end -->"
     image = json.loads(sh(sys.executable, "-m", "beamctl", "build", "-f", str(example), "--json"))["image"]
     config, _ = load(example / "beam.yaml")
     spec = spec_from_config(config, image)
@@ -153,7 +166,7 @@ def main() -> int:
         for r in range(args.rounds):
             order = (False, True) if r % 2 == 0 else (True, False)
             for restore in order:
-                got = start(agent, app, restore, inputs)
+                got = start(agent, app, restore, inputs, args.drop_caches)
                 kind = got["task"]["start"]
                 if kind != ("restored" if restore else "cold"):
                     raise SystemExit(f"asked for a {'restored' if restore else 'cold'} start, got {kind}")
@@ -168,7 +181,7 @@ def main() -> int:
         weights = data / "raw-weights.bin"  # a file of the snapshot's size: the raw process holds its bytes
         with open(weights, "wb") as f:
             f.truncate(size)
-        raw = raw_criu(weights, data, args.captures)
+        raw = raw_criu(weights, data, args.captures, args.drop_caches)
     finally:
         for live in agent.pools.get(app).drain() if app in agent.pools else []:
             agent._retire(app, live)
@@ -188,12 +201,13 @@ def main() -> int:
     lines = [
         begin,
         f"Command: `.venv/bin/python bench/coldstart.py --example {args.example} --rounds {args.rounds} --captures {args.captures}"
+        f"{' --drop-caches' if args.drop_caches else ''}"
         f"{' --write ' + str(args.write) if args.write else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} cores, kernel {platform.release()}, CRIU {sh('criu', '--version').split()[1]}).",
         "",
         f"examples/{args.example} ({image}), snapshot {size / 1e9:.2f} GB; {args.rounds} rounds, each one cold boot and "
         "one restored start from zero containers, alternating which goes first; medians; from the call until "
-        "the result.",
+        "the result; page cache " + ("emptied before every start." if args.drop_caches else "warm (nothing dropped)."),
         "",
         "| start | median | min | max | of which |",
         "|---|---|---|---|---|",
@@ -221,7 +235,7 @@ def main() -> int:
     print(section)
     if args.write:
         write_section(args.write, section, begin, end,
-                      f"Cold start of examples/{args.example}: restored from a checkpoint (bench/coldstart.py)")
+                      f"Cold start of examples/{tag}: restored from a checkpoint (bench/coldstart.py)")
     ok = same and on_start_runs == expected_on_start
     return 0 if ok else 1
 

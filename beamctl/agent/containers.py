@@ -80,6 +80,7 @@ class Containers(Protocol):
 class DockerContainers:
     def __init__(self, client: Any) -> None:
         self.client, self.api = client, client.api
+        self._docker_root: Path | None = None  # DockerRootDir, asked once (restores link snapshots into it)
 
     def has_image(self, ref: str) -> bool:
         import docker
@@ -110,7 +111,10 @@ class DockerContainers:
     def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any:
         from beamctl.agent import checkpoint
 
-        return checkpoint.restore(self.client, self._full_id(container_id), folder, "beamctl", timeout_s=timeout_s)
+        if self._docker_root is None:
+            self._docker_root = Path(self.client.info()["DockerRootDir"])
+        return checkpoint.restore(self.client, self._full_id(container_id), folder, "beamctl",
+                                  docker_root=self._docker_root, timeout_s=timeout_s)
 
     def _full_id(self, container_id: str) -> str:
         return container_id if len(container_id) == 64 else self.api.inspect_container(container_id)["Id"]
