@@ -45,6 +45,7 @@ class Snapshots:
         self.store, self.containers, self.on_event = store, containers, on_event
         self._facts: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
+        self._capturing: set[tuple[str, int]] = set()  # one capture per version at a time (one .partial)
 
     def folder(self, app: str, version: int) -> Path:
         return self.root / app / f"v{version}"
@@ -59,6 +60,17 @@ class Snapshots:
         refusal = refuse(spec)
         if refusal:
             return self._failed(app, version, refusal, spec)
+        with self._lock:
+            if (app, version) in self._capturing:
+                return False  # another container of this version is being captured: this one just serves
+            self._capturing.add((app, version))
+        try:
+            return self._capture(app, version, container_id, args_hash, spec)
+        finally:
+            with self._lock:
+                self._capturing.discard((app, version))
+
+    def _capture(self, app: str, version: int, container_id: str, args_hash: str, spec: dict[str, Any]) -> bool:
         self.store.set_snapshot(app, version, state="capturing", reason=None)
         self.on_event(app, f"checkpoint of v{version}: capturing container {container_id[:12]}")
         final, partial = self.folder(app, version), self.folder(app, version).with_suffix(".partial")
@@ -126,6 +138,8 @@ class Snapshots:
         reason = reason + cache_dir_note(spec)
         shutil.rmtree(self.folder(app, version), ignore_errors=True)
         row = self.store.snapshot(app, version)
+        if row is None:  # deleted meanwhile (its version stopped serving): nothing to mark
+            return
         self.store.set_snapshot(app, version, state="restore_failed", reason=reason, size_bytes=None,
                                 failures=(row["failures"] if row else 0) + 1)
         self.on_event(app, f"restore of v{version} failed: {reason}; this start boots cold, and so do the "

@@ -86,6 +86,26 @@ def test_a_failed_capture_is_recorded_and_not_retried_until_a_redeploy(book) -> 
     assert not snaps.retry("app", 1)
 
 
+def test_one_capture_per_version_at_a_time(book) -> None:
+    snaps, engine, store, _ = book
+    started, go = threading.Event(), threading.Event()
+    real = engine.capture
+
+    def slow(container_id, folder, timeout_s):
+        started.set()
+        go.wait(5)
+        return real(container_id, folder, timeout_s)
+
+    engine.capture = slow
+    first = threading.Thread(target=snaps.capture, args=("app", 1, "c1", "h", SPEC))
+    first.start()
+    assert started.wait(5)
+    assert snaps.capture("app", 1, "c2", "h", SPEC) is False  # the second container just serves
+    go.set()
+    first.join(5)
+    assert engine.captures == 1 and store.snapshot("app", 1)["state"] == "ready"
+
+
 def test_permanent_failures_are_not_retried(book) -> None:
     snaps, engine, _, _ = book
     engine.fail = ["no runc state for container c in /run/docker/runtime-runc/moby (not running?)"]
