@@ -173,14 +173,20 @@ def _verified(snapshot_dir: Path) -> list[Path]:
         sizes = json.loads((snapshot_dir / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RestoreFailed(f"no readable {MANIFEST} in {snapshot_dir}: {e}") from None
+    check_sizes(snapshot_dir, sizes)
+    return [snapshot_dir / file for file in sorted(sizes)]
+
+
+def check_sizes(folder: Path, sizes: dict[str, int], error: type[CheckpointError] = RestoreFailed,
+                when: str = "captured") -> None:
+    """Every file named in `sizes` present in `folder` with that size, else `error` saying which."""
     for file, size in sizes.items():
         try:
-            got = (snapshot_dir / file).stat().st_size
+            got = (folder / file).stat().st_size
         except OSError:
-            raise RestoreFailed(f"snapshot {snapshot_dir} lacks {file}") from None
+            raise error(f"snapshot {folder} lacks {file}") from None
         if got != size:
-            raise RestoreFailed(f"snapshot file {file} has {got} bytes, {size} when captured (damaged)")
-    return [snapshot_dir / file for file in sorted(sizes)]
+            raise error(f"snapshot file {file} has {got} bytes, {size} when {when} (damaged)")
 
 
 def parse_timens_offsets(text: str) -> dict[str, float]:

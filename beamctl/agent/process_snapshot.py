@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from beamctl.agent import cuda_ckpt
-from beamctl.agent.checkpoint import CheckpointError, _log_lines, _reason, _run
+from beamctl.agent.checkpoint import CheckpointError, _log_lines, _reason, _run, check_sizes
 
 META = "beamctl-process.json"  # {"root_pid", "cuda_pids", "shell_job", "files": {name: size}}
 PIDFILE = "restore.pid"
@@ -208,13 +208,7 @@ def _verified(images: Path) -> dict:
         sizes = meta["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SnapshotRestoreFailed(f"no readable {META} in {images} (not a finished dump?): {e}") from None
-    for name, size in sizes.items():
-        try:
-            got = (images / name).stat().st_size
-        except OSError:
-            raise SnapshotRestoreFailed(f"snapshot {images} lacks {name}") from None
-        if got != size:
-            raise SnapshotRestoreFailed(f"snapshot file {name} has {got} bytes, {size} when dumped (damaged)")
+    check_sizes(images, sizes, SnapshotRestoreFailed, "dumped")
     return meta
 
 
