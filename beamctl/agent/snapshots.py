@@ -46,6 +46,10 @@ class Snapshots:
         self._facts: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self._capturing: set[tuple[str, int]] = set()  # one capture per version at a time (one .partial)
+        for partial in self.root.glob("*/*.partial"):  # an agent that died during a capture
+            shutil.rmtree(partial, ignore_errors=True)
+        for app, version in store.snapshots_in("capturing"):
+            store.set_snapshot(app, version, state="incompatible", reason="the agent stopped during its capture")
 
     def folder(self, app: str, version: int) -> Path:
         return self.root / app / f"v{version}"
@@ -53,7 +57,7 @@ class Snapshots:
     # capture ------------------------------------------------------------------------------------
     def wants_capture(self, app: str, version: int) -> bool:
         row = self.store.snapshot(app, version)
-        return row is None or row["state"] in ("capturing", "incompatible")  # capturing: the agent died
+        return row is None or row["state"] == "incompatible"
 
     def capture(self, app: str, version: int, container_id: str, args_hash: str, spec: dict[str, Any]) -> bool:
         """Snapshot the paused container; records ready or checkpoint_failed. Never raises."""

@@ -102,6 +102,10 @@ class Store:
     def snapshots(self, app: str) -> dict[int, dict[str, Any]]:
         return {r["version"]: dict(r) for r in self._q("SELECT * FROM snapshots WHERE app = ?", (app,))}
 
+    def snapshots_in(self, state: str) -> list[tuple[str, int]]:
+        return [(r["app"], r["version"]) for r in self._q("SELECT app, version FROM snapshots WHERE state = ?",
+                                                           (state,))]
+
     def set_snapshot(self, app: str, version: int, **fields: Any) -> None:
         """Upsert: the fields given change, the others keep their values (a new row: None / 0)."""
         bad = set(fields) - set(SNAPSHOT_FIELDS)

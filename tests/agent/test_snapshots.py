@@ -153,6 +153,16 @@ def test_a_failed_restore_deletes_and_sticks_until_a_redeploy(book) -> None:
     assert snaps.retry("app", 1) and snaps.wants_capture("app", 1)
 
 
+def test_a_capture_cut_by_an_agent_restart_is_cleaned_and_captured_again(book, tmp_path: Path) -> None:
+    snaps, engine, store, _ = book
+    store.set_snapshot("app", 3, state="capturing")
+    partial = snaps.folder("app", 3).with_suffix(".partial")
+    partial.mkdir(parents=True)
+    again = Snapshots(tmp_path, store, engine, lambda app, m: None)  # the agent starts again
+    assert not partial.exists() and store.snapshot("app", 3)["state"] == "incompatible"
+    assert again.wants_capture("app", 3)
+
+
 def test_delete_goes_with_the_version(book) -> None:
     snaps, engine, store, events = book
     snaps.capture("app", 1, "c", "h", SPEC)
