@@ -156,7 +156,7 @@ class Agent:
         with self._gpu_lock:  # two apps deploying at once never get the same GPU
             devices = self._assign(spec.gpu, spec.app)[1]
             stored = {**spec.to_json(), "gpu_count": len(devices), "gpu_devices": list(devices)}
-            same = self._unchanged(spec, secret_values, stored)
+            same = self._unchanged(spec, secret_values, stored, health_timeout)
             if same is not None:
                 return same
             version = self.store.new_version(spec.app, spec.image, stored)
@@ -166,8 +166,8 @@ class Agent:
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
         return self._start_and_switch(spec, version, token, health_timeout)
 
-    def _unchanged(self, spec: AppSpec, secret_values: dict[str, str], stored: dict[str, Any]
-                   ) -> dict[str, Any] | None:
+    def _unchanged(self, spec: AppSpec, secret_values: dict[str, str], stored: dict[str, Any],
+                   health_timeout: float) -> dict[str, Any] | None:
         """A deploy of exactly what is serving (image, spec, secrets): nothing to do, the version stays."""
         active = self.store.active_version(spec.app)
         row = self.store.version(spec.app, active) if active is not None else None
@@ -181,17 +181,17 @@ class Agent:
             return None
         self.store.event(spec.app, f"deploy of {spec.image}: unchanged, v{active} keeps serving")
         if spec.checkpoint_enabled and self.snapshots.retry(spec.app, active):
-            self._recapture(spec.app, active)
+            self._recapture(spec.app, active, health_timeout)
         return {**self._ready(spec, active, self.store.token(spec.app)), "unchanged": True}
 
-    def _recapture(self, app: str, version: int) -> None:
+    def _recapture(self, app: str, version: int, health_timeout: float) -> None:
         """A redeploy after a failed capture or restore: one more container of the serving version boots,
         is captured (tries and back-off inside) and serves beside the other until idle. Bounded by the
         deploy's wait; the result is in the version's snapshot state."""
         pool = self._pool(app)
         self.store.event(app, f"redeploy: capturing v{version}'s checkpoint again")
         live = pool.start(version)
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        deadline = time.monotonic() + health_timeout
         with pool.cond:
             while live.state == "starting" and time.monotonic() < deadline:
                 pool.cond.wait(0.5)

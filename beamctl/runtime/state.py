@@ -44,6 +44,8 @@ class Runtime:
 
     def release(self, restored: bool) -> None:
         self.restored = restored
+        if restored:
+            reseed()
         self._released.set()
 
     def host_clock(self, t: float) -> float:
@@ -69,6 +71,21 @@ class Runtime:
                 "busy": pool.busy if pool else 0, "stuck": pool.stuck if pool else 0,
                 "served": self.served, "timings": self.timings, "restored": self.restored,
                 "clock_offset": self.clock_offset}
+
+
+def reseed() -> None:
+    """Every container restored from one snapshot would draw the same "random" numbers: the global
+    generators of `random` and numpy (when the app imported them) get fresh seeds from the OS."""
+    import sys
+
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        try:
+            numpy_random.seed()
+        except Exception:  # noqa: BLE001 - an odd numpy: no reseed rather than no start
+            pass
 
 
 def read_clock_offset(path: str = "/proc/self/timens_offsets") -> float:

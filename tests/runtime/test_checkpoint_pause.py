@@ -38,6 +38,30 @@ def test_a_release_says_whether_it_was_restored(serve):
     assert "restored from a checkpoint" in rt.logs()[0]
 
 
+RANDOM_APP = """
+    import random
+    def load():
+        random.seed(42)  # as if on_start had drawn numbers: a snapshot would carry this state
+        return None
+    def handler(context, **inputs):
+        return random.random()
+"""
+
+
+def test_a_restored_release_reseeds_the_global_generator(serve):
+    import random
+
+    expected = random.Random(42).random()
+    plain = serve(RANDOM_APP, BEAMCTL_ON_START="app:load", BEAMCTL_CHECKPOINT="1")
+    plain.wait_for("CHECKPOINT")
+    plain.request("POST", "/checkpoint/release", {"restored": False})
+    assert plain.task()["result"] == expected  # not restored: the app's own seeding stands
+    again = serve(RANDOM_APP, BEAMCTL_ON_START="app:load", BEAMCTL_CHECKPOINT="1")
+    again.wait_for("CHECKPOINT")
+    again.request("POST", "/checkpoint/release", {"restored": True})
+    assert again.task()["result"] != expected
+
+
 def test_no_release_within_the_wait_serves_anyway(serve):
     rt = serve(APP, BEAMCTL_ON_START="app:load", BEAMCTL_CHECKPOINT="1", BEAMCTL_CHECKPOINT_WAIT="0.3")
     rt.wait_for("READY")
