@@ -64,11 +64,15 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+SETTLE_S = 1.0  # after a container of 1 GB goes, the engine and the kernel tidy up for a while
+
+
 def start(agent, app: str, restore: bool, inputs: dict, cold_cache: bool = False) -> dict:
     """One start from zero: {"wall": seconds from the call to its result, "task": the task record}."""
     scale_to_zero(agent, app)
     if cold_cache:
         drop_caches()
+    time.sleep(SETTLE_S)  # both kinds alike: each start begins on a quiet machine
     pool = agent.pools[app]
     saved = pool.snapshots
     if not restore:
@@ -207,7 +211,7 @@ def main() -> int:
         "",
         f"examples/{args.example} ({image}), snapshot {size / 1e9:.2f} GB; {args.rounds} rounds, each one cold boot and "
         "one restored start from zero containers, alternating which goes first; medians; from the call until "
-        "the result; page cache " + ("emptied before every start." if args.drop_caches else "warm (nothing dropped)."),
+        f"the result, each {SETTLE_S:g} s after the last container went; page cache " + ("emptied before every start." if args.drop_caches else "warm (nothing dropped)."),
         "",
         "| start | median | min | max | of which |",
         "|---|---|---|---|---|",
