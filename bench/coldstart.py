@@ -165,6 +165,7 @@ def main() -> int:
             captures.append(snap["capture_s"])
             capture_phase.append(got["task"]["phases"].get("checkpoint_capture", 0.0))
         size = agent.store.snapshot(app, version)["size_bytes"]
+        print(f"snapshot {size} bytes", file=sys.stderr)
 
         runs: dict[str, list[dict]] = {"cold": [], "restored": []}
         for r in range(args.rounds):
