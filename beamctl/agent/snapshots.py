@@ -186,15 +186,13 @@ class Snapshots:
 
 def refuse(spec: dict[str, Any]) -> str | None:
     """Why this version cannot be snapshotted at all, or None."""
+    from beamctl.agent.cuda_ckpt import gpu_refusal
+
     gpus = spec.get("gpu_count") or 0
-    if gpus > 1:
-        return (f"checkpoints of apps with {gpus} GPUs are not supported: the driver's checkpoint API "
-                f"snapshots each process's device memory on its own, and peer mappings and NCCL "
-                f"communicators between GPUs cannot be restored consistently; use one GPU or set "
-                f"checkpoint_enabled: false")
     if gpus == 1:
-        return ("GPU checkpoints are not enabled on this agent yet (CPU apps only); this version boots cold")
-    return None
+        return ("GPU checkpoints are not wired into containers yet (the driver's checkpoint API is written "
+                "(agent/cuda_ckpt.py) but has not run on a GPU); this version boots cold")
+    return gpu_refusal(gpus)
 
 
 def explain(reason: str) -> str:
