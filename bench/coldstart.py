@@ -9,11 +9,12 @@ Each round scales the app to zero, then makes one cold boot (the pool told not t
 without a usable snapshot) and one restored start, in alternating order, each timed from the call
 until its result. Results must be identical; on_start must have run only in the cold boots.
 
-Raw CRIU, for the capture and restore costs: a plain python process holding the same weights file in
-memory (1 GiB), `criu dump --leave-running` and `criu restore --restore-detached` run by hand, against
-beamctl's capture (runc checkpoint, key, rename) and restore (a new container, links, docker start
---checkpoint, the runtime's release) of the app's container. The page cache is warm for both sides
-(the weights file and the snapshot were just read or written); nothing is dropped.
+Raw CRIU, for the capture and restore costs: the app's own process without a container (the image's
+files exported and chrooted into, the container's environment, the volumes bind-mounted), paused after
+on_start like the agent's; `criu dump --leave-running` and `criu restore --restore-detached` + the
+runtime's release run by hand, against beamctl's capture (runc checkpoint, key, rename) and restore (a
+new container, links, docker start --checkpoint, the release) of the app's container. The page cache is
+warm for both sides unless --drop-caches.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from results import write_section  # bench/results.py (scripts run from bench/)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 INPUTS = {"weights": {"seed": 1}, "embeddings": {"texts": ["a restored start", "a cold boot"]}}
-RAW_HOLDER = ("import sys, time\ndata = open(sys.argv[1], 'rb').read()\n"
-              "open(sys.argv[2], 'w').write(str(len(data)))\ntime.sleep(3600)\n")
 
 
 def sh(*argv: str) -> str:
@@ -88,32 +87,88 @@ def start(agent, app: str, restore: bool, inputs: dict, cold_cache: bool = False
     return {"wall": wall, "task": task}
 
 
-def raw_criu(weights: Path, work: Path, rounds: int, cold_cache: bool = False) -> dict[str, list[float]]:
-    """criu dump --leave-running / restore of a python process holding the weights file's bytes."""
-    out: dict[str, list[float]] = {"dump": [], "restore": [], "size": []}
-    for i in range(rounds):
-        ready, images = work / f"ready-{i}", work / f"raw-{i}"
-        images.mkdir(mode=0o700)
-        log = open(work / f"holder-{i}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-c", RAW_HOLDER, str(weights), str(ready)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        while not ready.exists():
-            time.sleep(0.05)
-        t0 = time.perf_counter()
-        sh("criu", "dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log", "--leave-running")
-        out["dump"].append(time.perf_counter() - t0)
-        out["size"].append(sum(p.stat().st_size for p in images.iterdir()))
-        proc.kill()
-        proc.wait()
-        pidfile = images / "restored.pid"
-        if cold_cache:
-            drop_caches()
-        t0 = time.perf_counter()
-        sh("criu", "restore", "-D", str(images), "-o", "restore.log", "--restore-detached",
-           "--pidfile", str(pidfile))
-        out["restore"].append(time.perf_counter() - t0)
-        os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        shutil.rmtree(images)
+def raw_criu(image: str, env: dict[str, str], binds: dict[str, str], work: Path, rounds: int, inputs: dict,
+             cold_cache: bool = False) -> dict[str, list]:
+    """The app's own process without a container: the image's files (exported, chroot), the container's
+    environment and volumes (bind mounts), paused after on_start; then `criu dump --leave-running` and,
+    after the original is gone, `criu restore --restore-detached` by hand, released, and one task run."""
+    import ctypes
+    import http.client
+    import socket
+
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: the restored process is ours to reap
+    rootfs = work / "rootfs"
+    rootfs.mkdir()
+    cid = sh("docker", "create", image).strip()
+    try:
+        subprocess.run(f"docker export {cid} | tar -x -C {rootfs}", shell=True, check=True)
+    finally:
+        sh("docker", "rm", cid)
+    config = json.loads(sh("docker", "inspect", image))[0]["Config"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    full_env = {**dict(e.split("=", 1) for e in config["Env"]), **env, "BEAMCTL_PORT": str(port)}
+    argv = ["chroot", str(rootfs), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in full_env.items()),
+            *config["Entrypoint"], "serve"]
+
+    def ask(method: str, path: str, body: dict | None = None) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:  # a new connection each time, closed: CRIU refuses a process with one open
+            conn.request(method, path, json.dumps(body) if body is not None else None,
+                         {"Content-Type": "application/json"})
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    out: dict[str, list] = {"dump": [], "restore": [], "size": [], "results": []}
+    mounted = []
+    try:
+        for inside, outside in binds.items():
+            target = rootfs / inside.lstrip("/")
+            target.mkdir(parents=True, exist_ok=True)
+            sh("mount", "--bind", outside, str(target))
+            mounted.append(target)
+        for i in range(rounds):
+            images = work / f"raw-{i}"
+            images.mkdir(mode=0o700)
+            log = open(work / f"raw-{i}.log", "w")
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    if ask("GET", "/health")["state"] == "CHECKPOINT":
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"the raw process did not pause: {(work / f'raw-{i}.log').read_text()[-800:]}")
+                time.sleep(0.05)
+            time.sleep(0.2)  # the server's side of our last connection closes
+            t0 = time.perf_counter()
+            sh("criu", "dump", "-t", str(proc.pid), "-D", str(images), "-o", "dump.log", "--leave-running")
+            out["dump"].append(time.perf_counter() - t0)
+            out["size"].append(sum(p.stat().st_size for p in images.iterdir() if p.suffix == ".img"))
+            proc.kill()
+            proc.wait()
+            pidfile = images / "restored.pid"
+            if cold_cache:
+                drop_caches()
+            t0 = time.perf_counter()
+            sh("criu", "restore", "-D", str(images), "-o", "restore.log", "--restore-detached",
+               "--pidfile", str(pidfile))
+            ask("POST", "/checkpoint/release", {"restored": True})  # READY: counted, as beamctl's is
+            out["restore"].append(time.perf_counter() - t0)
+            restored = int(pidfile.read_text())
+            out["results"].append(ask("POST", "/tasks", {"task_id": f"raw-{i}", "inputs": inputs}).get("result"))
+            os.kill(restored, signal.SIGKILL)
+            os.waitpid(restored, 0)
+            shutil.rmtree(images)
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", str(target)], capture_output=True)
+        if not any(os.path.ismount(t) for t in mounted):
+            shutil.rmtree(rootfs, ignore_errors=True)
     return out
 
 
@@ -183,10 +238,9 @@ def main() -> int:
         on_start_runs = logs.count("on_start complete")
         restored_lines = logs.count("restored from a checkpoint")
         scale_to_zero(agent, app)
-        weights = data / "raw-weights.bin"  # a file of the snapshot's size: the raw process holds its bytes
-        with open(weights, "wb") as f:
-            f.truncate(size)
-        raw = raw_criu(weights, data, args.captures, args.drop_caches)
+        create = agent._create_args(app, version)
+        binds = {bind["bind"]: outside for outside, bind in create["volumes"].items()}
+        raw = raw_criu(image, create["environment"], binds, data, args.captures, inputs, args.drop_caches)
     finally:
         for live in agent.pools.get(app).drain() if app in agent.pools else []:
             agent._retire(app, live)
@@ -202,6 +256,7 @@ def main() -> int:
     imports = med([g["task"]["phases"]["imports"] for g in runs["cold"]])
     boot = med([g["task"]["phases"]["container_start"] for g in runs["cold"]])
     same = len(results) == 1
+    raw_same = {json.dumps(r, sort_keys=True) for r in raw["results"]} == results
     expected_on_start = 1 + args.captures + args.rounds  # deploy, capture boots, the cold boots
     lines = [
         begin,
@@ -228,12 +283,13 @@ def main() -> int:
         f"{on_start_runs} times (expected {expected_on_start}: deploy, {args.captures} capture boots, "
         f"{args.rounds} cold boots), {restored_lines} starts were restored.",
         f"- capture through beamctl (runc checkpoint, key, rename): median {med(captures):.3f} s "
-        f"(the task's checkpoint_capture phase {med(capture_phase):.3f} s); raw `criu dump --leave-running` of a "
-        f"process holding the same {raw['size'][0] / 1e9:.2f} GB: {med(raw['dump']):.3f} s -> "
+        f"(the task's checkpoint_capture phase {med(capture_phase):.3f} s); raw `criu dump --leave-running` of the "
+        f"same app process outside a container ({raw['size'][0] / 1e9:.2f} GB): {med(raw['dump']):.3f} s -> "
         f"**{med(captures) / med(raw['dump']):.2f}x** (target <= 1.5x).",
         f"- restore through beamctl (new container, links, docker start --checkpoint, release): median "
-        f"{restore_phase:.3f} s; raw `criu restore --restore-detached` of that process: {med(raw['restore']):.3f} s "
-        f"-> **{restore_phase / med(raw['restore']):.2f}x** (target <= 1.5x).",
+        f"{restore_phase:.3f} s; raw `criu restore --restore-detached` of that process + release: "
+        f"{med(raw['restore']):.3f} s -> **{restore_phase / med(raw['restore']):.2f}x** (target <= 1.5x); "
+        f"the raw restores' results equal the app's: {'yes' if raw_same else 'NO'}.",
         end,
     ]
     section = "\n".join(lines)
@@ -241,7 +297,7 @@ def main() -> int:
     if args.write:
         write_section(args.write, section, begin, end,
                       f"Cold start of examples/{tag}: restored from a checkpoint (bench/coldstart.py)")
-    ok = same and on_start_runs == expected_on_start
+    ok = same and raw_same and on_start_runs == expected_on_start
     return 0 if ok else 1
 
 
