@@ -17,6 +17,7 @@ from beamctl.agent.spec import AppSpec
 RUNTIME_PORT = 8000  # the runtime's HTTP server inside each container
 STOP_TIMEOUT_S = 5  # SIGTERM, then SIGKILL: the runtime exits at once on SIGTERM
 LABEL_APP, LABEL_VERSION, LABEL_AGENT = "dev.beamctl.app", "dev.beamctl.version", "dev.beamctl.agent"
+GPU_FILE = "gpu.json"  # in a snapshot taken with the GPU checkpoint: its restore needs the driver too
 
 
 def volume_dir(data_dir: Path, app: str, volume: str) -> Path:
@@ -73,7 +74,9 @@ class Containers(Protocol):
     def list(self, agent_id: str) -> list[ContainerInfo]: ...
     def image_id(self, ref: str) -> str: ...
     # issue 6: CRIU snapshots (agent/checkpoint.py); both raise checkpoint.CheckpointError subclasses
-    def capture(self, container_id: str, folder: Path, timeout_s: float) -> Any: ...  # CaptureResult
+    # gpu: the container's CUDA processes go through the driver's checkpoint API too (gpu_snapshots.py);
+    # restore does that when the snapshot holds GPU_FILE
+    def capture(self, container_id: str, folder: Path, timeout_s: float, gpu: bool = False) -> Any: ...
     def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any: ...  # RestoreResult
 
 
@@ -103,18 +106,43 @@ class DockerContainers:
     def image_id(self, ref: str) -> str:
         return self.api.inspect_image(ref)["Id"]
 
-    def capture(self, container_id: str, folder: Path, timeout_s: float) -> Any:
+    def capture(self, container_id: str, folder: Path, timeout_s: float, gpu: bool = False) -> Any:
         from beamctl.agent import checkpoint
 
-        return checkpoint.capture(self._full_id(container_id), folder, timeout_s)
+        cid = self._full_id(container_id)
+        if not gpu:
+            return checkpoint.capture(cid, folder, timeout_s)
+        from beamctl.agent import gpu_snapshots
+
+        return gpu_snapshots.capture(self._cuda(checkpoint.CheckpointFailed), self._pid(cid),
+                                     lambda: checkpoint.capture(cid, folder, timeout_s))
 
     def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any:
         from beamctl.agent import checkpoint
 
         if self._docker_root is None:
             self._docker_root = Path(self.client.info()["DockerRootDir"])
-        return checkpoint.restore(self.client, self._full_id(container_id), folder, "beamctl",
-                                  docker_root=self._docker_root, timeout_s=timeout_s)
+        cid = self._full_id(container_id)
+        result = checkpoint.restore(self.client, cid, folder, "beamctl", docker_root=self._docker_root,
+                                    timeout_s=timeout_s)
+        if (folder / GPU_FILE).exists():
+            from beamctl.agent import gpu_snapshots
+
+            gpu_snapshots.after_restore(self._cuda(checkpoint.RestoreFailed), self._pid(cid))
+        return result
+
+    def _cuda(self, error: type[Exception]) -> Any:
+        from beamctl.agent import cuda_ckpt
+
+        if getattr(self, "_cuda_lib", None) is None:
+            try:
+                self._cuda_lib = cuda_ckpt.load()
+            except cuda_ckpt.CudaCheckpointError as e:
+                raise error(e.reason) from None
+        return self._cuda_lib
+
+    def _pid(self, container_id: str) -> int:
+        return int(self.api.inspect_container(container_id)["State"]["Pid"])
 
     def _full_id(self, container_id: str) -> str:
         return container_id if len(container_id) == 64 else self.api.inspect_container(container_id)["Id"]

@@ -215,6 +215,11 @@ def cuda_pids(pid: int, proc: Path = Path("/proc")) -> list[int]:
 
     These are the ones to suspend before CRIU: a process with GPU state left in it makes the dump fail.
     Read from /proc (ppid from stat, fds from fd/ links); processes that vanish meanwhile are skipped."""
+    return sorted(p for p in process_tree(pid, proc) if _has_nvidia_fd(proc / str(p) / "fd"))
+
+
+def process_tree(pid: int, proc: Path = Path("/proc")) -> list[int]:
+    """pid and every process below it, from /proc's ppid links (the order of a depth-first walk)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir(proc):
         if not entry.isdigit():
@@ -229,7 +234,7 @@ def cuda_pids(pid: int, proc: Path = Path("/proc")) -> list[int]:
         p = todo.pop()
         tree.append(p)
         todo += children.get(p, [])
-    return sorted(p for p in tree if _has_nvidia_fd(proc / str(p) / "fd"))
+    return tree
 
 
 def _has_nvidia_fd(fd_dir: Path) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from beamctl.agent.checkpoint import args_hash
 from beamctl.agent.containers import Containers
+from beamctl.agent.gpu_snapshots import GpuStateLost
 from beamctl.agent.profile import ContainerTimeline
 
 HEALTH_POLL_S = 0.005  # READY is seen within 5 ms at first: the gap shows up as "other" in profiles
@@ -148,16 +149,22 @@ class Pool:
         """The runtime is paused after on_start: snapshot it if this version wants one, and ALWAYS release
         it (a failed optimisation must never wedge a healthy container). (capture start, end) or Nones."""
         began = ended = None
+        broken: GpuStateLost | None = None
         try:
             if self.snapshots is not None and self.snapshots.wants_capture(live.version):
                 live.close()  # CRIU refuses a process with an open TCP connection
                 began = time.monotonic()
                 self.snapshots.capture(live.version, live.id, live.args_hash)
                 ended = time.monotonic()
+        except GpuStateLost as e:  # not a failed optimisation: this container cannot use its GPU any more
+            broken = e
         except Exception as e:  # noqa: BLE001 - the capture's own failures are recorded by it; this is a bug
             self.on_event(f"checkpoint of v{live.version} went wrong: {type(e).__name__}: {e}")
         finally:
-            self._release(live, restored=False)
+            if broken is None:
+                self._release(live, restored=False)
+        if broken is not None:
+            raise StartFailed(f"{broken.reason}; the container is replaced", [])
         return (began, ended) if began is not None and ended is not None else (None, None)
 
     def _release(self, live: Live, restored: bool) -> dict[str, Any]:

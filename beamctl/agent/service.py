@@ -44,8 +44,8 @@ class Agent:
         (data_dir / "secrets").mkdir(mode=0o700, exist_ok=True)
         self.store = Store(data_dir / "agent.db")
         self.containers = containers
-        self.snapshots = Snapshots(data_dir, self.store, containers, self.store.event)
         self.gpus = _gpus.inventory() if gpus is None else gpus
+        self.snapshots = Snapshots(data_dir, self.store, containers, self.store.event, self.gpus)
         self.agent_id = agent_id(data_dir)
         self.pools: dict[str, Pool] = {}
         self._deploying: dict[str, tuple[threading.Lock, dict[str, Any]]] = {}

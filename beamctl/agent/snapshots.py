@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from beamctl.agent import checkpoint
+from beamctl.agent import checkpoint, gpu_snapshots
+from beamctl.agent.containers import GPU_FILE
+from beamctl.agent.gpu_snapshots import GpuStateLost
 from beamctl.agent.store import Store
 
 CAPTURE_TIMEOUT_S = 300.0  # one runc checkpoint; ~1 s per GB here
@@ -38,11 +40,12 @@ PERMANENT = ("no runc state", "No such file or directory: 'runc'", "not supporte
 
 class Snapshots:
     def __init__(self, data_dir: Path, store: Store, containers: Any,
-                 on_event: Callable[[str, str], None]) -> None:
+                 on_event: Callable[[str, str], None], gpus: list[Any] | None = None) -> None:
         self.root = data_dir / "snapshots"
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.store, self.containers, self.on_event = store, containers, on_event
+        self.gpus = gpus or []  # the agent's inventory (gpus.Gpu): a GPU snapshot's key names the models
         self._facts: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self._capturing: set[tuple[str, int]] = set()  # one capture per version at a time (one .partial)
@@ -83,16 +86,25 @@ class Snapshots:
         for attempt in range(1, CAPTURE_TRIES + 1):
             shutil.rmtree(partial, ignore_errors=True)
             try:
-                key = self._key(spec["image"], args_hash)
-                result = self.containers.capture(container_id, partial, CAPTURE_TIMEOUT_S)
+                key = self._key(spec["image"], args_hash, spec.get("gpu_devices") or ())
+                if key["gpu"]:
+                    result = self.containers.capture(container_id, partial, CAPTURE_TIMEOUT_S, gpu=True)
+                else:
+                    result = self.containers.capture(container_id, partial, CAPTURE_TIMEOUT_S)
                 break
             except Exception as e:  # noqa: BLE001 - CheckpointFailed, or an engine error: a failed capture
                 error = explain(e.reason if isinstance(e, checkpoint.CheckpointError) else f"{type(e).__name__}: {e}")
+                if isinstance(e, GpuStateLost):  # the container is broken: recorded, then the pool replaces it
+                    shutil.rmtree(partial, ignore_errors=True)
+                    self._failed(app, version, error, spec)
+                    raise
                 if attempt == CAPTURE_TRIES or any(p in error for p in PERMANENT):
                     shutil.rmtree(partial, ignore_errors=True)
                     return self._failed(app, version, error, spec)
                 time.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1])
         _write_private(partial / KEY_FILE, json.dumps(key, indent=1))
+        if key["gpu"]:
+            _write_private(partial / GPU_FILE, json.dumps(key["gpu"]))
         shutil.rmtree(final, ignore_errors=True)
         os.rename(partial, final)
         self.store.set_snapshot(app, version, state="ready", reason=None, size_bytes=result.size_bytes,
@@ -112,7 +124,8 @@ class Snapshots:
         return False
 
     # restore ------------------------------------------------------------------------------------
-    def restorable(self, app: str, version: int, args_hash: str, image: str) -> tuple[Path, float] | None:
+    def restorable(self, app: str, version: int, args_hash: str, image: str,
+                   devices: tuple[int, ...] | list[int] = ()) -> tuple[Path, float] | None:
         """(folder, restore timeout) when this version has a snapshot that may be restored here."""
         row = self.store.snapshot(app, version)
         if row is None or row["state"] != "ready":
@@ -123,7 +136,7 @@ class Snapshots:
         except (OSError, ValueError) as e:
             self._incompatible(app, version, f"its key cannot be read ({type(e).__name__})")
             return None
-        differ = checkpoint.key_differences(key, self._key(image, args_hash))
+        differ = checkpoint.key_differences(key, self._key(image, args_hash, devices))
         if differ:
             self._incompatible(app, version, f"{', '.join(differ)} changed since it was captured")
             return None
@@ -173,7 +186,7 @@ class Snapshots:
                     "capture_s": r["capture_s"]} for v, r in self.store.snapshots(app).items()}
 
     # the key ---------------------------------------------------------------------------------------
-    def _key(self, image: str, args_hash: str) -> dict[str, Any]:
+    def _key(self, image: str, args_hash: str, devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
         with self._lock:
             now = time.monotonic()
             if self._facts is None or now - self._facts[0] > FACTS_TTL_S:
@@ -181,7 +194,12 @@ class Snapshots:
                 self._facts = now, {k: base[k] for k in ("format", "kernel", "cpu_model", "cpu_flags_hash",
                                                          "criu_version", "gpu")}
             facts = dict(self._facts[1])
-        return {**facts, "image_id": self.containers.image_id(image), "create_args_hash": args_hash}
+        gpu = None
+        if devices:  # the pinned GPUs' models and the driver: device memory is restored onto the same kind
+            by_index = {g.index: g for g in self.gpus}
+            gpu = {"models": [by_index[i].canonical if i in by_index else "?" for i in devices],
+                   "driver": next((by_index[i].driver for i in devices if i in by_index), "?")}
+        return {**facts, "image_id": self.containers.image_id(image), "create_args_hash": args_hash, "gpu": gpu}
 
 
 def refuse(spec: dict[str, Any]) -> str | None:
@@ -189,9 +207,10 @@ def refuse(spec: dict[str, Any]) -> str | None:
     from beamctl.agent.cuda_ckpt import gpu_refusal
 
     gpus = spec.get("gpu_count") or 0
-    if gpus == 1:
-        return ("GPU checkpoints are not wired into containers yet (the driver's checkpoint API is written "
-                "(agent/cuda_ckpt.py) but has not run on a GPU); this version boots cold")
+    if gpus == 1 and not gpu_snapshots.enabled():
+        return (f"GPU checkpoints are experimental and off on this host (the driver's checkpoint API has not "
+                f"been run on a GPU by beamctl's tests yet): set {gpu_snapshots.ENABLE}=1 in the agent's "
+                f"environment to try them; this version boots cold")
     return gpu_refusal(gpus)
 
 
@@ -245,7 +264,8 @@ class AppSnapshots:
     def restorable(self, version: int, args_hash: str) -> tuple[Path, float] | None:
         if not self.enabled(version):
             return None
-        return self.snapshots.restorable(self.app, version, args_hash, self.spec_of(version)["image"])
+        spec = self.spec_of(version)
+        return self.snapshots.restorable(self.app, version, args_hash, spec["image"], spec.get("gpu_devices") or ())
 
     def restored(self, version: int, container_id: str, seconds: float) -> None:
         self.snapshots.restored(self.app, version, container_id, seconds)

@@ -1,0 +1,160 @@
+"""GPU containers around capture and restore (agent/gpu_snapshots.py), against the fake driver of
+test_cuda_ckpt.py and a fake /proc; and how the snapshot book and the pool use it. No GPU here: the real
+driver path is for a GPU host (bench/gpu_snapshot.py), these check the order and the failure handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from beamctl.agent import cuda_ckpt as cc
+from beamctl.agent import gpu_snapshots as gs
+from beamctl.agent import snapshots as snap_mod
+from beamctl.agent.checkpoint import CheckpointFailed, RestoreFailed
+from beamctl.agent.gpus import Gpu
+from beamctl.agent.snapshots import Snapshots, refuse
+from beamctl.agent.store import Store
+from tests.agent.test_cuda_ckpt import CHECKPOINTED, FakeDriver, _proc
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A container: 100 (runtime, on the GPU) -> 101 (a helper without GPU) -> 102 (a GPU worker)."""
+    proc = tmp_path / "proc"
+    _proc(proc, 100, 1, "python3", ["/dev/nvidiactl", "/dev/nvidia0"])
+    _proc(proc, 101, 100, "sh", ["/dev/null"])
+    _proc(proc, 102, 101, "worker", ["/dev/nvidia-uvm"])
+    _proc(proc, 7, 1, "elsewhere", ["/dev/nvidia0"])  # another container's process: never touched
+    return proc
+
+
+def driver(**kw) -> tuple[cc.CudaCheckpoint, FakeDriver]:
+    drv = FakeDriver(**kw)
+    return cc.load(lib=drv), drv
+
+
+def test_capture_suspends_runs_the_capture_and_resumes(tree: Path) -> None:
+    cuda, drv = driver()
+    seen = []
+    got = gs.capture(cuda, 100, lambda: seen.append(dict(drv.states)) or "images", tree)
+    assert got == "images"
+    assert seen == [{100: CHECKPOINTED, 102: CHECKPOINTED}]  # CRIU ran with both checkpointed
+    assert drv.calls == [("lock", 100), ("lock", 102), ("checkpoint", 100), ("checkpoint", 102),
+                         ("restore", 100), ("restore", 102), ("unlock", 100), ("unlock", 102)]
+    assert drv.states == {100: 0, 102: 0}  # running again (--leave-running)
+
+
+def test_a_failed_criu_capture_still_resumes_the_app(tree: Path) -> None:
+    cuda, drv = driver()
+
+    def fails():
+        raise CheckpointFailed("checkpoint failed (exit 1)")
+
+    with pytest.raises(CheckpointFailed, match="exit 1"):
+        gs.capture(cuda, 100, fails, tree)
+    assert drv.states == {100: 0, 102: 0}
+
+
+def test_a_failed_cuda_checkpoint_leaves_nothing_locked_and_runs_no_criu(tree: Path) -> None:
+    cuda, drv = driver(fail={("checkpoint", 102): 909})
+    ran = []
+    with pytest.raises(CheckpointFailed, match="CUDA checkpoint failed: CUDA checkpoint process 102 failed: "
+                                               "CUDA_ERROR_TIMEOUT"):
+        gs.capture(cuda, 100, lambda: ran.append(1), tree)
+    assert ran == [] and drv.states == {100: 0, 102: 0}
+
+
+def test_a_failed_resume_means_the_container_is_lost(tree: Path) -> None:
+    cuda, drv = driver(fail={("restore", 102): 2})
+    with pytest.raises(gs.GpuStateLost, match="could not be brought back.*CUDA_ERROR_OUT_OF_MEMORY"):
+        gs.capture(cuda, 100, lambda: "images", tree)
+
+
+def test_no_gpu_process_no_capture(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    _proc(proc, 100, 1, "python3", ["/dev/null"])
+    with pytest.raises(CheckpointFailed, match="no process of the container has the GPU open"):
+        gs.capture(driver()[0], 100, lambda: "x", proc)
+
+
+def test_after_restore_resumes_the_checkpointed_processes(tree: Path) -> None:
+    cuda, drv = driver()
+    drv.states = {100: CHECKPOINTED, 102: CHECKPOINTED}  # as CRIU brought them back
+    assert gs.after_restore(cuda, 100, tree) == [100, 102]
+    assert drv.states == {100: 0, 102: 0} and ("unlock", 7) not in drv.calls
+    with pytest.raises(RestoreFailed, match="no process in the driver's checkpointed state"):
+        gs.after_restore(cuda, 100, tree)
+    drv.states = {100: CHECKPOINTED}
+    drv.fail = {("restore", 100): 2}
+    with pytest.raises(RestoreFailed, match="CUDA restore failed"):
+        gs.after_restore(cuda, 100, tree)
+
+
+def test_single_gpu_checkpoints_are_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(gs.ENABLE, raising=False)
+    assert "experimental" in refuse({"gpu_count": 1}) and gs.ENABLE in refuse({"gpu_count": 1})
+    monkeypatch.setenv(gs.ENABLE, "1")
+    assert refuse({"gpu_count": 1}) is None
+    assert "2 GPUs are not supported" in refuse({"gpu_count": 2})
+
+
+class Engine:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error, self.calls = error, []
+
+    def image_id(self, ref):
+        return "sha256:" + "2" * 64
+
+    def capture(self, container_id, folder, timeout_s, gpu=False):
+        self.calls.append(gpu)
+        folder.mkdir(mode=0o700)
+        if self.error:
+            raise self.error
+        (folder / "pages-1.img").write_bytes(b"x")
+        return SimpleNamespace(size_bytes=1, seconds=0.1)
+
+
+SPEC = {"image": "img", "gpu_count": 1, "gpu_devices": [1], "volumes": []}
+GPUS = [Gpu(0, "NVIDIA H100 80GB HBM3", "H100", 81559, "580.65"), Gpu(1, "NVIDIA H200", "H200", 143771, "580.65")]
+
+
+def test_a_gpu_snapshot_is_keyed_by_the_pinned_gpus_model_and_driver(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(gs.ENABLE, "1")
+    engine = Engine()
+    snaps = Snapshots(tmp_path, Store(tmp_path / "a.db"), engine, lambda a, m: None, GPUS)
+    assert snaps.capture("app", 1, "c", "h", SPEC)
+    assert engine.calls == [True]
+    folder = snaps.folder("app", 1)
+    assert json.loads((folder / "key.json").read_text())["gpu"] == {"models": ["H200"], "driver": "580.65"}
+    assert (folder / "gpu.json").exists()
+    assert snaps.restorable("app", 1, "h", "img", [1]) is not None
+    assert snaps.restorable("app", 1, "h", "img", [0]) is None  # onto an H100: incompatible
+    assert "gpu changed" in snaps.describe("app")[1]["reason"]
+
+
+def test_a_lost_gpu_state_is_recorded_and_raised_for_the_pool(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(gs.ENABLE, "1")
+    monkeypatch.setattr(snap_mod, "BACKOFF_S", (0.0, 0.0))
+    store = Store(tmp_path / "a.db")
+    snaps = Snapshots(tmp_path, store, Engine(gs.GpuStateLost("lost")), lambda a, m: None, GPUS)
+    with pytest.raises(gs.GpuStateLost):
+        snaps.capture("app", 1, "c", "h", SPEC)
+    assert store.snapshot("app", 1)["state"] == "checkpoint_failed"
+    assert not snaps.folder("app", 1).with_suffix(".partial").exists()
+
+
+def test_the_pool_replaces_a_container_whose_gpu_state_was_lost() -> None:
+    from tests.agent.test_snapshots import Hooks, Runtime, pool_with, wait_started
+
+    runtime = Runtime()
+    try:
+        pool, _, events = pool_with(Hooks(capture_error=gs.GpuStateLost("CUDA restore failed")), runtime)
+        live = pool.start(1)
+        wait_started(pool, live)
+        assert live.state == "failed" and "CUDA restore failed; the container is replaced" in live.failure.reason
+        assert runtime.released == []  # never released into service
+    finally:
+        runtime.shutdown()
