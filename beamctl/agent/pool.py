@@ -169,10 +169,11 @@ class Pool:
 
     def _release(self, live: Live, restored: bool) -> dict[str, Any]:
         last: Exception | None = None
-        for _ in range(50):  # a just-restored container may take a moment to accept
+        deadline = time.monotonic() + RELEASE_TIMEOUT_S
+        while time.monotonic() < deadline:  # a just-restored container may take a moment to accept
             try:
                 status, health = live.request("POST", "/checkpoint/release", {"restored": restored},
-                                              timeout=RELEASE_TIMEOUT_S)
+                                              timeout=max(deadline - time.monotonic(), 0.1))
             except (OSError, http.client.HTTPException, ValueError) as e:
                 last = e
                 time.sleep(0.02)

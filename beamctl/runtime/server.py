@@ -96,9 +96,7 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(400, {"error": 'the body must be a JSON object like {"restored": false}'})
             return
         rt.release(restored)
-        deadline = time.monotonic() + RELEASE_WAIT_S
-        while rt.state == CHECKPOINT and time.monotonic() < deadline:
-            time.sleep(0.0005)
+        rt.ready_event.wait(RELEASE_WAIT_S)
         self._reply(200, rt.health())
 
     def handle_expect_100(self) -> bool:

@@ -33,6 +33,7 @@ class Runtime:
         self.clock_offset = 0.0  # CLOCK_MONOTONIC here minus the host's: non-zero once restored from a snapshot
         self.restored = False
         self._released = threading.Event()
+        self.ready_event = threading.Event()  # set with READY: a release waits on it to answer
 
     # checkpoint handshake: the main thread pauses, the agent's POST /checkpoint/release ends the pause
     def pause_for_checkpoint(self, wait_s: float) -> bool:
@@ -60,6 +61,7 @@ class Runtime:
         self.pool = pool
         self.mark("ready")
         self.state = READY  # last: a request that sees READY finds app and pool set
+        self.ready_event.set()
 
     def count_served(self) -> None:
         with self._count_lock:
