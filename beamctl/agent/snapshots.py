@@ -63,7 +63,8 @@ class Snapshots:
         return row is None or row["state"] == "incompatible"
 
     def capture(self, app: str, version: int, container_id: str, args_hash: str, spec: dict[str, Any]) -> bool:
-        """Snapshot the paused container; records ready or checkpoint_failed. Never raises."""
+        """Snapshot the paused container; records ready or checkpoint_failed. Raises only GpuStateLost
+        (recorded too): the capture is over but the container lost its GPU state, so it must not serve."""
         refusal = refuse(spec)
         if refusal:
             return self._failed(app, version, refusal, spec)
@@ -82,15 +83,14 @@ class Snapshots:
         self.on_event(app, f"checkpoint of v{version}: capturing container {container_id[:12]}")
         final, partial = self.folder(app, version), self.folder(app, version).with_suffix(".partial")
         final.parent.mkdir(mode=0o700, exist_ok=True)
-        error: str = ""
+        try:
+            key = self._key(spec["image"], args_hash, spec.get("gpu_devices") or ())
+        except Exception as e:  # noqa: BLE001 - the image gone, CRIU unreadable: no capture, no harm
+            return self._failed(app, version, explain(f"{type(e).__name__}: {e}"), spec)
         for attempt in range(1, CAPTURE_TRIES + 1):
             shutil.rmtree(partial, ignore_errors=True)
             try:
-                key = self._key(spec["image"], args_hash, spec.get("gpu_devices") or ())
-                if key["gpu"]:
-                    result = self.containers.capture(container_id, partial, CAPTURE_TIMEOUT_S, gpu=True)
-                else:
-                    result = self.containers.capture(container_id, partial, CAPTURE_TIMEOUT_S)
+                result = self.containers.capture(container_id, partial, CAPTURE_TIMEOUT_S, gpu=bool(key["gpu"]))
                 break
             except Exception as e:  # noqa: BLE001 - CheckpointFailed, or an engine error: a failed capture
                 error = explain(e.reason if isinstance(e, checkpoint.CheckpointError) else f"{type(e).__name__}: {e}")

@@ -32,7 +32,7 @@ class Engine:
     def image_id(self, ref: str) -> str:
         return "sha256:" + "1" * 64
 
-    def capture(self, container_id: str, folder: Path, timeout_s: float):
+    def capture(self, container_id: str, folder: Path, timeout_s: float, gpu: bool = False):
         self.captures += 1
         folder.mkdir(mode=0o700)
         if self.fail:
@@ -91,10 +91,10 @@ def test_one_capture_per_version_at_a_time(book) -> None:
     started, go = threading.Event(), threading.Event()
     real = engine.capture
 
-    def slow(container_id, folder, timeout_s):
+    def slow(container_id, folder, timeout_s, gpu=False):
         started.set()
         go.wait(5)
-        return real(container_id, folder, timeout_s)
+        return real(container_id, folder, timeout_s, gpu)
 
     engine.capture = slow
     first = threading.Thread(target=snaps.capture, args=("app", 1, "c1", "h", SPEC))
