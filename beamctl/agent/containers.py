@@ -84,6 +84,7 @@ class DockerContainers:
     def __init__(self, client: Any) -> None:
         self.client, self.api = client, client.api
         self._docker_root: Path | None = None  # DockerRootDir, asked once (restores link snapshots into it)
+        self._cuda_lib: Any = None  # cuda_ckpt.CudaCheckpoint, loaded on the first GPU capture or restore
 
     def has_image(self, ref: str) -> bool:
         import docker
@@ -134,7 +135,7 @@ class DockerContainers:
     def _cuda(self, error: type[Exception]) -> Any:
         from beamctl.agent import cuda_ckpt
 
-        if getattr(self, "_cuda_lib", None) is None:
+        if self._cuda_lib is None:
             try:
                 self._cuda_lib = cuda_ckpt.load()
             except cuda_ckpt.CudaCheckpointError as e:
