@@ -43,76 +43,6 @@ GIB = 1 << 30
 PR_SET_CHILD_SUBREAPER = 36
 VARIANTS = ("disk_cold", "disk_warm", "tmpfs")
 
-APP = r'''
-import ctypes, hashlib, json, os, signal, sys, time
-mode, weights, ready, result = sys.argv[1:5]
-t0 = time.time()
-
-def write(path, obj):  # opened and closed each time: no file of ours stays open across a snapshot
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f)
-    os.replace(path + ".tmp", path)
-
-if mode == "torch":
-    import torch
-    from safetensors.torch import load_file
-    t1 = time.time()
-    tensors = {}
-    for name in sorted(os.listdir(weights)):
-        if name.endswith(".safetensors"):
-            tensors.update(load_file(os.path.join(weights, name), device="cuda:0"))
-    torch.cuda.synchronize()
-    t2 = time.time()
-    rows = next(iter(tensors.values())).shape[0]
-    x = torch.randn(64, rows, generator=torch.Generator(device="cuda:0").manual_seed(0), device="cuda:0",
-                    dtype=torch.float16)
-
-    def compute():
-        y = x
-        for name in sorted(tensors):
-            y = (y @ tensors[name])[:, :rows] * (rows ** -0.5)  # keeps the values near 1 in fp16
-        c = y.float().contiguous().cpu()
-        return hashlib.sha256(ctypes.string_at(c.data_ptr(), c.numel() * 4)).hexdigest(), float(c.double().sum())
-else:  # the CPU rehearsal: the same protocol, no torch: the weights' bytes held in memory and hashed
-    t1 = time.time()
-    blobs = [open(os.path.join(weights, n), "rb").read() for n in sorted(os.listdir(weights)) if n.endswith(".bin")]
-    t2 = time.time()
-
-    def compute():
-        h = hashlib.sha256()
-        for b in blobs:
-            h.update(b)
-        return h.hexdigest(), float(sum(len(b) for b in blobs))
-
-digest, total = compute()
-t3 = time.time()
-n = 0
-
-def again(*_):
-    global n
-    n += 1
-    s = time.time()
-    d, tot = compute()
-    write(result, {"n": n, "digest": d, "sum": tot, "compute_s": time.time() - s, "pid": os.getpid()})
-
-signal.signal(signal.SIGUSR1, again)
-write(ready, {"digest": digest, "sum": total, "import_s": t1 - t0, "load_s": t2 - t1, "warmup_s": t3 - t2,
-              "pid": os.getpid()})
-while True:
-    signal.pause()
-'''
-
-PREPARE = r'''
-import json, os, sys, torch
-from safetensors.torch import save_file
-folder, count, rows, cols = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-dev = "cuda:0" if torch.cuda.is_available() else "cpu"
-g = torch.Generator(device=dev).manual_seed(1234)
-for i in range(count):
-    t = torch.randn(rows, cols, generator=g, device=dev, dtype=torch.float16).cpu()
-    save_file({f"w{i:02d}": t}, os.path.join(folder, f"w{i:02d}.safetensors"))
-    del t
-'''
 
 
 class Bench:
@@ -176,7 +106,7 @@ class Bench:
         t = time.monotonic()
         if self.mode == "torch":
             cols = self.args.tensor_mib * (1 << 20) // 2 // ROWS
-            subprocess.run([sys.executable, "-c", PREPARE, str(self.weights), str(self.args.tensors), str(ROWS),
+            subprocess.run([sys.executable, str(REPO / "bench" / "gpu_prepare.py"), str(self.weights), str(self.args.tensors), str(ROWS),
                             str(cols)], check=True, timeout=max(self.left(), 1))
         else:
             for i in range(self.args.tensors):
@@ -427,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"NO GPU: {line}")
         return 3
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    (Path(args.work) / "app.py").write_text(APP)
+    shutil.copy(REPO / "bench" / "gpu_app.py", Path(args.work) / "app.py")
     for line in plan(args):
         say(line)
     return Bench(args).run()
