@@ -9,8 +9,9 @@ The CRIU work is agent/checkpoint.py's, reached through Containers.capture/resto
 
 A snapshot holds the process's memory, secrets included: DATA/snapshots/APP/vN is 0700, its files 0600,
 written as vN.partial and renamed when whole (with key.json, the facts it may be restored under), and
-deleted when its version stops serving. Nothing here raises into a start: a failed optimisation only
-costs the app its fast cold starts, never a container.
+deleted when its version stops serving. Nothing here raises into a start (a failed optimisation only
+costs the app its fast cold starts, never a container) but GpuStateLost: a container whose GPU state
+could not be brought back after a capture must not serve.
 """
 
 from __future__ import annotations
