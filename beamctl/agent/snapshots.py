@@ -220,6 +220,10 @@ def explain(reason: str) -> str:
     if '"criu": executable file not found' in reason or "No such file or directory: 'criu'" in reason:
         return ("CRIU is not installed on this host (runc found no `criu` in PATH): install CRIU >= 4.2, "
                 "e.g. scripts/install-criu.sh, then deploy again")
+    if "Connected TCP socket" in reason:  # CRIU's own hint (--tcp-established) is not for the user
+        return ("the app held an open TCP connection when on_start returned, and CRIU cannot snapshot one: "
+                "close connections (database, HTTP keep-alive, ...) before on_start returns, or open them in "
+                "the handler on first use; then deploy again (CRIU: Connected TCP socket)")
     if "No such file or directory: 'runc'" in reason:
         return "runc is not installed on this host (Docker's runtime is needed for checkpoints); deploy again after"
     return reason

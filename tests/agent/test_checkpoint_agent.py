@@ -179,7 +179,7 @@ def test_a_failed_capture_falls_back_to_cold_boots_and_a_redeploy_retries(host: 
     status = host.status(name)
     assert status["active_version"] == 2
     snap = snapshot_of(host, name, 2)
-    assert snap["state"] == "checkpoint_failed" and "TCP" in snap["reason"], snap
+    assert snap["state"] == "checkpoint_failed" and "open TCP connection" in snap["reason"], snap
     assert snapshot_of(host, name, 1) is None and not folder_of(host, name, 1).exists()  # retired: deleted
     assert "checkpoint_failed" in host.ok("status", name).err
 

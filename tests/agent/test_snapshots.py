@@ -106,6 +106,16 @@ def test_one_capture_per_version_at_a_time(book) -> None:
     assert engine.captures == 1 and store.snapshot("app", 1)["state"] == "ready"
 
 
+def test_an_open_tcp_connection_is_explained_for_the_app_author(book) -> None:
+    snaps, engine, store, _ = book
+    engine.fail = ["checkpoint of c failed (exit 1): inet: Connected TCP socket, consider using "
+                   "--tcp-established option."] * 3
+    assert not snaps.capture("app", 1, "c", "h", SPEC)
+    reason = store.snapshot("app", 1)["reason"]
+    assert reason.startswith("the app held an open TCP connection when on_start returned")
+    assert "--tcp-established" not in reason and "Connected TCP socket" in reason
+
+
 def test_permanent_failures_are_not_retried(book) -> None:
     snaps, engine, _, _ = book
     engine.fail = ["no runc state for container c in /run/docker/runtime-runc/moby (not running?)"]
