@@ -36,7 +36,10 @@ RESTORE_BASE_S = 20.0  # a restore's timeout: this plus the snapshot read at a s
 RESTORE_BYTES_PER_S = 150e6
 FACTS_TTL_S = 60.0  # host facts (kernel, CPU, CRIU version) are re-read this often
 KEY_FILE = "key.json"
-PERMANENT = ("no runc state", "No such file or directory: 'runc'", "not supported", "not installed")  # no retry helps
+# no retry helps (an app's open TCP connection was already retried by checkpoint.capture, for the agent's own
+# just-closed ones)
+PERMANENT = ("no runc state", "No such file or directory: 'runc'", "not supported", "not installed",
+             "open TCP connection")
 
 
 class Snapshots:
