@@ -108,17 +108,12 @@ class Store:
 
     def set_snapshot(self, app: str, version: int, **fields: Any) -> None:
         """Upsert: the fields given change, the others keep their values (a new row: None / 0)."""
-        bad = set(fields) - set(SNAPSHOT_FIELDS)
-        if bad:
-            raise ValueError(f"not snapshot fields: {sorted(bad)}")
-        now = time.time()
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        updates = ", ".join(f"{k} = excluded.{k}" for k in fields)
-        self._q(f"INSERT INTO snapshots (app, version, updated{', ' if fields else ''}{cols}) "
-                f"VALUES (?, ?, ?{', ' if fields else ''}{marks}) ON CONFLICT (app, version) DO UPDATE SET "
-                f"updated = excluded.updated{', ' if fields else ''}{updates}",
-                (app, version, now, *fields.values()))
+        if not fields or set(fields) - set(SNAPSHOT_FIELDS):
+            raise ValueError(f"snapshot fields are {SNAPSHOT_FIELDS}, not {sorted(fields)}")
+        cols = ["updated", *fields]
+        self._q(f"INSERT INTO snapshots (app, version, {', '.join(cols)}) VALUES (?, ?, {', '.join('?' for _ in cols)}) "
+                f"ON CONFLICT (app, version) DO UPDATE SET {', '.join(f'{k} = excluded.{k}' for k in cols)}",
+                (app, version, time.time(), *fields.values()))
 
     def delete_snapshot(self, app: str, version: int) -> None:
         self._q("DELETE FROM snapshots WHERE app = ? AND version = ?", (app, version))
