@@ -99,16 +99,16 @@ def capture(container_id: str, snapshot_dir: Path, timeout_s: float, *, runc: st
     for attempt in range(1, attempts + 1):
         work.mkdir(mode=0o700)
         left = timeout_s - (time.monotonic() - started)
-        rc, out = _run(argv, left, on_timeout=lambda: _thaw(container_id))
+        rc, out = run_bounded(argv, left, on_timeout=lambda: _thaw(container_id))
         if rc == 0:
             break
-        lines = _log_lines(work / "dump.log")
+        lines = log_lines(work / "dump.log")
         if rc is not None and attempt < attempts and any("Connected TCP socket" in ln for ln in lines):
             _empty(snapshot_dir)
             time.sleep(0.05)  # the container closes its end of a just-closed connection within ms
             continue
         why = "timed out after %.0f s" % timeout_s if rc is None else f"failed (exit {rc})"
-        raise CheckpointFailed(*_reason(f"checkpoint of {container_id[:12]} {why}", lines, out))
+        raise CheckpointFailed(*criu_reason(f"checkpoint of {container_id[:12]} {why}", lines, out))
     seconds = time.monotonic() - started
     sizes = {p.name: p.stat().st_size for p in sorted(snapshot_dir.iterdir()) if p.is_file()}
     (snapshot_dir / MANIFEST).write_text(json.dumps({"files": sizes}, indent=1))
@@ -157,7 +157,7 @@ def restore(docker: Any, new_container_id: str, snapshot_dir: Path, name: str, *
         if err is not None:
             if eng.running(cid):
                 eng.kill(cid)
-            raise RestoreFailed(*_reason(head, log, err))
+            raise RestoreFailed(*criu_reason(head, log, err))
         return RestoreResult(cid, seconds, log[-TAIL_LINES:])
     finally:
         shutil.rmtree(links, ignore_errors=True)
@@ -249,7 +249,7 @@ def key_matches(a: dict, b: dict) -> bool:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def _run(argv: list[str], timeout_s: float, on_timeout: Any) -> tuple[int | None, str]:
+def run_bounded(argv: list[str], timeout_s: float, on_timeout: Any) -> tuple[int | None, str]:
     """(exit status or None on timeout, output); on timeout the whole process group is killed."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # runc starts criu: both must go on a timeout
@@ -303,14 +303,14 @@ def _empty(folder: Path) -> None:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def _log_lines(path: Path) -> list[str]:
+def log_lines(path: Path) -> list[str]:
     try:
         return path.read_text(errors="replace").splitlines()
     except OSError:
         return []
 
 
-def _reason(head: str, log: list[str], output: str) -> tuple[str, list[str]]:
+def criu_reason(head: str, log: list[str], output: str) -> tuple[str, list[str]]:
     """One line (head: CRIU's first error, the cause; the rest follow from it; else the command's last
     output line) + CRIU's error lines (else the log's last lines)."""
     errors = [ln for ln in log if "Error" in ln and not any(h in ln for h in HARMLESS)]
@@ -377,7 +377,7 @@ class _Cli:
         self.docker = docker
 
     def _call(self, *args: str, timeout_s: float = 30) -> tuple[int | None, str]:
-        return _run([self.docker, *args], timeout_s, on_timeout=lambda: None)
+        return run_bounded([self.docker, *args], timeout_s, on_timeout=lambda: None)
 
     def root(self) -> Path:
         return Path(self._call("info", "-f", "{{.DockerRootDir}}")[1].strip())

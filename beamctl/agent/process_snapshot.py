@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from beamctl.agent import cuda_ckpt
-from beamctl.agent.checkpoint import CheckpointError, _log_lines, _reason, _run, check_sizes
+from beamctl.agent.checkpoint import CheckpointError, check_sizes, criu_reason, log_lines, run_bounded
 
 META = "beamctl-process.json"  # {"root_pid", "cuda_pids", "shell_job", "files": {name: size}}
 PIDFILE = "restore.pid"
@@ -89,12 +89,12 @@ def dump(pid: int, images_dir: Path | str, *, leave_running: bool = False, criu:
     argv = [criu, "dump", "-t", str(pid), "-D", str(images), "-o", "dump.log", "-v4"]
     argv += ["--leave-running"] * leave_running + ["--shell-job"] * shell_job
     t = time.monotonic()
-    rc, out = _run(argv, timeout_s - (time.monotonic() - started), on_timeout=lambda: None)
+    rc, out = run_bounded(argv, timeout_s - (time.monotonic() - started), on_timeout=lambda: None)
     breakdown["criu_dump"] = time.monotonic() - t
     gpu_problem = _resume_after_dump(cuda, gpu, breakdown) if rc != 0 or leave_running else None
     if rc != 0:
         why = f"timed out after {timeout_s:.0f} s" if rc is None else f"failed (exit {rc})"
-        reason, tail = _reason(f"CRIU dump of process {pid} {why}", _log_lines(images / "dump.log"), out)
+        reason, tail = criu_reason(f"CRIU dump of process {pid} {why}", log_lines(images / "dump.log"), out)
         raise SnapshotFailed(reason + (f"; and resuming its GPU state failed: {gpu_problem}" if gpu_problem else ""),
                              tail)
     if gpu_problem:  # leave_running: the app is stuck without its GPU state: say so
@@ -121,13 +121,13 @@ def restore(images_dir: Path | str, *, criu: str = "criu", timeout_s: float = 12
     argv = [criu, "restore", "-D", str(images), "-o", "restore.log", "-v4", "--restore-detached",
             "--pidfile", str(pidfile)] + ["--shell-job"] * bool(meta.get("shell_job"))
     started = time.monotonic()
-    rc, out = _run(argv, timeout_s, on_timeout=lambda: None)
+    rc, out = run_bounded(argv, timeout_s, on_timeout=lambda: None)
     breakdown = {"criu_restore": time.monotonic() - started}
-    log = _log_lines(images / "restore.log")
+    log = log_lines(images / "restore.log")
     if rc != 0:
         why = f"timed out after {timeout_s:.0f} s" if rc is None else f"failed (exit {rc})"
         _kill_restored(pidfile)  # a timed-out restore may have left a running tree behind
-        raise SnapshotRestoreFailed(*_reason(f"CRIU restore from {images} {why}", log, out))
+        raise SnapshotRestoreFailed(*criu_reason(f"CRIU restore from {images} {why}", log, out))
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError) as e:
