@@ -179,6 +179,9 @@ def main() -> int:
     ap.add_argument("--captures", type=int, default=3)
     ap.add_argument("--drop-caches", action="store_true",
                     help="empty the page cache before every start (both kinds): disk reads included")
+    ap.add_argument("--snapshot-ram", type=int, default=None, metavar="BYTES",
+                    help="the agent's budget for snapshots held in memory (default: as the agent, "
+                         "BEAMCTL_SNAPSHOT_RAM or a quarter of RAM; 0: none held)")
     ap.add_argument("--write", type=Path)
     args = ap.parse_args()
     if os.geteuid() != 0 or shutil.which("criu") is None:
@@ -187,19 +190,21 @@ def main() -> int:
     import docker
 
     from beamctl.agent.containers import DockerContainers
+    from beamctl.agent.resident import budget_from_env
     from beamctl.agent.service import Agent
     from beamctl.agent.spec import spec_from_config
     from beamctl.config import load
 
     example = REPO / "examples" / args.example
     inputs = INPUTS[args.example]
-    tag = args.example + (" drop-caches" if args.drop_caches else "")
+    ram = budget_from_env() if args.snapshot_ram is None else args.snapshot_ram
+    tag = args.example + (" drop-caches" if args.drop_caches else "") + (" not-held" if ram == 0 else "")
     begin, end = f"<!-- bench/coldstart.py {tag}: begin -->", f"<!-- bench/coldstart.py {tag}: end -->"
     image = json.loads(sh(sys.executable, "-m", "beamctl", "build", "-f", str(example), "--json"))["image"]
     config, _ = load(example / "beam.yaml")
     spec = spec_from_config(config, image)
     data = Path(tempfile.mkdtemp(prefix="beamctl-coldstart-"))
-    agent = Agent(data, DockerContainers(docker.from_env(timeout=600)), gpus=[])
+    agent = Agent(data, DockerContainers(docker.from_env(timeout=600)), gpus=[], snapshot_ram=ram)
     app = spec.app
     try:
         t0 = time.perf_counter()
@@ -220,7 +225,11 @@ def main() -> int:
             captures.append(snap["capture_s"])
             capture_phase.append(got["task"]["phases"].get("checkpoint_capture", 0.0))
         size = agent.store.snapshot(app, version)["size_bytes"]
-        print(f"snapshot {size} bytes", file=sys.stderr)
+        deadline = time.monotonic() + 120  # the agent locks a new snapshot in memory in the background
+        while ram and not agent.snapshots.resident.held(app, version) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        held = agent.snapshots.resident.held(app, version)
+        print(f"snapshot {size} bytes, held in memory: {held}", file=sys.stderr)
 
         runs: dict[str, list[dict]] = {"cold": [], "restored": []}
         for r in range(args.rounds):
@@ -244,6 +253,7 @@ def main() -> int:
     finally:
         for live in agent.pools.get(app).drain() if app in agent.pools else []:
             agent._retire(app, live)
+        agent.containers.forget(app)  # its network sandboxes
         shutil.rmtree(data, ignore_errors=True)
 
     def med(xs: list[float]) -> float:
@@ -262,12 +272,14 @@ def main() -> int:
         begin,
         f"Command: `.venv/bin/python bench/coldstart.py --example {args.example} --rounds {args.rounds} --captures {args.captures}"
         f"{' --drop-caches' if args.drop_caches else ''}"
+        f"{' --snapshot-ram ' + str(args.snapshot_ram) if args.snapshot_ram is not None else ''}"
         f"{' --write ' + str(args.write) if args.write else ''}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} cores, kernel {platform.release()}, CRIU {sh('criu', '--version').split()[1]}).",
         "",
         f"examples/{args.example} ({image}), snapshot {size / 1e9:.2f} GB; {args.rounds} rounds, each one cold boot and "
         "one restored start from zero containers, alternating which goes first; medians; from the call until "
-        f"the result, each {SETTLE_S:g} s after the last container went; page cache " + ("emptied before every start." if args.drop_caches else "warm (nothing dropped)."),
+        f"the result, each {SETTLE_S:g} s after the last container went; page cache " + ("emptied before every start" if args.drop_caches else "warm (nothing dropped)") +
+        f"; snapshot held in memory by the agent: {'yes' if held else 'no'} (budget {ram / 2**30:.1f} GiB).",
         "",
         "| start | median | min | max | of which |",
         "|---|---|---|---|---|",

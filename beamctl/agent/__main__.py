@@ -31,7 +31,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from beamctl.agent import control, http_api
     from beamctl.agent.containers import DockerContainers
+    from beamctl.agent.resident import budget_from_env
     from beamctl.agent.service import Agent
+
+    try:
+        snapshot_ram = budget_from_env()
+    except ValueError as e:
+        print(f"beamctl-agent: {e}", file=sys.stderr)
+        return 2
 
     data_dir = args.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except docker.errors.DockerException as e:
         print(f"beamctl-agent: cannot reach the Docker Engine: {e}", file=sys.stderr)
         return 3
-    agent = Agent(data_dir, DockerContainers(client))
+    agent = Agent(data_dir, DockerContainers(client), snapshot_ram=snapshot_ram)
     agent.recover()
     host, _, port = args.http.rpartition(":")
     web = http_api.serve(agent, host or "127.0.0.1", int(port))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from beamctl.agent.sandboxes import LABEL_SANDBOX, Sandboxes
 from beamctl.agent.spec import AppSpec
 
 RUNTIME_PORT = 8000  # the runtime's HTTP server inside each container
@@ -72,6 +73,7 @@ class Containers(Protocol):
     def remove(self, container_id: str) -> None: ...
     def logs(self, container_id: str, tail: int | None = None) -> list[tuple[float, str]]: ...
     def list(self, agent_id: str) -> list[ContainerInfo]: ...
+    def forget(self, app: str) -> None: ...  # the app stopped here: what was kept for its next start goes
     def image_id(self, ref: str) -> str: ...
     # issue 6: CRIU snapshots (agent/checkpoint.py); both raise checkpoint.CheckpointError subclasses
     # gpu: the container's CUDA processes go through the driver's checkpoint API too (gpu_snapshots.py);
@@ -85,6 +87,7 @@ class DockerContainers:
         self.client, self.api = client, client.api
         self._docker_root: Path | None = None  # DockerRootDir, asked once (restores link snapshots into it)
         self._cuda_lib: Any = None  # cuda_ckpt.CudaCheckpoint, loaded on the first GPU capture or restore
+        self.sandboxes = Sandboxes(self.api, LABEL_APP, LABEL_AGENT)  # network namespaces made ahead
 
     def has_image(self, ref: str) -> bool:
         import docker
@@ -98,11 +101,19 @@ class DockerContainers:
     def create(self, args: dict[str, Any]) -> str:
         args = dict(args)
         binds = args.pop("volumes")
+        app = args["labels"][LABEL_APP]
+        network = self.sandboxes.network_mode(app, args["image"], args["labels"][LABEL_AGENT])
         host_config = self.api.create_host_config(
             binds=binds, nano_cpus=args.pop("nano_cpus"), mem_limit=args.pop("mem_limit"),
-            device_requests=_gpus(args.pop("gpus", 0)))
-        return self.api.create_container(host_config=host_config, volumes=[b["bind"] for b in binds.values()],
-                                         **args)["Id"]
+            device_requests=_gpus(args.pop("gpus", 0)), network_mode=network)
+        try:
+            cid = self.api.create_container(host_config=host_config, volumes=[b["bind"] for b in binds.values()],
+                                            **args)["Id"]
+        except BaseException:
+            self.sandboxes.unbind_failed(app, network)
+            raise
+        self.sandboxes.bound(cid, app, network)
+        return cid
 
     def image_id(self, ref: str) -> str:
         return self.api.inspect_image(ref)["Id"]
@@ -153,8 +164,14 @@ class DockerContainers:
         return self.address(container_id)
 
     def address(self, container_id: str) -> str:
-        ip = self.api.inspect_container(container_id)["NetworkSettings"]["IPAddress"]
-        return f"{ip}:{RUNTIME_PORT}"
+        sandbox = self.sandboxes.sandbox_of(container_id)
+        if sandbox is None:
+            info = self.api.inspect_container(container_id)
+            mode = info["HostConfig"]["NetworkMode"]
+            if not mode.startswith("container:"):
+                return f"{info['NetworkSettings']['IPAddress']}:{RUNTIME_PORT}"
+            sandbox = mode.removeprefix("container:")
+        return f"{self.sandboxes.address(sandbox)}:{RUNTIME_PORT}"
 
     def exit_code(self, container_id: str) -> int | None:
         state = self.api.inspect_container(container_id)["State"]
@@ -175,6 +192,10 @@ class DockerContainers:
             self.api.remove_container(container_id, force=True)
         except docker.errors.NotFound:
             pass
+        self.sandboxes.released(container_id)
+
+    def forget(self, app: str) -> None:
+        self.sandboxes.forget(app)
 
     def logs(self, container_id: str, tail: int | None = None) -> list[tuple[float, str]]:
         import docker
@@ -188,9 +209,14 @@ class DockerContainers:
         return [_stamped(_shown(line)) for line in lines if line.strip()]
 
     def list(self, agent_id: str) -> list[ContainerInfo]:
+        """The agent's app containers (its start-up scan: the sandboxes found are taken stock of too)."""
+        rows = self.api.containers(all=True, filters={"label": f"{LABEL_AGENT}={agent_id}"})
+        self.sandboxes.adopt(rows)
         out = []
-        for c in self.api.containers(all=True, filters={"label": f"{LABEL_AGENT}={agent_id}"}):
+        for c in rows:
             labels = c["Labels"]
+            if LABEL_SANDBOX in labels:
+                continue
             out.append(ContainerInfo(c["Id"], labels[LABEL_APP], int(labels[LABEL_VERSION]), c["State"] == "running"))
         return out
 

@@ -19,6 +19,7 @@ from beamctl.agent.containers import Containers, create_args, volume_dir
 from beamctl.agent.paths import agent_id
 from beamctl.agent.pool import Live, Pool, StartFailed
 from beamctl.agent.profile import ContainerTimeline, phases
+from beamctl.agent.resident import Resident
 from beamctl.agent.snapshots import AppSnapshots, Snapshots
 from beamctl.agent.spec import AppSpec
 from beamctl.agent.store import Store
@@ -37,7 +38,8 @@ class AgentError(Exception):
 
 
 class Agent:
-    def __init__(self, data_dir: Path, containers: Containers, gpus: list[_gpus.Gpu] | None = None) -> None:
+    def __init__(self, data_dir: Path, containers: Containers, gpus: list[_gpus.Gpu] | None = None,
+                 snapshot_ram: int = 0) -> None:
         self.data_dir = data_dir
         for sub in ("volumes", "logs"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,8 @@ class Agent:
         self.store = Store(data_dir / "agent.db")
         self.containers = containers
         self.gpus = _gpus.inventory() if gpus is None else gpus
-        self.snapshots = Snapshots(data_dir, self.store, containers, self.store.event, self.gpus)
+        self.snapshots = Snapshots(data_dir, self.store, containers, self.store.event, self.gpus,
+                                   Resident(snapshot_ram, self.store.event))
         self.agent_id = agent_id(data_dir)
         self.pools: dict[str, Pool] = {}
         self._deploying: dict[str, tuple[threading.Lock, dict[str, Any]]] = {}
@@ -90,6 +93,9 @@ class Agent:
                 continue
             self.containers.stop(info.id)
             self.containers.remove(info.id)
+        for app in self.store.apps():  # what was kept for the next start of an app that no longer runs
+            if app not in self.pools:
+                self.containers.forget(app)
         if lost:
             self.store.event("-", f"agent restarted: {lost} task(s) were cut off")
 
@@ -235,6 +241,8 @@ class Agent:
             self.store.set_version_state(spec.app, version, "failed", reason)
             self.snapshots.delete(spec.app, version)
             serving = pool.version
+            if serving is None:
+                self.containers.forget(spec.app)
             return {"app": spec.app, "version": version, "image": spec.image, "status": "failed",
                     "reason": reason, "log_tail": tail, "serving": serving}
         previous = pool.version
@@ -425,6 +433,7 @@ class Agent:
         self.store.set_active(app, None)
         self.store.set_version_state(app, version, "stopped")
         self.snapshots.delete(app, version)
+        self.containers.forget(app)
         self.store.event(app, f"stopped v{version} (volumes kept)")
         return {"app": app, "stopped_version": version}
 

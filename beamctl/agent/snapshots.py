@@ -27,6 +27,7 @@ from typing import Any, Callable
 from beamctl.agent import checkpoint, gpu_snapshots
 from beamctl.agent.containers import GPU_FILE
 from beamctl.agent.gpu_snapshots import GpuStateLost
+from beamctl.agent.resident import Resident
 from beamctl.agent.store import Store
 
 CAPTURE_TIMEOUT_S = 300.0  # one runc checkpoint; ~1 s per GB here
@@ -44,7 +45,8 @@ PERMANENT = ("no runc state", "No such file or directory: 'runc'", "not supporte
 
 class Snapshots:
     def __init__(self, data_dir: Path, store: Store, containers: Any,
-                 on_event: Callable[[str, str], None], gpus: list[Any] | None = None) -> None:
+                 on_event: Callable[[str, str], None], gpus: list[Any] | None = None,
+                 resident: Resident | None = None) -> None:
         self.root = data_dir / "snapshots"
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
@@ -57,6 +59,11 @@ class Snapshots:
             shutil.rmtree(partial, ignore_errors=True)
         for app, version in store.snapshots_in("capturing"):
             store.set_snapshot(app, version, state="incompatible", reason="the agent stopped during its capture")
+        self.resident = resident or Resident(0)  # ready snapshots held in memory (resident.py)
+        ready = store.snapshots_in("ready")
+        if ready and self.resident.budget:  # read back from disk after an agent restart: in the background
+            threading.Thread(target=lambda: [self._hold(a, v) for a, v in ready], daemon=True,
+                             name="hold-snapshots").start()
 
     def folder(self, app: str, version: int) -> Path:
         return self.root / app / f"v{version}"
@@ -113,10 +120,20 @@ class Snapshots:
         os.rename(partial, final)
         self.store.set_snapshot(app, version, state="ready", reason=None, size_bytes=result.size_bytes,
                                 capture_s=round(result.seconds, 3), failures=0)
+        if self.resident.budget:  # not on the paused runtime's time: its first task is waiting
+            threading.Thread(target=self._hold, args=(app, version), daemon=True, name="hold-snapshot").start()
         tries = f", {attempt} tries" if attempt > 1 else ""
         self.on_event(app, f"checkpoint of v{version} ready: {_size(result.size_bytes)} in "
                            f"{result.seconds:.2f} s{tries}")
         return True
+
+    def _hold(self, app: str, version: int) -> None:
+        try:
+            row = self.store.snapshot(app, version)
+            if row is not None and row["state"] == "ready":
+                self.resident.keep(app, version, self.folder(app, version))
+        except OSError:  # deleted meanwhile
+            self.resident.release(app, version)
 
     def _failed(self, app: str, version: int, reason: str, spec: dict[str, Any]) -> bool:
         reason = reason + cache_dir_note(spec)
@@ -147,16 +164,19 @@ class Snapshots:
         return folder, RESTORE_BASE_S + (row["size_bytes"] or 0) / RESTORE_BYTES_PER_S
 
     def _incompatible(self, app: str, version: int, why: str) -> None:
+        self.resident.release(app, version)
         shutil.rmtree(self.folder(app, version), ignore_errors=True)
         self.store.set_snapshot(app, version, state="incompatible", reason=why, size_bytes=None)
         self.on_event(app, f"checkpoint of v{version} incompatible: {why}; cold boot, then a new capture")
 
     def restored(self, app: str, version: int, container_id: str, seconds: float) -> None:
+        self.resident.touch(app, version)
         self.on_event(app, f"container {container_id[:12]} of v{version} restored from its checkpoint "
                            f"in {seconds:.2f} s")
 
     def restore_failed(self, app: str, version: int, reason: str, spec: dict[str, Any]) -> None:
         reason = reason + cache_dir_note(spec)
+        self.resident.release(app, version)
         shutil.rmtree(self.folder(app, version), ignore_errors=True)
         row = self.store.snapshot(app, version)
         if row is None:  # deleted meanwhile (its version stopped serving): nothing to mark
@@ -179,6 +199,7 @@ class Snapshots:
         """The version stopped serving: its snapshot goes (it holds memory, secrets included, and disk)."""
         folder = self.folder(app, version)
         existed = folder.exists()
+        self.resident.release(app, version)
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(folder.with_suffix(".partial"), ignore_errors=True)
         self.store.delete_snapshot(app, version)
@@ -187,7 +208,8 @@ class Snapshots:
 
     def describe(self, app: str) -> dict[int, dict[str, Any]]:
         return {v: {"state": r["state"], "reason": r["reason"], "size_bytes": r["size_bytes"],
-                    "capture_s": r["capture_s"]} for v, r in self.store.snapshots(app).items()}
+                    "capture_s": r["capture_s"], "in_memory": self.resident.held(app, v)}
+                for v, r in self.store.snapshots(app).items()}
 
     # the key ---------------------------------------------------------------------------------------
     def _key(self, image: str, args_hash: str, devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:

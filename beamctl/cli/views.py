@@ -89,7 +89,8 @@ def checkpoint(snap: dict[str, Any]) -> str:
         size = snap.get("size_bytes") or 0
         shown = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
         took = f" (captured in {snap['capture_s']:.2f} s)" if snap.get("capture_s") is not None else ""
-        return f"[green]ready[/], {shown}{took}"
+        held = ", in memory" if snap.get("in_memory") else ""
+        return f"[green]ready[/], {shown}{took}{held}"
     color = "red" if state.endswith("failed") else "yellow"
     return f"[{color}]{state}[/]" + (f": {escape(snap['reason'])}" if snap.get("reason") else "")
 

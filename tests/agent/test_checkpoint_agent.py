@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -92,6 +93,18 @@ def cold_call(host: Host, name: str, x: int) -> dict[str, Any]:
     return task
 
 
+def held_in_memory(host: Host, name: str, version: int, want: bool = True, wait_s: float = 30) -> bool:
+    """The snapshot's `in_memory` in status (the agent locks it in the background), waited for."""
+    deadline = time.monotonic() + wait_s
+    while (snapshot_of(host, name, version) or {}).get("in_memory", False) != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return (snapshot_of(host, name, version) or {}).get("in_memory", False)
+
+
+def locked_bytes(pid: int) -> int:
+    return int(re.search(r"^VmLck:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M).group(1)) * 1024
+
+
 def events(host: Host, name: str) -> str:
     return host.ok("logs", name, "-n", "500").out + host.ok("logs", name, "-n", "500").err
 
@@ -111,6 +124,11 @@ def test_capture_after_on_start_root_only(host: Host, app: tuple[str, Path]) -> 
     assert on_start_count(host, name) == 1
     assert "checkpoint: [green]ready" not in host.ok("status", name).err  # markup rendered, not printed
     assert "checkpoint: ready" in host.ok("status", name).err
+    # held in memory by the agent (resident.py): every file of it locked, as the kernel counts it
+    assert held_in_memory(host, name, 1)
+    images = [p for p in folder.iterdir() if p.is_file()]  # not CRIU's log (work/): restores do not read it
+    assert locked_bytes(host.agent_pid()) >= sum(p.stat().st_size for p in images) > 20_000_000
+    assert ", in memory" in host.ok("status", name).err
 
 
 def test_scale_to_zero_then_a_cold_start_restores(host: Host, app: tuple[str, Path]) -> None:
@@ -133,6 +151,7 @@ def test_restore_after_an_agent_restart(host: Host, app: tuple[str, Path]) -> No
     stop_process(host.agent_pid())
     task = cold_call(host, name, 9)  # the CLI starts a new agent, which finds the snapshot on disk
     assert task["start"] == "restored" and on_start_count(host, name) == 1
+    assert held_in_memory(host, name, 1)  # and locks it in memory again
 
 
 def test_a_corrupted_snapshot_boots_cold_and_is_not_retried(host: Host, app: tuple[str, Path]) -> None:
@@ -197,6 +216,8 @@ def test_a_failed_capture_falls_back_to_cold_boots_and_a_redeploy_retries(host: 
 def test_stop_deletes_the_snapshot(host: Host, app: tuple[str, Path]) -> None:
     name, _ = app
     assert folder_of(host, name, 2).exists()
+    assert held_in_memory(host, name, 2)
     host.ok("stop", name)
     assert not folder_of(host, name, 2).exists()
     assert snapshot_of(host, name, 2) is None
+    assert locked_bytes(host.agent_pid()) < 1_000_000  # its memory was let go with it

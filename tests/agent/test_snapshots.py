@@ -60,7 +60,8 @@ def test_a_capture_lands_whole_root_only_with_its_key(book) -> None:
     assert stat.S_IMODE((folder / "key.json").stat().st_mode) == 0o600
     key = json.loads((folder / "key.json").read_text())
     assert key["image_id"] == engine.image_id("x") and key["create_args_hash"] == "argshash"
-    assert snaps.describe("app") == {1: {"state": "ready", "reason": None, "size_bytes": 1000, "capture_s": 0.25}}
+    assert snaps.describe("app") == {1: {"state": "ready", "reason": None, "size_bytes": 1000, "capture_s": 0.25,
+                                         "in_memory": False}}  # the book's default budget: none held
     assert not snaps.wants_capture("app", 1)
     assert events[-1] == "checkpoint of v1 ready: 0.0 MB in 0.25 s"
 
@@ -331,3 +332,34 @@ def test_a_failed_restore_removes_the_container_and_boots_a_fresh_one_cold(tmp_p
         assert runtime.released == [{"restored": False}]
     finally:
         runtime.shutdown()
+
+
+def _waited(check, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return check()
+
+
+def test_ready_snapshots_are_held_in_memory_until_they_go(book, tmp_path: Path) -> None:
+    from beamctl.agent.resident import Resident
+    from tests.agent.test_resident import FakeLibc
+
+    _, engine, store, _ = book
+    libc = FakeLibc()
+    snaps = Snapshots(tmp_path, store, engine, lambda app, m: None, resident=Resident(10_000, libc=libc))
+    snaps.capture("app", 1, "c", "h", SPEC)
+    assert _waited(lambda: snaps.describe("app")[1]["in_memory"])  # held in the background after the capture
+    assert sorted(Path(p).name for p, _ in libc.locked.values()) == ["key.json", "pages-1.img"]
+    snaps.delete("app", 1)
+    assert libc.locked == {} and snaps.describe("app") == {}
+
+    snaps.capture("app", 2, "c", "h", SPEC)
+    assert _waited(lambda: snaps.resident.held("app", 2))
+    snaps.restore_failed("app", 2, "restore into c failed", SPEC)
+    assert libc.locked == {}  # let go before its files were deleted
+
+    snaps.capture("app", 3, "c", "h", SPEC)
+    restarted = FakeLibc()  # the agent starts again: its ready snapshots are held again
+    again = Snapshots(tmp_path, store, engine, lambda app, m: None, resident=Resident(10_000, libc=restarted))
+    assert _waited(lambda: again.resident.held("app", 3)) and len(restarted.locked) == 2
