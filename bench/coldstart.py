@@ -249,7 +249,8 @@ def main() -> int:
         scale_to_zero(agent, app)
         create = agent._create_args(app, version)
         binds = {bind["bind"]: outside for outside, bind in create["volumes"].items()}
-        raw = raw_criu(image, create["environment"], binds, data, args.captures, inputs, args.drop_caches)
+        raw = raw_criu(image, create["environment"], binds, data, max(args.captures, args.rounds), inputs,
+                       args.drop_caches)
     finally:
         for live in agent.pools.get(app).drain() if app in agent.pools else []:
             agent._retire(app, live)

@@ -7,8 +7,9 @@
 Steps: (a) write N x 1 GiB random fp16 safetensors once (reused when present); (b) drop the page cache;
 (c) cold-start the app (import torch, load the weights onto cuda:0, warm-up matmuls, checksum -> ready file),
 once with a cold and once with a warm page cache; (d) snapshot the second: CUDA lock + checkpoint, CRIU dump to
-disk (the app dies); (e) restore it three ways: from disk with a dropped cache, from disk after warm(), from a
-copy on tmpfs (/dev/shm); each time SIGUSR1 makes the app recompute, and its checksum must equal the cold
+disk (the app dies); (e) restore it four ways: from disk with a dropped cache, held in memory as the agent
+holds ready snapshots (resident.py: files mlock'ed, then the cache dropped), from a copy on tmpfs (/dev/shm),
+from disk after warm(); each time SIGUSR1 makes the app recompute, and its checksum must equal the cold
 start's; (f) print and write JSON (--out, default $OUT/gpu_snapshot.json): every phase's seconds, the
 snapshot's size, and each restored start's speed-up over the cold starts. Written after every step, so a
 run cut short still leaves what it measured. About 2-4 minutes on an H200 host (FIELD-NOTES.md numbers).
@@ -37,11 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from beamctl.agent import cuda_ckpt, process_snapshot as ps  # noqa: E402
+from beamctl.agent.resident import Resident  # noqa: E402
 
 ROWS = 16384  # every weight is ROWS x cols fp16; the app multiplies a 64 x ROWS input through all of them
 GIB = 1 << 30
 PR_SET_CHILD_SUBREAPER = 36
-VARIANTS = ("disk_cold", "disk_warm", "tmpfs")
+VARIANTS = ("disk_cold", "held", "tmpfs", "disk_warm")  # held: as the agent keeps a snapshot (resident.py)
 
 
 
@@ -157,8 +159,14 @@ class Bench:
         self.save()
 
     def restore(self, variant: str) -> None:
-        images, prep = self.images, {}
+        images, prep, held = self.images, {}, None
         if variant == "disk_cold":
+            prep["page_cache_dropped"] = drop_caches()
+        elif variant == "held":  # the agent's way: the snapshot's files locked in memory, then the cache dropped
+            held = Resident(1 << 50)
+            t = time.monotonic()
+            prep["held"] = held.keep("gpu", 1, self.images)
+            prep["hold_s"] = time.monotonic() - t
             prep["page_cache_dropped"] = drop_caches()
         elif variant == "disk_warm":
             drop_caches()
@@ -174,7 +182,11 @@ class Bench:
         with open(self.work / "app.log", "r+") as log:  # CRIU checks open files' sizes: undo what a run added
             log.truncate(self.log_size)
         (self.work / "result").unlink(missing_ok=True)
-        r = ps.restore(images, criu=self.args.criu, timeout_s=max(self.left(), 1), cuda=self.cuda)
+        try:
+            r = ps.restore(images, criu=self.args.criu, timeout_s=max(self.left(), 1), cuda=self.cuda)
+        finally:
+            if held is not None:
+                held.release("gpu", 1)
         self.live[r.pid] = None
         t = time.monotonic()
         os.kill(r.pid, signal.SIGUSR1)
