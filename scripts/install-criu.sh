@@ -112,6 +112,38 @@ EOF
     chmod 755 "$WRAPPER"
 }
 
+# runc hands CRIU the options in /etc/criu/runc.conf. CRIU's default network lock (iptables) runs
+# iptables-restore around every checkpoint and restore of a container: 70-85 ms of a 0.3-0.6 s capture or
+# restore here (docs/BENCHMARKS.md). `network-lock nftables` locks the same way through libnftables, in
+# process. Written only when the file chooses no lock method yet, and only if a trial dump of a process
+# in its own network namespace works with it (a kernel without nf_tables keeps CRIU's default).
+configure_runc_conf() {
+    local conf=${BEAMCTL_CRIU_RUNC_CONF:-/etc/criu/runc.conf} work pid ok=""
+    if [[ -f $conf ]] && grep -qE '^[[:space:]]*network-lock' "$conf"; then
+        say "$conf already chooses: $(grep -E '^[[:space:]]*network-lock' "$conf" | head -n1)"
+        return 0
+    fi
+    work=$(mktemp -d /tmp/beamctl-criu-lock.XXXXXX)
+    setsid unshare --net sleep 30 </dev/null >/dev/null 2>&1 &
+    pid=$!
+    sleep 0.2
+    if criu dump -t "$pid" -D "$work" --leave-running --network-lock nftables -o dump.log >/dev/null 2>&1; then
+        ok=1
+    fi
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    if [[ -z $ok ]]; then
+        say "nftables network lock failed a trial dump here; CRIU keeps its default (iptables):"
+        tail -n 3 "$work/dump.log" 2>/dev/null | sed 's/^/[setup] criu:   /' || true
+        rm -rf "$work"
+        return 0
+    fi
+    rm -rf "$work"
+    mkdir -p "$(dirname "$conf")"
+    printf '# Added by beamctl scripts/install-criu.sh: lock container networks through nftables (faster)\nnetwork-lock nftables\n' >>"$conf"
+    say "$conf: network-lock nftables"
+}
+
 found=$(criu_version)
 if version_ok "$found"; then
     say "already there ($(criu --version | head -n1), >= $MIN_VERSION)"
@@ -125,3 +157,4 @@ else
 fi
 check_criu
 say "criu check: Looks good"
+configure_runc_conf

@@ -139,6 +139,8 @@ CRIU_WRAPPER = f"""#!/bin/sh
 exec "{HOST_CRIU_PREFIX}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path \
 "{HOST_CRIU_PREFIX}/usr/lib/x86_64-linux-gnu" "{HOST_CRIU_PREFIX}/usr/sbin/criu" "$@"
 """
+# As scripts/install-criu.sh writes it where CRIU's nftables lock works (the hosts share this kernel)
+RUNC_CONF = "# runc's options for CRIU (scripts/install-criu.sh)\nnetwork-lock nftables\n"
 
 DOCKERFILE = """\
 FROM {base}
@@ -206,7 +208,8 @@ def recipe_hash() -> str:
     if not (CRIU_PREFIX / "usr/sbin/criu").exists():
         raise FleetError(f"no CRIU prefix at {CRIU_PREFIX} to copy into the test hosts: run ./scripts/setup.sh")
     recipe = {"base": base_recipe_hash(), "dockerfile": DOCKERFILE, "init": INIT, "sshd": SSHD_CONFIG,
-              "daemon": DAEMON_JSON, "wrapper": CRIU_WRAPPER, "criu": _tree_hash(CRIU_PREFIX)}
+              "daemon": DAEMON_JSON, "wrapper": CRIU_WRAPPER, "runc_conf": RUNC_CONF,
+              "criu": _tree_hash(CRIU_PREFIX)}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -294,6 +297,7 @@ def build_image(ref: str, base: str, progress: Progress = _say) -> None:
         _write(ctx / "files/etc/docker/daemon.json", DAEMON_JSON)
         _write(ctx / "files/usr/local/sbin/testhost-init", INIT, 0o755)
         _write(ctx / "files/usr/local/bin/criu", CRIU_WRAPPER, 0o755)
+        _write(ctx / "files/etc/criu/runc.conf", RUNC_CONF)
         _write(ctx / "Dockerfile", DOCKERFILE.format(base=base, prefix=HOST_CRIU_PREFIX, label=LABEL,
                                                      recipe=ref.split(":")[1], path=PATH,
                                                      entrypoint=json.dumps(ENTRYPOINT)))
