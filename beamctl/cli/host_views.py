@@ -41,7 +41,7 @@ def check_lines(c: Any) -> list[str]:
     lines.append("  docker  " + (f"{f.docker_version} (data root {f.docker_root})" if f.docker_version
                                  else f"unavailable: {f.docker_error}"))
     lines.append("  gpus    " + gpu_text(f))
-    lines.append("  criu    " + (criu_text(f.criu_version) if f.criu_version else
+    lines.append("  criu    " + (criu_text(f.criu_version, f.criu_network_lock) if f.criu_version else
                                  f"unavailable: {f.criu_error} (checkpoints need CRIU >= 4.2)"))
     disks = "; ".join(f"{d.path} {size(d.free_bytes)} free of {size(d.size_bytes)}" for d in f.disks)
     lines.append("  disk    " + (disks or "?"))
@@ -75,13 +75,17 @@ def summary(checks: list[Any]) -> str:
     return text + (f", {len(bad)} failed ({', '.join(bad)})" if bad else "")
 
 
-def criu_text(version: str) -> str:
+def criu_text(version: str, network_lock: str | None) -> str:
     """CRIU's version, with a warning when checkpoints cannot work with it (4.1 cannot dump a TCP socket
-    on kernels >= 6.16; scripts/install-criu.sh installs 4.2)."""
+    on kernels >= 6.16; scripts/install-criu.sh installs 4.2), or when runc's CRIU locks container
+    networks with iptables (network_lock: /etc/criu/runc.conf's choice, None for CRIU's default)."""
     try:
         parts = tuple(int(p) for p in version.split(".")[:2])
     except ValueError:
         return version
-    if parts >= (4, 2):
-        return version
-    return f"{version} [yellow](checkpoints need CRIU >= 4.2: scripts/install-criu.sh)[/]"
+    if parts < (4, 2):
+        return f"{version} [yellow](checkpoints need CRIU >= 4.2: scripts/install-criu.sh)[/]"
+    if network_lock in ("nftables", "skip"):
+        return f"{version}, network lock {network_lock}"
+    return (f"{version} [yellow](network lock {network_lock or 'iptables'}: 70-85 ms more per checkpoint "
+            f"capture and restore; scripts/install-criu.sh sets nftables in /etc/criu/runc.conf)[/]")

@@ -22,7 +22,8 @@ printf '%s\n@@rc %s\n' "$out" "$rc"
 root=$(printf '%s\n' "$out" | sed -n 's/^@@[^|]*|//p' | head -n1)
 s gpus; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader,nounits 2>&1
 echo "@@rc $?"
-s criu; criu --version 2>&1; echo "@@rc $?"
+s criu; sed -n 's/^[[:space:]]*network-lock[[:space:]]*/@@lock /p' /etc/criu/runc.conf 2>/dev/null | head -n1
+criu --version 2>&1; echo "@@rc $?"
 s disk; echo "@@path /"; [ -n "$root" ] && echo "@@path $root"; df -Pk / ${root:+"$root"} 2>&1; echo "@@rc $?"
 s agent; AGENT 2>&1; echo "@@rc $?"
 """
@@ -61,6 +62,7 @@ class HostFacts:
     gpu_note: str | None = None  # why there are none: no nvidia-smi, or what it said
     criu_version: str | None = None
     criu_error: str | None = None
+    criu_network_lock: str | None = None  # /etc/criu/runc.conf's network-lock (None: CRIU's default, iptables)
     disks: tuple[Disk, ...] = ()
     agent_installed: bool = False
     agent_version: str | None = None
@@ -137,9 +139,12 @@ def _gpus(lines: list[str], rc: int | None) -> dict[str, Any]:
 
 
 def _criu(lines: list[str], rc: int | None) -> dict[str, Any]:
+    lock = next((line.split(None, 1)[1].strip() for line in lines if line.startswith("@@lock ")
+                 and len(line.split()) > 1), None)
+    lines = [line for line in lines if not line.startswith("@@lock")]
     if rc == 0:
         m = re.search(r"Version:\s*(\S+)", "\n".join(lines))
-        return {"criu_version": m[1] if m else _last(lines)}
+        return {"criu_version": m[1] if m else _last(lines), "criu_network_lock": lock}
     reason = _last(lines)
     return {"criu_error": "not installed" if rc == 127 or _NOT_FOUND.search(reason) else reason}
 

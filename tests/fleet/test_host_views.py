@@ -29,8 +29,12 @@ def test_a_host_that_answered():
 def test_criu_versions():
     from beamctl.cli.host_views import criu_text
 
-    assert criu_text("4.2.1") == "4.2.1" and criu_text("5.0") == "5.0" and criu_text("weird") == "weird"
-    assert "need CRIU >= 4.2" in criu_text("3.17.1")
+    assert criu_text("4.2.1", "nftables") == "4.2.1, network lock nftables"
+    assert criu_text("5.0", "skip") == "5.0, network lock skip" and criu_text("weird", None) == "weird"
+    assert "need CRIU >= 4.2" in criu_text("3.17.1", "nftables")
+    default = criu_text("4.2.1", None)  # no runc.conf choice: CRIU's iptables lock, slower
+    assert default.startswith("4.2.1 [yellow](network lock iptables") and "install-criu.sh" in default
+    assert "network lock iptables:" in criu_text("4.2.1", "iptables")
 
 
 def test_a_host_that_refused():

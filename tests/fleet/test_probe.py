@@ -71,6 +71,12 @@ def test_docker_not_running():
                               "Is the docker daemon running?")
 
 
+def test_runc_s_criu_network_lock():
+    assert parse_probe(CPU_HOST).criu_network_lock is None  # no /etc/criu/runc.conf on that host
+    f = parse_probe(with_section("criu", "@@lock nftables\nVersion: 4.2.1", 0))
+    assert (f.criu_version, f.criu_network_lock) == ("4.2.1", "nftables")
+
+
 def test_docker_and_criu_not_installed():
     f = parse_probe(with_section("criu", "sh: 6: criu: not found", 127))
     assert (f.criu_version, f.criu_error) == (None, "not installed")
@@ -114,3 +120,7 @@ def test_the_probe_runs_here_and_reads_back(tmp_path):
     assert f.docker_version == server and f.docker_root
     assert f.problems == [] and [d.path for d in f.disks] == ["/", f.docker_root]
     assert all(d.free_bytes > 0 for d in f.disks)
+    conf = Path("/etc/criu/runc.conf")  # scripts/setup.sh sets nftables where CRIU's trial dump works
+    want = next((ln.split()[1] for ln in (conf.read_text().splitlines() if conf.exists() else [])
+                 if ln.strip().startswith("network-lock") and len(ln.split()) > 1), None)
+    assert f.criu_network_lock == want

@@ -52,6 +52,7 @@ def test_check_reports_each_host_over_ssh(cli, fleet_env):
         assert facts["hostname"] == h.name  # the answer came from that host
         assert facts["docker_version"] == engine != "" and facts["docker_root"] == "/var/lib/docker"
         assert int(facts["criu_version"].split(".")[0]) >= 4, facts["criu_version"]
+        assert facts["criu_network_lock"] == "nftables"  # the hosts' /etc/criu/runc.conf (hosts.RUNC_CONF)
         assert (facts["gpus"], facts["gpu_note"]) == ([], "no nvidia-smi")  # CPU-only
         assert [d["path"] for d in facts["disks"]] == ["/", "/var/lib/docker"]
         assert all(d["free_bytes"] > 0 for d in facts["disks"])
