@@ -45,6 +45,9 @@ UP = "../" * 32  # a relative link climbs to / from wherever containerd unpacks 
 MANIFEST = "manifest.json"  # {"files": {image file: size}}, written by capture, checked by restore
 MARKER = ".beamctl-restore-"  # + token: a file in the link folder, so our ctrd-checkpoint folder is known
 HARMLESS = ("RLIMIT_NOFILE", "interrupted system call")  # printed on every CRIU run / every 4.2 dump
+# 2: app containers join a network sandbox (agent/sandboxes.py). A format-1 snapshot was taken in Docker's
+# own network: it is `incompatible` (the next cold boot captures again), not a failed restore.
+KEY_FORMAT = 2
 KEY_FIELDS = ("format", "image_id", "create_args_hash", "kernel", "cpu_model", "cpu_flags_hash",
               "criu_version", "gpu")
 TAIL_LINES = 6
@@ -235,7 +238,7 @@ def snapshot_key(image_id: str, create_args_hash: str, *, kernel: str | None = N
     """What must be equal for a snapshot to be restored here; None facts are read from this machine.
     gpu: {"model": ..., "driver": ...} once GPU snapshots exist (cuda-checkpoint); None for CPU apps."""
     model, flags = cpu_facts(cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text())
-    return {"format": 1, "image_id": image_id, "create_args_hash": create_args_hash,
+    return {"format": KEY_FORMAT, "image_id": image_id, "create_args_hash": create_args_hash,
             "kernel": kernel or os.uname().release, "cpu_model": model, "cpu_flags_hash": flags,
             "criu_version": criu if criu is not None else criu_version(), "gpu": gpu}
 

@@ -159,7 +159,8 @@ class Snapshots:
             return None
         differ = checkpoint.key_differences(key, self._key(image, args_hash, devices))
         if differ:
-            self._incompatible(app, version, f"{', '.join(differ)} changed since it was captured")
+            names = ["beamctl's snapshot format" if f == "format" else f for f in differ]
+            self._incompatible(app, version, f"{', '.join(names)} changed since it was captured")
             return None
         return folder, RESTORE_BASE_S + (row["size_bytes"] or 0) / RESTORE_BYTES_PER_S
 

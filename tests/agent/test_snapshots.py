@@ -156,6 +156,16 @@ def test_restore_needs_a_ready_snapshot_with_an_equal_key(book) -> None:
     assert "create_args_hash changed" in events[-1] and snaps.wants_capture("app", 1)
 
 
+def test_a_snapshot_of_an_older_format_is_incompatible(book) -> None:
+    snaps, engine, store, events = book  # format 1: taken in Docker's network, before sandboxes
+    snaps.capture("app", 1, "c", "h", SPEC)
+    key_file = snaps.folder("app", 1) / "key.json"
+    key_file.write_text(json.dumps({**json.loads(key_file.read_text()), "format": 1}))
+    assert snaps.restorable("app", 1, "h", "img") is None
+    assert store.snapshot("app", 1)["state"] == "incompatible" and snaps.wants_capture("app", 1)
+    assert "beamctl's snapshot format changed since it was captured" in events[-1]
+
+
 def test_a_failed_restore_deletes_and_sticks_until_a_redeploy(book) -> None:
     snaps, engine, store, events = book
     snaps.capture("app", 1, "c", "h", SPEC)
