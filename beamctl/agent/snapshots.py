@@ -128,10 +128,13 @@ class Snapshots:
         return True
 
     def _hold(self, app: str, version: int) -> None:
-        try:
+        def ready() -> bool:
             row = self.store.snapshot(app, version)
-            if row is not None and row["state"] == "ready":
-                self.resident.keep(app, version, self.folder(app, version))
+            return row is not None and row["state"] == "ready" and self.folder(app, version).is_dir()
+
+        try:
+            if ready() and self.resident.keep(app, version, self.folder(app, version)) and not ready():
+                self.resident.release(app, version)  # deleted while its files were being locked
         except OSError:  # deleted meanwhile
             self.resident.release(app, version)
 
