@@ -15,6 +15,7 @@ from beamctl.agent import gpus as _gpus
 from beamctl.agent import locks as _locks
 from beamctl.agent import logs as _logs
 from beamctl.agent import secret_files
+from beamctl.agent.checkpoint import args_hash
 from beamctl.agent.containers import Containers, create_args, volume_dir
 from beamctl.agent.paths import agent_id
 from beamctl.agent.pool import Live, Pool, StartFailed
@@ -186,7 +187,9 @@ class Agent:
         if not unchanged(row, stored, then, secret_values):
             return None
         self.store.event(spec.app, f"deploy of {spec.image}: unchanged, v{active} keeps serving")
-        if spec.checkpoint_enabled and self.snapshots.retry(spec.app, active):
+        pool = self._pool(spec.app)
+        if spec.checkpoint_enabled and (self.snapshots.retry(spec.app, active) or pool.snapshots.outdated(
+                active, args_hash(self._create_args(spec.app, active)))):
             self._recapture(spec.app, active, health_timeout)
         return {**self._ready(spec, active, self.store.token(spec.app)), "unchanged": True}
 

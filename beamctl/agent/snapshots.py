@@ -167,6 +167,14 @@ class Snapshots:
             return None
         return folder, RESTORE_BASE_S + (row["size_bytes"] or 0) / RESTORE_BYTES_PER_S
 
+    def outdated(self, app: str, version: int, args_hash: str, image: str,
+                 devices: tuple[int, ...] | list[int] = ()) -> bool:
+        """A ready snapshot that this host can no longer restore (kernel, CPU, CRIU or beamctl's format
+        changed since): marked incompatible now, so that a redeploy captures it again at once."""
+        row = self.store.snapshot(app, version)
+        return row is not None and row["state"] == "ready" and \
+            self.restorable(app, version, args_hash, image, devices) is None
+
     def _incompatible(self, app: str, version: int, why: str) -> None:
         self.resident.release(app, version)
         shutil.rmtree(self.folder(app, version), ignore_errors=True)
@@ -300,6 +308,11 @@ class AppSnapshots:
             return None
         spec = self.spec_of(version)
         return self.snapshots.restorable(self.app, version, args_hash, spec["image"], spec.get("gpu_devices") or ())
+
+    def outdated(self, version: int, args_hash: str) -> bool:
+        spec = self.spec_of(version)
+        return self.enabled(version) and self.snapshots.outdated(self.app, version, args_hash, spec["image"],
+                                                                 spec.get("gpu_devices") or ())
 
     def restored(self, version: int, container_id: str, seconds: float) -> None:
         self.snapshots.restored(self.app, version, container_id, seconds)

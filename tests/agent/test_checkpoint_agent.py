@@ -189,6 +189,20 @@ def test_a_key_mismatch_boots_cold_and_recaptures(host: Host, app: tuple[str, Pa
     assert cold_call(host, name, 14)["start"] == "restored"
 
 
+def test_an_unchanged_redeploy_recaptures_a_snapshot_this_host_can_no_longer_restore(
+        host: Host, app: tuple[str, Path]) -> None:
+    name, folder = app
+    key_file = folder_of(host, name, 1) / "key.json"
+    key_file.write_text(json.dumps({**json.loads(key_file.read_text()), "format": 1}))  # an older agent's
+    count = on_start_count(host, name)
+    out = host.ok("deploy", "-f", str(folder), "--json").json()
+    assert out["hosts"][0]["checkpoint"]["state"] == "ready", out  # captured again by the deploy itself
+    assert on_start_count(host, name) == count + 1
+    assert json.loads(key_file.read_text())["format"] != 1
+    assert "beamctl's snapshot format changed since it was captured" in events(host, name)
+    assert cold_call(host, name, 15)["start"] == "restored"  # the first start after it is restored
+
+
 def test_a_failed_capture_falls_back_to_cold_boots_and_a_redeploy_retries(host: Host,
                                                                           app: tuple[str, Path]) -> None:
     name, folder = app
