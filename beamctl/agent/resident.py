@@ -95,8 +95,9 @@ class Resident:
             return self._keep(app, version, folder)
 
     def _keep(self, app: str, version: int, folder: Path) -> bool:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.stat().st_size > 0)
-        size = sum(p.stat().st_size for p in files)
+        sizes = {p: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+        files = [p for p, n in sizes.items() if n > 0]
+        size = sum(sizes.values())
         if size == 0 or size > self.budget:
             return False
         self.release(app, version)

@@ -41,13 +41,10 @@ class Sandboxes:
     def network_mode(self, app: str, image: str, agent_id: str) -> str | None:
         """`container:<id>` of a running sandbox for one new container of `app`, or None (Docker's
         network). The caller passes the container's id to bound() once it is created."""
-        with self._lock:
-            spares = self._spare.get(app, [])
-            while spares:
-                sid = spares.pop()
-                if self._running(sid):
-                    return f"container:{sid}"
-                self._discard(sid)
+        while (sid := self._take_spare(app)) is not None:  # the engine is asked outside the lock
+            if self._running(sid):
+                return f"container:{sid}"
+            self._discard(sid)
         if image in self._unusable:
             return None
         sid = self._make(app, image, agent_id)
@@ -110,6 +107,11 @@ class Sandboxes:
         return self.api.inspect_container(sandbox_id)["NetworkSettings"]["IPAddress"]
 
     # ------------------------------------------------------------------------------------------
+    def _take_spare(self, app: str) -> str | None:
+        with self._lock:
+            spares = self._spare.get(app)
+            return spares.pop() if spares else None
+
     def _park(self, app: str, sid: str) -> None:
         with self._lock:
             spares = self._spare.setdefault(app, [])
