@@ -214,20 +214,27 @@ http.server.HTTPServer(("0.0.0.0", 8000), H).serve_forever()
 """
 
 
-def _get(ip: str, deadline_s: float = 20) -> tuple[int, str]:
+def get_text(address: str, path: str = "/", deadline_s: float = 20) -> str:
+    """GET http://ADDRESS/PATH on a new connection, retried until the server answers (a just-started or
+    just-restored container) or deadline_s has passed."""
+    host, _, port = address.rpartition(":")
     end = time.monotonic() + deadline_s
     while True:
-        conn = http.client.HTTPConnection(ip, 8000, timeout=2)
+        conn = http.client.HTTPConnection(host, int(port), timeout=2)
         try:
-            conn.request("GET", "/count", headers={"Connection": "close"})
-            count, host = conn.getresponse().read().decode().split()
-            return int(count), host
+            conn.request("GET", path, headers={"Connection": "close"})
+            return conn.getresponse().read().decode()
         except OSError:
             if time.monotonic() > end:
                 raise
             time.sleep(0.05)
         finally:
             conn.close()
+
+
+def _get(ip: str, deadline_s: float = 20) -> tuple[int, str]:
+    count, host = get_text(f"{ip}:8000", "/count", deadline_s).split()
+    return int(count), host
 
 
 class Engine:

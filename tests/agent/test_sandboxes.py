@@ -3,16 +3,15 @@ namespaces made ahead, which outlive them and are taken by the app's next contai
 
 from __future__ import annotations
 
-import http.client
 import secrets
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from beamctl.agent import sandboxes as sb
 from beamctl.agent.containers import LABEL_AGENT, LABEL_APP, LABEL_VERSION, DockerContainers
+from tests.agent.test_checkpoint import get_text
 
 IMAGE = "beamctl/base:bookworm-python3.11"
 SERVER = """
@@ -52,20 +51,8 @@ class Host:
         dc.start(cid)
         return cid
 
-    def get(self, address: str, deadline_s: float = 20) -> str:
-        host, _, port = address.rpartition(":")
-        end = time.monotonic() + deadline_s
-        while True:
-            conn = http.client.HTTPConnection(host, int(port), timeout=2)
-            try:
-                conn.request("GET", "/", headers={"Connection": "close"})
-                return conn.getresponse().read().decode()
-            except OSError:
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.05)
-            finally:
-                conn.close()
+    def get(self, address: str) -> str:
+        return get_text(address)
 
     def network_of(self, cid: str) -> str:
         return self.api.inspect_container(cid)["HostConfig"]["NetworkMode"]
