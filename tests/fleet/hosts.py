@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -455,7 +456,7 @@ class Fleet:
         fleet = cls(dir, fleet_id or secrets.token_hex(4), connect_timeout=connect_timeout)
         _keygen(fleet.key)
         pub = fleet.key.with_suffix(".pub").read_text().strip()
-        gateway = bridge_gateway()
+        gateway = bridge_gateway(progress)
         fleet.hosts = [Host(fleet, f"testhost-{i}", f"beamctl-testhost-{fleet.id}-{i}", gateway)
                        for i in range(1, n + 1)]
         fleet._save()  # `down` finds the containers even if starting fails half-way
@@ -523,15 +524,43 @@ def remove_fleet(fleet_id: str) -> None:
         docker("rm", "-f", "-v", *ids, check=False, timeout=120)
 
 
-def bridge_gateway() -> str:
-    """This machine's address on Docker's default bridge (172.17.0.1 unless the engine says otherwise)."""
-    done = docker("network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
-                  check=False)
-    addresses = [a for a in done.stdout.split() if "." in a]
-    if not addresses:
-        why = done.stderr.strip() or done.stdout.strip()
-        raise FleetError(f"Docker's default bridge has no IPv4 gateway ({why})")
-    return addresses[0]
+def bridge_gateway(progress: Progress = _say) -> str:
+    """This machine's address on Docker's default bridge, and says where it came from.
+
+    The engine's answer (`IPAM.Config[].Gateway`) when it has one: a brand-new engine (Debian's docker.io
+    20.10, first start) lists only the subnet. Then the bridge interface's own IPv4 address (docker0, or
+    the name in the network's options), then the subnet's first host, which is what the engine gives it.
+    """
+    done = docker("network", "inspect", "bridge", "--format", "{{json .}}", check=False)
+    if done.returncode != 0:
+        raise FleetError(f"cannot inspect Docker's default bridge: {done.stderr.strip()}")
+    network = json.loads(done.stdout)
+    iface = (network.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+    shown = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", iface], capture_output=True, text=True)
+    address, source = pick_gateway(network, shown.stdout if shown.returncode == 0 else "")
+    progress(f"the bridge gateway is {address} ({source})")
+    return address
+
+
+def pick_gateway(network: dict, ip_addr_output: str) -> tuple[str, str]:
+    """(address, where it came from) from `docker network inspect bridge` and `ip -4 -o addr show dev IF`."""
+    configs = (network.get("IPAM") or {}).get("Config") or []
+    for c in configs:
+        gateway = c.get("Gateway", "")
+        if "." in gateway:
+            return gateway, "the engine's IPAM gateway"
+    iface = (network.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+    for line in ip_addr_output.splitlines():
+        words = line.split()
+        if "inet" in words and words.index("inet") + 1 < len(words):
+            return words[words.index("inet") + 1].split("/")[0], f"{iface}'s own address"
+    for c in configs:
+        subnet = c.get("Subnet", "")
+        if "." in subnet:
+            net = ipaddress.ip_network(subnet, strict=False)
+            return str(next(net.hosts())), f"the first host of the subnet {subnet}"
+    raise FleetError(f"Docker's default bridge has no IPv4 gateway, {iface} no IPv4 address and the network "
+                     f"no IPv4 subnet: {json.dumps(configs)}")
 
 
 def _free_port(address: str, taken: set[int]) -> int:
