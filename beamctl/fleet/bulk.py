@@ -143,7 +143,7 @@ class ProcessSink:
                 code = None
             for r in self._readers:
                 r.join(1.0)
-            if code is not None and code != 255:  # 255: ssh's own failure
+            if code is not None and 0 <= code != 255:  # 255: ssh's own failure; < 0: we stopped ssh
                 raise RemoteEnded(self.label, code, self._out.decode(errors="replace"),
                                   self._err.decode(errors="replace")) from None
             raise HostUnreachable(self.label, f"the ssh stream closed: {self._why(e)}") from None
@@ -182,6 +182,7 @@ class ChannelSink:
 
     def __init__(self, label: str, chan: Any, idle_timeout: float = 300.0) -> None:
         self.label, self.chan = label, chan
+        self._aborted = False
         chan.settimeout(idle_timeout)
         self._out, self._err = bytearray(), bytearray()
         self._readers = [threading.Thread(target=read_into, args=(f, b), daemon=True)
@@ -193,7 +194,7 @@ class ChannelSink:
         try:
             self.chan.sendall(data)
         except OSError as e:
-            if self.chan.status_event.wait(ENDED_WAIT_S):
+            if not self._aborted and self.chan.status_event.wait(ENDED_WAIT_S):
                 for r in self._readers:
                     r.join(1.0)
                 raise RemoteEnded(self.label, self.chan.recv_exit_status(), self._out.decode(errors="replace"),
@@ -215,6 +216,7 @@ class ChannelSink:
         return code, self._out.decode(errors="replace"), self._err.decode(errors="replace")
 
     def abort(self) -> None:
+        self._aborted = True
         self.chan.close()
 
 

@@ -134,3 +134,11 @@ def test_the_loader_loads_a_real_image_into_the_engine(tmp_path):
         assert got == image_id
     finally:
         subprocess.run(["docker", "image", "rm", "-f", ref], capture_output=True)
+
+
+def test_a_stream_we_cut_ourselves_is_unreachable_not_the_commands_failure():
+    sink = bulk.ProcessSink("gpu-1", ["sh", "-c", "exec cat >/dev/null"])
+    sink.write(b"x" * 1000)
+    sink.abort()  # as a test or Ctrl-C cuts it: ssh is killed here, the remote status is unknown
+    with pytest.raises(HostUnreachable):
+        sink.write(b"x" * 65536)
