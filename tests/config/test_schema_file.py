@@ -52,6 +52,18 @@ def test_readme_reference_is_the_generated_one(cli):
     assert result.out in (REPO / "README.md").read_text(), "run: beamctl schema --markdown, paste into README"
 
 
+def test_every_modeline_in_the_repository_resolves_to_the_schema():
+    linked = sorted(p for pattern in ("*.yaml", "*.yml") for p in REPO.rglob(pattern)
+                    if ".git" not in p.parts and "yaml-language-server" in p.read_text(errors="replace"))
+    names = [str(p.relative_to(REPO)) for p in linked]
+    assert {"beam.yaml", "examples/hello/beam.yaml"} <= set(names)
+    assert set(names) >= {str(p.relative_to(REPO)) for p in REPO.glob("examples/**/beam.yaml")}
+    for path in linked:
+        target = schema_link(path)
+        assert target.is_file(), f"{path.relative_to(REPO)}: {target} does not exist"
+        assert target.read_bytes() == SCHEMA_PATH.read_bytes(), path
+
+
 def test_schema_write_puts_it_where_init_points(cli, tmp_path):
     result = cli("schema", "--write", cwd=tmp_path)
     assert (result.code, result.out, result.err) == (0, "", "created .beamctl/beam.schema.json\n")
