@@ -1,4 +1,5 @@
-"""`beamctl init`: a beam.yaml whose comments are the schema's own descriptions, and an app.py.
+"""`beamctl init`: a beam.yaml whose comments are the schema's own descriptions, an app.py, and
+the schema itself beside them for editors.
 
 The template is rendered from the schema, so the explanations cannot drift from what
 `validate` accepts (tests/test_scaffold.py validates what this writes).
@@ -7,15 +8,20 @@ The template is rendered from the schema, so the explanations cannot drift from 
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from beamctl.config.schema import load_schema
+from beamctl.config.schema import SCHEMA_PATH, load_schema
 from beamctl.errors import UsageError
 
 WIDTH = 88  # comment lines wrap here
+# Where init puts the schema, relative to beam.yaml's folder: editors (yaml-language-server) resolve
+# the modeline's relative path against the YAML file, so it works offline; ours to refresh.
+SCHEMA_FILE = ".beamctl/beam.schema.json"
 
 # The example values init writes, in the order they appear. Keys left out of a fresh
 # app (hosts, rollout) are written commented out, with their description.
@@ -65,7 +71,7 @@ def app_name(folder: Path) -> str:
 def render_beam_yaml(name: str) -> str:
     schema = load_schema()
     props = schema["properties"]
-    out = [f"# yaml-language-server: $schema={schema['$id']}",
+    out = [f"# yaml-language-server: $schema={SCHEMA_FILE}",
            "# beam.yaml: one beamctl app. `beamctl schema` prints the full schema; `beamctl validate` checks this file.",
            ""]
     for key, value in _EXAMPLE.items():
@@ -105,8 +111,45 @@ def _scalar(value: Any) -> str:
     return json.dumps(value)
 
 
-def init_app(folder: Path, name: str | None = None, force: bool = False) -> list[Path]:
-    """Write beam.yaml and app.py into `folder`; refuse to overwrite unless `force`."""
+@dataclass(frozen=True)
+class SchemaFile:
+    path: Path
+    state: str  # "created" | "refreshed" (it held other bytes) | "current" (it held these already)
+
+
+@dataclass(frozen=True)
+class Scaffold:
+    files: list[Path]  # beam.yaml, app.py
+    schema: SchemaFile
+
+
+def schema_target(path: Path) -> Path:
+    """`schema --write PATH`: a folder means its SCHEMA_FILE (the place init uses), else PATH itself."""
+    return path / SCHEMA_FILE if path.is_dir() else path
+
+
+def write_schema(path: Path) -> SchemaFile:
+    """Put this beamctl's schema at `path` (folders made); an older or edited copy is replaced."""
+    data = SCHEMA_PATH.read_bytes()
+    nearest = next(p for p in path.parents if p.exists())  # the root at the latest
+    if not nearest.is_dir():
+        raise UsageError(f"cannot write {path}: {nearest} is a file, not a folder")
+    try:
+        old = path.read_bytes() if path.is_file() else None
+        if old == data:
+            return SchemaFile(path, "current")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")  # renamed into place: never half a schema
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror}")
+    return SchemaFile(path, "created" if old is None else "refreshed")
+
+
+def init_app(folder: Path, name: str | None = None, force: bool = False) -> Scaffold:
+    """Write beam.yaml, app.py and the schema into `folder`; refuse to overwrite the first two unless
+    `force` (the schema is beamctl's own: refreshed whenever it differs)."""
     files = {folder / "beam.yaml": None, folder / "app.py": APP_PY}
     existing = [p for p in files if p.exists()]
     if existing and not force:
@@ -123,4 +166,4 @@ def init_app(folder: Path, name: str | None = None, force: bool = False) -> list
             path.write_text(text, encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot write into {folder}: {e.strerror}")
-    return list(files)
+    return Scaffold(list(files), write_schema(folder / SCHEMA_FILE))

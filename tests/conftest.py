@@ -36,3 +36,16 @@ def cli(capsys, monkeypatch):
         return Result(code, captured.out, captured.err)
 
     return run
+
+
+def schema_link(yaml_file: Path) -> Path:
+    """Where an editor looks for yaml_file's schema: its yaml-language-server modeline's $schema,
+    resolved the way yaml-language-server does (a relative path is relative to the YAML file)."""
+    import re
+
+    for line in yaml_file.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"#\s*yaml-language-server\s*:.*\$schema[=:]\s*(\S+)", line)
+        if m:
+            assert "://" not in m.group(1), f"{yaml_file}: {m.group(1)} is an address, not a file here"
+            return (yaml_file.parent / m.group(1)).resolve()
+    raise AssertionError(f"{yaml_file} has no yaml-language-server modeline")

@@ -6,14 +6,15 @@ import yaml
 
 from beamctl.config import load
 from beamctl.config.schema import load_schema
-from beamctl.scaffold import app_name
+from beamctl.scaffold import SCHEMA_FILE, app_name
+from tests.conftest import schema_link
 
 
 def test_init_writes_an_app_that_validates(cli, tmp_path):
     target = tmp_path / "My Demo_2"
     result = cli("init", str(target))
     assert result.code == 0
-    assert result.err == (f"created {target / 'beam.yaml'}, {target / 'app.py'}\n"
+    assert result.err == (f"created {target / 'beam.yaml'}, {target / 'app.py'}, {target / SCHEMA_FILE}\n"
                           f"next: beamctl validate -f {target / 'beam.yaml'}\n")
     check = cli("validate", "-f", str(target / "beam.yaml"), "--json")
     assert check.code == 0 and json.loads(check.out) == {"ok": True, "errors": [], "warnings": []}
@@ -29,6 +30,36 @@ def test_init_explains_every_field_with_the_schema_text(cli, tmp_path):
         assert prop["description"] in flat, key
     assert text.startswith("# yaml-language-server: $schema=")
     assert "hosts" not in yaml.safe_load(text)  # commented out: local machine by default
+
+
+def test_init_points_editors_at_a_schema_file_equal_to_the_schema_command(cli, tmp_path):
+    cli("init", str(tmp_path / "app"), "--name", "demo")
+    assert (tmp_path / "app" / "beam.yaml").read_text().splitlines()[0] == (
+        "# yaml-language-server: $schema=.beamctl/beam.schema.json")
+    link = schema_link(tmp_path / "app" / "beam.yaml")
+    assert link == (tmp_path / "app" / ".beamctl" / "beam.schema.json").resolve()
+    assert link.read_bytes() == cli("schema").out.encode()
+
+
+def test_init_refreshes_a_schema_that_differs_and_says_so(cli, tmp_path):
+    (tmp_path / ".beamctl").mkdir()
+    (tmp_path / SCHEMA_FILE).write_text('{"title": "an older beamctl\'s schema"}\n')
+    result = cli("init", str(tmp_path), "--name", "demo")
+    assert result.code == 0
+    assert result.err == (f"created {tmp_path / 'beam.yaml'}, {tmp_path / 'app.py'}\n"
+                          f"refreshed {tmp_path / SCHEMA_FILE} (it differed from this beamctl's schema)\n"
+                          f"next: beamctl validate -f {tmp_path / 'beam.yaml'}\n")
+    assert (tmp_path / SCHEMA_FILE).read_bytes() == cli("schema").out.encode()
+    assert sorted(p.name for p in (tmp_path / ".beamctl").iterdir()) == ["beam.schema.json"]  # no .partial
+
+
+def test_init_force_over_a_current_schema_says_it_is_up_to_date(cli, tmp_path):
+    cli("init", str(tmp_path), "--name", "demo")
+    result = cli("init", str(tmp_path), "--name", "demo", "--force")
+    assert result.code == 0
+    assert result.err == (f"created {tmp_path / 'beam.yaml'}, {tmp_path / 'app.py'}\n"
+                          f"{tmp_path / SCHEMA_FILE} is up to date\n"
+                          f"next: beamctl validate -f {tmp_path / 'beam.yaml'}\n")
 
 
 def test_init_runs_the_generated_app_functions(cli, tmp_path):

@@ -25,6 +25,9 @@ _TYPE_WORDS = {
     "null": "nothing",
 }
 
+# What an anyOf/oneOf field takes, in words, when the value is of none of its kinds.
+_KINDS = {"gpu": "a GPU type, TYPE:COUNT, or a list of them"}
+
 _PATTERN_HINTS = {
     "name": "use lowercase letters, digits and '-', starting with a letter (like my-app)",
     "handler": "write it as module:function, like app:handler",
@@ -59,11 +62,15 @@ def check(doc: Document) -> list[Problem]:
     key = _verdict_key(doc.data)
     if key is not None and verdicts.known_valid(key):
         return []
-    problems: list[Problem] = []
-    for error in _validator().iter_errors(doc.data):
-        problems.extend(_explain(doc, error))
+    problems = explain_all(doc, _validator())
     if not problems and key is not None:
         verdicts.remember_valid(key)
+    return problems
+
+
+def explain_all(doc: Document, validator: Any) -> list[Problem]:
+    """Every problem a jsonschema validator finds in the document, each at its own place."""
+    problems = [p for error in validator.iter_errors(doc.data) for p in _explain(doc, error)]
     return list(dict.fromkeys(problems))  # `required` repeats itself once per missing key
 
 
@@ -92,10 +99,12 @@ def _explain(doc: Document, error: Any) -> list[Problem]:
         return [doc.problem(path, f"missing required key '{k}'") for k in missing]
     if "propertyNames" in error.schema_path:  # a bad key: point at the key itself
         return [doc.problem(path + (got,), f"'{got}' is not a valid name: {_PATTERN_HINTS['env']}", key=True)]
-    if kw == "anyOf" and error.context:
-        branch = [e for e in error.context if e.validator != "type" and _fits(got, e.schema)]
-        if branch:  # the value has the right shape but breaks a rule of that shape
-            return [p for e in branch for p in _explain(doc, e)]
+    if kw in ("anyOf", "oneOf") and error.context:
+        inner = _errors_of_its_kind(error)
+        if inner:  # a kind allowed here, wrong inside: report each part that fails, at its own place
+            return [p for e in inner for p in _explain(doc, e)]
+    if kw == "type" and len(path) == 2 and path[0] == "gpu" and isinstance(path[1], int):
+        return [doc.problem(path, _gpu_item_message(doc.source.get(path), got))]
     if kw == "type" and path[-1:] == ("python_version",) and _is_number(got):
         written = doc.source.get(path, str(got))
         return [doc.problem(path, f"must be a string: write it in quotes, \"{written}\" (unquoted, YAML "
@@ -103,9 +112,36 @@ def _explain(doc: Document, error: Any) -> list[Problem]:
     return [doc.problem(path, _message(path, kw, want, got))]
 
 
-def _fits(value: Any, schema: dict[str, Any]) -> bool:
-    kind = {list: "array", dict: "object", str: "string"}.get(type(value))
-    return kind is not None and schema.get("type") == kind
+def _errors_of_its_kind(error: Any) -> list[Any]:
+    """The errors of the anyOf/oneOf branch whose `type` the value has; the branch with the fewest
+    errors when several have it; [] when none does (the value is of a kind not allowed here)."""
+    from jsonschema import Draft202012Validator
+
+    def fits(branch: dict[str, Any]) -> bool:
+        return any(Draft202012Validator.TYPE_CHECKER.is_type(error.instance, k) for k in _types(branch))
+
+    by_branch: dict[int, list[Any]] = {}
+    for e in error.context:
+        by_branch.setdefault(e.relative_schema_path[0], []).append(e)
+    fitting = [errs for i, errs in sorted(by_branch.items()) if fits(error.validator_value[i])]
+    return min(fitting, key=len, default=[])
+
+
+def _types(branch: dict[str, Any]) -> list[str]:
+    kinds = branch.get("type", [])
+    return [kinds] if isinstance(kinds, str) else kinds
+
+
+def _gpu_item_message(written: str | None, got: Any) -> str:
+    """One entry of a gpu list that is not a string: `- 42`, `- 4090` (a number to YAML), `- [H100]`."""
+    from beamctl.config.gpu import canonical_name
+
+    forms = "write a type like H100 or A10G, or TYPE:COUNT like H100:2"
+    if not _is_number(got):
+        return f"{_describe(got)} is not a GPU type ({forms})"
+    written = written or str(got)
+    name = canonical_name(written)
+    return f"{written} is not a GPU type ({f'YAML reads it as a number: write {name}' if name else forms})"
 
 
 def _is_number(value: Any) -> bool:
@@ -116,8 +152,8 @@ def _message(path: tuple, kw: str, want: Any, got: Any) -> str:
     field = next((p for p in reversed(path) if isinstance(p, str)), "")
     if kw == "type":
         return _type_message(field, want, got)
-    if kw == "anyOf":
-        return f"expected a GPU type, TYPE:COUNT, or a list of them, got {_describe(got)}"
+    if kw in ("anyOf", "oneOf"):
+        return f"expected {_KINDS.get(field) or _kinds(want)}, got {_describe(got)}"
     if kw == "pattern":
         return _pattern_message(path, field, got)
     if kw in ("minimum", "exclusiveMinimum", "maximum"):
@@ -132,6 +168,12 @@ def _message(path: tuple, kw: str, want: Any, got: Any) -> str:
         dup = next((x for x in got if x in seen or seen.append(x)), None)
         return f"lists {_describe(dup)} more than once"
     return f"{_describe(got)}: does not fit the schema ({kw})"
+
+
+def _kinds(branches: list[dict[str, Any]]) -> str:
+    """The kinds an anyOf/oneOf allows, from its branches' types: "a string or a list"."""
+    kinds = [k for branch in branches for k in _types(branch)]
+    return " or ".join(_TYPE_WORDS.get(k, k) for k in dict.fromkeys(kinds)) or "another form"
 
 
 def _type_message(field: str, want: Any, got: Any) -> str:

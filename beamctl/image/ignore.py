@@ -20,6 +20,7 @@ DEFAULT_PATTERNS = (
     ".git", ".hg", ".svn", "__pycache__", "*.pyc", "*.pyo", ".venv", "venv", ".mypy_cache",
     ".pytest_cache", ".ruff_cache", ".tox", ".ipynb_checkpoints", ".DS_Store",
     ".beamignore", ".dockerignore",
+    "/.beamctl",  # the schema `beamctl init` writes for editors: refreshing it must not change the image
 )
 # Files that hold credentials. They are excluded even when a pattern re-includes them:
 # image layers are copied to every host and cannot be scrubbed afterwards.

@@ -32,6 +32,7 @@ def test_collect_applies_defaults_ignore_files_and_secrets(tmp_path):
         "app.py": "x", "pkg/m.py": "y", "pkg/__pycache__/m.cpython-311.pyc": "c", ".git/HEAD": "ref",
         ".venv/bin/python": "", "notes.log": "l", "keep.log": "k", ".env": "TOKEN=1", "certs/server.pem": "p",
         "data/big.bin": "b", ".beamignore": "*.log\n!keep.log\n!.env\n/data\n",
+        ".beamctl/beam.schema.json": "{}",
     })
     files = collect(tmp_path, load_ignore(tmp_path))
     assert [f.arcname for f in files.files] == ["app/app.py", "app/keep.log", "app/pkg/m.py"]
