@@ -73,6 +73,11 @@ def serving(host) -> list[str]:
 
 def test_three_hosts_deploy_redeploy_noop_logs_rollback(cli, three, app_dir, monkeypatch):
     three.apply_env(monkeypatch)
+    plain = three[2]  # a minimal Debian host: no zstd, no python3-venv; beamctl brings what it needs
+    assert plain.kind == "plain"
+    for tool in ("zstd", "criu"):
+        assert plain.exec(["sh", "-c", f"command -v {tool}"], check=False).returncode != 0, tool
+    assert plain.exec(["python3", "-c", "import ensurepip"], check=False).returncode != 0
     first, data = deploy(cli, app_dir)
     assert first.code == 0, first.err
     hosts = by_host(data)
@@ -280,6 +285,8 @@ def test_a_stream_cut_mid_layer_is_retried_and_the_disk_full_host_keeps_its_vers
     assert partial.code == ExitCode.PARTIAL, partial.err
     three_r = by_host(data2)["testhost-3"]
     assert three_r["status"] == "failed" and "no space left" in three_r["reason"].lower(), three_r
+    assert "testhost-3: `load the image: docker load` exited with" in three_r["reason"], three_r  # host, step
+    assert "unreachable" not in three_r["reason"], three_r
     now = serving(full_host)
     assert now and set(now) <= set(before) and data2["image"] not in now, (now, before)
     rerun, _ = deploy(cli, app_dir)
