@@ -77,3 +77,19 @@ def summary(checks: list[Any]) -> str:
     missing = [f"{c.name} ({', '.join(p.name for p in c.prerequisites if not p.ok)})" for c in checks
                if c.ok and not all(p.ok for p in c.prerequisites)]
     return text + (f"; missing prerequisites: {', '.join(missing)}" if missing else "")
+
+
+def criu_phrase(c: Any) -> str:
+    """A host's CRIU after `hosts install` (criu.CriuResult), in one phrase."""
+    if c.problem is not None:
+        return f"checkpoints off: {c.problem}"
+    how = {"installed": "installed", "present": "present"}.get(c.state, c.state)
+    return f"checkpoints on: CRIU {c.version} {how}" + (f", network lock {c.network_lock}" if c.network_lock else "")
+
+
+def install_lines(r: Any) -> list[str]:
+    """One host's `hosts install` result (an ok one): its line, and the CRIU hint when checkpoints are off."""
+    line = f"{r.host}: {r.action} {r.version} ({r.bytes_sent / 1e6:.1f} MB sent, {r.seconds:.1f} s)"
+    if r.criu is None:
+        return [line]
+    return [f"{line}; {criu_phrase(r.criu)}"] + ([f"  hint: {r.criu.hint}"] if r.criu.hint else [])
