@@ -20,18 +20,22 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from beamctl.fleet.errors import HostUnreachable
+from beamctl.fleet.errors import HostUnreachable, RemoteEnded
 from beamctl.fleet.remote import command_line, read_into
 from beamctl.fleet.sshconfig import Target
 
 DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
 PROBE_TIMEOUT_S = 20.0
+ENDED_WAIT_S = 5.0  # after a write failed: how long the remote command may take to report its end
 _probed: dict[tuple[Any, ...], bool] = {}
 _probe_lock = threading.Lock()
 
 
 class Sink(Protocol):
-    """One remote command fed a stream: write() chunks, then finish() -> (exit status, stdout, stderr)."""
+    """One remote command fed a stream: write() chunks, then finish() -> (exit status, stdout, stderr).
+
+    write() raises RemoteEnded when the command ended on the host before the stream did (the host
+    answered: its status and stderr say why), HostUnreachable when the way to the host broke."""
 
     via: str
 
@@ -133,6 +137,15 @@ class ProcessSink:
         try:
             self.proc.stdin.write(data)
         except (BrokenPipeError, ValueError, OSError) as e:
+            try:
+                code = self.proc.wait(ENDED_WAIT_S)
+            except subprocess.TimeoutExpired:
+                code = None
+            for r in self._readers:
+                r.join(1.0)
+            if code is not None and 0 <= code != 255:  # 255: ssh's own failure; < 0: we stopped ssh
+                raise RemoteEnded(self.label, code, self._out.decode(errors="replace"),
+                                  self._err.decode(errors="replace")) from None
             raise HostUnreachable(self.label, f"the ssh stream closed: {self._why(e)}") from None
 
     def finish(self, timeout: float) -> tuple[int, str, str]:
@@ -169,6 +182,7 @@ class ChannelSink:
 
     def __init__(self, label: str, chan: Any, idle_timeout: float = 300.0) -> None:
         self.label, self.chan = label, chan
+        self._aborted = False
         chan.settimeout(idle_timeout)
         self._out, self._err = bytearray(), bytearray()
         self._readers = [threading.Thread(target=read_into, args=(f, b), daemon=True)
@@ -180,6 +194,11 @@ class ChannelSink:
         try:
             self.chan.sendall(data)
         except OSError as e:
+            if not self._aborted and self.chan.status_event.wait(ENDED_WAIT_S):
+                for r in self._readers:
+                    r.join(1.0)
+                raise RemoteEnded(self.label, self.chan.recv_exit_status(), self._out.decode(errors="replace"),
+                                  self._err.decode(errors="replace")) from None
             raise HostUnreachable(self.label, f"the SSH channel broke: {e or type(e).__name__}") from None
 
     def finish(self, timeout: float) -> tuple[int, str, str]:
@@ -197,6 +216,7 @@ class ChannelSink:
         return code, self._out.decode(errors="replace"), self._err.decode(errors="replace")
 
     def abort(self) -> None:
+        self._aborted = True
         self.chan.close()
 
 

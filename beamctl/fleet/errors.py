@@ -92,10 +92,20 @@ class SshConfigError(SshError):
 class RemoteError(SshError):
     """A command on the host failed; stderr is cut to its last lines."""
 
-    def __init__(self, host: str, command: str, exit_code: int | None, stderr_tail: str) -> None:
+    def __init__(self, host: str, command: str, exit_code: int | None, stderr_tail: str,
+                 hint: str | None = None) -> None:
         status = "was cut off" if exit_code is None else f"exited with {exit_code}"
-        super().__init__(f"{host}: `{command}` {status}" + (f": {stderr_tail}" if stderr_tail else ""))
+        super().__init__(f"{host}: `{command}` {status}" + (f": {stderr_tail}" if stderr_tail else ""), hint)
         self.host, self.command, self.exit_code, self.stderr_tail = host, command, exit_code, stderr_tail
+
+
+class RemoteEnded(SshError):
+    """The command a stream was feeding ended on the host before the stream did: the host answered (its
+    exit status and output are here), so this is the command's failure, never an unreachable host."""
+
+    def __init__(self, host: str, exit_code: int, stdout: str, stderr: str) -> None:
+        super().__init__(f"{host}: the remote command ended early (exit {exit_code}): {tail(stderr)}")
+        self.host, self.exit_code, self.stdout, self.stderr = host, exit_code, stdout, stderr
 
 
 def tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:

@@ -1,7 +1,8 @@
 """`hosts install`: put this beamctl's agent on a host over SSH, idempotently, without network there.
 
-On the host: /opt/beamctl/agent/venv (python3 -m venv) with beamctl (--no-deps) and the docker SDK's
-wheels, all sent from the client (hosts may be air-gapped); the agent runs under systemd when the host
+On the host: /opt/beamctl/agent/venv (python3 -m venv --without-pip: a plain Debian python3 has no
+ensurepip) with beamctl (--no-deps), the docker SDK's and zstandard's wheels, installed by pip run from
+its own wheel, all sent from the client (hosts may be air-gapped); the agent runs under systemd when the host
 has it (beamctl-agent.service), else under a tiny restart loop started with setsid. Two remote commands
 (fixed sh scripts; arguments quoted, wheels as a tar on stdin), then `version` through the bridge.
 """
@@ -32,7 +33,8 @@ DATA_DIR = "/var/lib/beamctl"
 UNIT = "beamctl-agent.service"
 AGENT_ARGV = (PYTHON, "-m", "beamctl.agent", "--data-dir", DATA_DIR)
 BRIDGE_ARGV = (PYTHON, "-m", "beamctl.agent.bridge", "--data-dir", DATA_DIR)
-RUNTIME_REQUIREMENTS = ("docker>=7",)  # what the agent imports besides beamctl and the stdlib
+RUNTIME_REQUIREMENTS = ("docker>=7", "zstandard>=0.22")  # what the agent imports besides beamctl, stdlib
+INSTALLER = "pip"  # its wheel is sent too and run from the wheel: hosts need no python3-venv/ensurepip
 START_WAIT_S = 30
 MAX_PARALLEL = 16
 Progress = Callable[[str], None]
@@ -76,10 +78,11 @@ INSTALL = rf"""set -eu
 R={ROOT}; D={DATA_DIR}; umask 022; mkdir -p "$R" "$D"
 if [ -n "$2" ]; then
     rm -rf "$R/incoming"; mkdir -p "$R/incoming"; tar -x -C "$R/incoming" -f -
-    [ -x "$R/venv/bin/python" ] || python3 -m venv "$R/venv" >&2
+    [ -x "$R/venv/bin/python" ] || python3 -m venv --without-pip "$R/venv" >&2
+    W=$(ls "$R"/incoming/deps/{INSTALLER}-*.whl | head -n 1)  # pip, run from its wheel
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-    "$R/venv/bin/python" -m pip install -q --no-index --find-links "$R/incoming/deps" {" ".join(RUNTIME_REQUIREMENTS)} >&2
-    "$R/venv/bin/python" -m pip install -q --no-index --no-deps --force-reinstall "$R/incoming/$2" >&2
+    "$R/venv/bin/python" "$W/pip" install -q --no-index --find-links "$R/incoming/deps" {" ".join(RUNTIME_REQUIREMENTS)} {INSTALLER} >&2
+    "$R/venv/bin/python" "$W/pip" install -q --no-index --no-deps --force-reinstall "$R/incoming/$2" >&2
     rm -rf "$R/incoming"
 fi
 [ "$1" = systemd ] && systemctl stop {UNIT} 2>/dev/null || true
@@ -198,7 +201,7 @@ def install_agent(ssh: Any, host: Any, progress: Progress, force: bool = False, 
             raise SshError(f"{label}: installing the agent needs root on the host (uid {facts.get('uid')})",
                            "connect as root (User root in ~/.ssh/config, or root@host in the inventory)")
         if not facts.get("python"):
-            raise SshError(f"{label}: no python3 on the host", "install python3 and python3-venv there")
+            raise SshError(f"{label}: no python3 on the host", "install python3 there (Debian: apt-get install python3)")
         old, running = facts.get("agent"), "running" in facts
         criu_state = criu.criu_step(conn, label, facts, progress)  # before a (re)start: the agent sees it
         mode = "systemd" if "systemd" in facts else "background"
@@ -210,7 +213,7 @@ def install_agent(ssh: Any, host: Any, progress: Progress, force: bool = False, 
             wheel_name = ""
             if send:
                 cache = cache_dir()
-                deps = wheels.resolve(list(RUNTIME_REQUIREMENTS), facts["python"], cache, progress,
+                deps = wheels.resolve([*RUNTIME_REQUIREMENTS, INSTALLER], facts["python"], cache, progress,
                                       platform=f"manylinux2014_{facts.get('arch') or 'x86_64'}")
                 wheel = agent_wheel(cache)
                 data = payload(wheel, list(deps.wheels))

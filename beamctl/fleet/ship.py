@@ -6,8 +6,10 @@ chain it already has (layers.present_prefix). Hosts that lack the same layers fo
 group one archive is made here: from image.assemble's layer cache when it holds every layer the group
 lacks (an app image beamctl assembled: a code change costs no `docker save`, which reads the whole
 image at ~20 ms per MB), else `docker save` once with layers.filter_archive leaving out the layers
-the group holds; zstd compresses once, and every host of the group gets the same bytes on its own stream
-(bulk.open_sink: OpenSSH where it can, else paramiko) into `zstd -d | docker load`. A slow host
+the group holds; zstd compresses once (in process, the zstandard package), and every host of the group
+gets the same bytes on its own stream (bulk.open_sink: OpenSSH where it can, else paramiko) into the
+agent's own `python -m beamctl.agent.load_image` (decompress with the agent venv's zstandard, then
+`docker load`: a host needs no zstd binary). A failed load names its step and docker's words. A slow host
 slows its group only by a bounded queue. On arrival the host's id for the tag must equal ours: the id
 is the digest of the config, which names every layer's digest, and the engine checks each layer it
 reads against it, so that is the digest check; `docker load` unpacks the whole archive before it
@@ -28,15 +30,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from beamctl.agent.load_image import STEP_PREFIX
 from beamctl.errors import BeamctlError, EnvironmentProblem
 from beamctl.fleet import bulk, layers, sources
-from beamctl.fleet.errors import HostUnreachable, RemoteError, tail
+from beamctl.fleet.errors import HostUnreachable, RemoteEnded, RemoteError, tail
+from beamctl.fleet.install import PYTHON as AGENT_PYTHON
 
 CHUNK = 1 << 20
 QUEUE_CHUNKS = 16  # per host: at most this many MiB wait for a slow host
 LOAD_TIMEOUT_S = 600.0  # after the last byte: the host's docker load must end within this
 PROGRESS_EVERY_S = 0.5
-LOAD_SCRIPT = "zstd -d -q | docker load"  # a cut or corrupt stream fails the load; the id check follows
+LOAD_ARGV = [AGENT_PYTHON, "-m", "beamctl.agent.load_image"]  # a cut or corrupt stream fails the load
+ZSTD_LEVEL = 3  # zstd's own default: ~3x smaller images at hundreds of MB/s
 Progress = Callable[[Any], None]
 
 
@@ -72,17 +77,27 @@ def inspect_argv(image_ref: str) -> list[str]:
 
 
 def load_argv() -> list[str]:
-    """The remote side of the stream: decompress, then load (the exit status is docker load's)."""
-    return ["sh", "-c", LOAD_SCRIPT]
+    """The remote side of the stream: the agent's Python decompresses into `docker load`."""
+    return list(LOAD_ARGV)
+
+
+def load_failure(host: str, code: int, stderr: str) -> RemoteError:
+    """A failed load on `host`, by the step that failed (beamctl.agent.load_image says it on stderr)."""
+    steps = [line[len(STEP_PREFIX):].split(":", 1)[0] for line in stderr.splitlines() if line.startswith(STEP_PREFIX)]
+    text = "\n".join(line[len(STEP_PREFIX):] if line.startswith(STEP_PREFIX) else line
+                     for line in stderr.strip().splitlines())
+    if code == 127 or (not steps and AGENT_PYTHON in stderr):
+        return RemoteError(host, "load the image: start the loader", code, tail(text),
+                           f"the agent is not installed there ({AGENT_PYTHON} is missing): "
+                           f"beamctl hosts install {host}")
+    step = steps[-1] if steps else "load"
+    hint = f"beamctl hosts install {host} (the agent there is older than this beamctl)" \
+        if step == "decompress" and "zstandard" in text else None
+    return RemoteError(host, f"load the image: {step}", code, tail(text), hint)
 
 
 def held_argv() -> list[str]:
     return ["sh", "-c", layers.HELD_LAYERS_SCRIPT]
-
-
-def save_commands(image_ref: str) -> tuple[list[str], list[str]]:
-    """The local side: `docker save REF`, and zstd on all cores for the filtered archive."""
-    return [*sources.SAVE_ARGV, image_ref], ["zstd", "-q", "-c", "-T0"]
 
 
 def remote_id(conn: Any, label: str, image_ref: str) -> str | None:
@@ -203,7 +218,8 @@ def _groups(states: list[_Host]) -> dict[int, list[_Host]]:
 
 def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str], keep_from: int,
           progress: Progress) -> None:
-    """One archive (cache or `docker save | filter`), one zstd here, the same bytes to every host of the group."""
+    """One archive (cache or `docker save | filter`), compressed once here, the same bytes to every host
+    of the group."""
     source = sources.pick(image_ref, image_id, diff_ids, keep_from)
     missing = len(diff_ids) - keep_from
     names = ", ".join(s.name for s in group)
@@ -220,51 +236,61 @@ def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str]
     live = [s for s in group if s.name in sinks]
     if not live:
         return
+    feeders = {s.name: _Feeder(s, sinks[s.name], progress) for s in live}
+    problem, ended = None, False
     try:
         source.start()
-        zstd = subprocess.Popen(save_commands(image_ref)[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
+        with _compressor().stream_writer(_Fanout(list(feeders.values())), write_size=CHUNK,
+                                         closefd=False) as packed:
+            source.write(packed)
+        ended = True
+        problem = source.failure()
+    except _AllGone:
+        return  # each host's error is recorded
     except FileNotFoundError as e:
-        source.stop()
-        for sink in sinks.values():
-            sink.abort()
-        raise EnvironmentProblem(f"{e.filename} is not installed here", "run ./scripts/setup.sh") from None
-    produced: dict[str, Any] = {}
-    producer = threading.Thread(target=sources.produce, args=(source, zstd, produced), daemon=True,
-                                name="ship-source")
-    producer.start()
-    feeders = {s.name: _Feeder(s, sinks[s.name], progress) for s in live}
-    ended = False
-    try:
-        assert zstd.stdout is not None
-        while True:
-            chunk = zstd.stdout.read(CHUNK)
-            if not chunk:
-                ended = True
-                break
-            alive = [f for f in feeders.values() if f.alive]
-            if not alive:
-                break
-            for f in alive:
-                f.put(chunk)
+        raise EnvironmentProblem(f"{e.filename} is not installed here", "install Docker Engine's CLI") from None
+    except Exception as e:  # noqa: BLE001 - the archive could not be read, or was not one
+        problem = source.failure() or f"{type(e).__name__}: {e}"
     finally:
+        if not ended:  # every host failed, the archive broke, or we were interrupted: stop reading it
+            source.stop()
         for f in feeders.values():
             f.close()
-        if not ended:  # every host failed, or we were interrupted: stop the producers, never wait on them
-            source.stop()
-            if zstd.poll() is None:
-                zstd.kill()
-        producer.join()
-        zstd.wait()
-    if not ended:
-        return  # each host's error is recorded
-    problem = source.failure() or produced.get("error")
     if problem is not None:
         for sink in sinks.values():
             sink.abort()
         raise EnvironmentProblem(f"reading {image_ref} here failed ({source.what}): {problem}")
     for f in feeders.values():
         f.finish()
+
+
+def _compressor() -> Any:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+
+
+class _AllGone(Exception):
+    """Every host of the group failed: stop reading and compressing."""
+
+
+class _Fanout:
+    """The compressor's output: each chunk to every live host's queue."""
+
+    def __init__(self, feeders: list[_Feeder]) -> None:
+        self.feeders = feeders
+
+    def write(self, chunk: bytes) -> int:
+        alive = [f for f in self.feeders if f.alive]
+        if not alive:
+            raise _AllGone()
+        data = bytes(chunk)
+        for f in alive:
+            f.put(data)
+        return len(chunk)
+
+    def flush(self) -> None:
+        pass
 
 
 class _Feeder:
@@ -299,7 +325,8 @@ class _Feeder:
             try:
                 self.sink.write(chunk)
             except BeamctlError as e:
-                s.error, self.alive = e, False
+                s.error = load_failure(s.name, e.exit_code, e.stderr) if isinstance(e, RemoteEnded) else e
+                self.alive = False
                 self.sink.abort()
                 while self.q.get() is not None:  # let the producer go on for the others
                     pass
@@ -321,7 +348,8 @@ class _Feeder:
             return
         self.progress(ShipProgress(s.name, s.sent, done=True))
         if code != 0:
-            s.error = RemoteError(s.name, LOAD_SCRIPT, code if code >= 0 else None, tail(err or out))
+            s.error = load_failure(s.name, code, err or out) if code > 0 else \
+                RemoteError(s.name, "load the image", None, tail(err or out))
 
 
 def _verify(s: _Host, image_ref: str, image_id: str, diff_ids: list[str], progress: Progress) -> None:

@@ -1,4 +1,4 @@
-"""Where a ship's archive comes from, and the thread that writes it into zstd.
+"""Where a ship's archive comes from.
 
 `pick`: beamctl's own layer cache (image.assemble) when it holds every layer the hosts lack: an app
 image beamctl assembled, so a code change ships without `docker save` (which reads the whole image at
@@ -81,19 +81,3 @@ class SaveSource:
         if self.proc.wait() != 0:
             return tail(self.proc.stderr.read().decode(errors="replace")) if self.proc.stderr else "failed"
         return None
-
-
-def produce(source: Any, zstd: subprocess.Popen, out: dict[str, Any]) -> None:
-    try:
-        assert zstd.stdin is not None
-        source.write(zstd.stdin)
-    except BrokenPipeError:
-        out["error"] = "zstd stopped reading"
-    except Exception as e:  # noqa: BLE001 - reported by _send as the source's failure
-        out["error"] = f"{type(e).__name__}: {e}"
-    finally:
-        try:
-            if zstd.stdin is not None:
-                zstd.stdin.close()
-        except OSError:
-            pass

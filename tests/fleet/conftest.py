@@ -154,7 +154,8 @@ def sshd_factory(tmp_path, home):
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """fleet(n=3) -> a started Fleet (tests/fleet/hosts.py): n containers, each with its own sshd, dockerd,
-    address and host key, plus the client files that reach them (fleet.env: BEAMCTL_SSH_CONFIG and
+    address and host key (with 3 or more, the last is a plain host: minimal Debian, no zstd, python3-venv
+    or CRIU), plus the client files that reach them (fleet.env: BEAMCTL_SSH_CONFIG and
     BEAMCTL_HOSTS_FILE; `fleet.apply_env(monkeypatch)` sets them). One fleet per n per module, removed
     with its Docker data when the module ends; the host image is built once (~80 s) and kept."""
     from tests.fleet.hosts import Fleet, FleetError
@@ -164,7 +165,7 @@ def fleet(tmp_path_factory):
     def get(n: int = 3) -> Fleet:
         if n not in started:
             try:
-                started[n] = Fleet.start(n, tmp_path_factory.mktemp(f"fleet{n}"))
+                started[n] = Fleet.start(n, tmp_path_factory.mktemp(f"fleet{n}"), plain=1 if n >= 3 else 0)
             except FleetError as e:
                 pytest.fail(f"the test fleet did not start: {e}", pytrace=False)
         return started[n]

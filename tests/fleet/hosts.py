@@ -7,12 +7,15 @@ own dockerd, reached over SSH like real GPU hosts (but CPU-only). Test support c
     python -m tests.fleet.hosts down         # removes them (containers and their Docker data volumes)
 (scripts/testfleet.sh runs these from anywhere.) Tests use the `fleet` fixture (tests/fleet/conftest.py).
 
-The image `beamctl-testhost:<recipe hash>` is Debian bookworm from debootstrap (minbase) with sshd,
+The image `beamctl-testhost:full-<recipe hash>` is Debian bookworm from debootstrap (minbase) with sshd,
 python3 (+venv), docker.io, iproute2, iptables, procps, ca-certificates, zstd, and the build machine's
 CRIU prefix (/opt/beamctl/criu, scripts/install-criu.sh) with its `criu` wrapper. Its entrypoint is
 tini, then INIT below: remount /sys and the cgroup folders read-write, make /dev/net/tun, make the host
 key (once per container), write root's authorized_keys, start sshd and dockerd (data root on an
 anonymous volume, so overlay2 works), print "testhost: ready" once `docker info` answers.
+A plain host (`beamctl-testhost:plain-<hash>`, `Fleet.start(plain=K)`) is a minimal Debian host: only
+openssh-server, python3 and docker.io (no zstd, no python3-venv, no CRIU); everything else beamctl
+needs there it must bring itself. Its dockerd has the same daemon.json (experimental, for restores).
 
 Hosts run with RUN_OPTIONS (`--privileged` is refused on these machines; ../shared/FIELD-NOTES.md) on
 the default bridge, and each is reached at its own port published on the bridge's gateway address,
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -56,6 +60,9 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ("openssh-server", "python3", "python3-venv", "docker.io", "iproute2", "iptables", "procps",
             "ca-certificates", "zstd")
+# A plain host, as a minimal Debian install with Docker and sshd is: no zstd, no python3-venv, no CRIU.
+PLAIN_PACKAGES = ("openssh-server", "python3", "docker.io")
+KINDS = {"full": PACKAGES, "plain": PLAIN_PACKAGES}
 CRIU_PREFIX = Path(os.environ.get("BEAMCTL_CRIU_PREFIX", "/opt/beamctl/criu"))  # on this machine
 HOST_CRIU_PREFIX = "/opt/beamctl/criu"  # in the hosts, as install-criu.sh puts it on real ones
 LABEL = "dev.beamctl.testfleet"  # on every host container: the fleet's id
@@ -144,8 +151,7 @@ RUNC_CONF = "# runc's options for CRIU (scripts/install-criu.sh)\nnetwork-lock n
 
 DOCKERFILE = """\
 FROM {base}
-COPY criu {prefix}
-COPY files /
+{copy_criu}COPY files /
 ENV PATH={path}
 VOLUME /var/lib/docker
 LABEL {label}.recipe={recipe}
@@ -197,19 +203,21 @@ def _tree_hash(root: Path) -> str:
     return h.hexdigest()
 
 
-def base_recipe_hash() -> str:
+def base_recipe_hash(kind: str = "full") -> str:
     """The slow part (debootstrap, ~1 minute): Debian and the packages, nothing of ours."""
-    recipe = {"version": RECIPE_VERSION, "suite": SUITE, "packages": PACKAGES}
+    recipe = {"version": RECIPE_VERSION, "suite": SUITE, "packages": KINDS[kind]}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def recipe_hash() -> str:
-    """All the image is made of, hashed: a changed package list, script or CRIU prefix is a new image."""
-    if not (CRIU_PREFIX / "usr/sbin/criu").exists():
-        raise FleetError(f"no CRIU prefix at {CRIU_PREFIX} to copy into the test hosts: run ./scripts/setup.sh")
-    recipe = {"base": base_recipe_hash(), "dockerfile": DOCKERFILE, "init": INIT, "sshd": SSHD_CONFIG,
-              "daemon": DAEMON_JSON, "wrapper": CRIU_WRAPPER, "runc_conf": RUNC_CONF,
-              "criu": _tree_hash(CRIU_PREFIX)}
+def recipe_hash(kind: str = "full") -> str:
+    """All the image is made of, hashed: a changed package list, script or CRIU prefix is a new image.
+    A "full" host gets this machine's CRIU prefix; a "plain" one has none (`hosts install` brings it)."""
+    recipe = {"base": base_recipe_hash(kind), "dockerfile": DOCKERFILE, "init": INIT, "sshd": SSHD_CONFIG,
+              "daemon": DAEMON_JSON, "kind": kind}
+    if kind == "full":
+        if not (CRIU_PREFIX / "usr/sbin/criu").exists():
+            raise FleetError(f"no CRIU prefix at {CRIU_PREFIX} to copy into the test hosts: run ./scripts/setup.sh")
+        recipe.update(wrapper=CRIU_WRAPPER, runc_conf=RUNC_CONF, criu=_tree_hash(CRIU_PREFIX))
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -217,13 +225,13 @@ def image_exists(ref: str) -> bool:
     return docker("image", "inspect", "--format", "{{.Id}}", ref, check=False).returncode == 0
 
 
-def ensure_image(progress: Progress = _say) -> str:
+def ensure_image(progress: Progress = _say, kind: str = "full") -> str:
     """The host image's reference, built first when no image of this recipe is here.
 
     Two steps, each cached by its own hash: the Debian base with the packages (debootstrap, ~1 minute),
     then our files on top (`docker build`, a few seconds), so changing INIT never reruns debootstrap.
     """
-    ref = f"{REPO}:{recipe_hash()}"
+    ref = f"{REPO}:{kind}-{recipe_hash(kind)}"
     if image_exists(ref):
         return ref
     lock_path = Path(tempfile.gettempdir()) / "beamctl-testhost-build.lock"
@@ -232,19 +240,19 @@ def ensure_image(progress: Progress = _say) -> str:
         if image_exists(ref):
             return ref
         started = time.monotonic()
-        base = f"{BASE_REPO}:{base_recipe_hash()}"
+        base = f"{BASE_REPO}:{kind}-{base_recipe_hash(kind)}"
         if not image_exists(base):
-            build_base(base, progress)
-        build_image(ref, base, progress)
+            build_base(base, progress, KINDS[kind])
+        build_image(ref, base, progress, with_criu=kind == "full")
         size = docker("image", "inspect", "--format", "{{.Size}}", ref).stdout.strip()
         progress(f"built {ref} in {time.monotonic() - started:.0f} s ({int(size) / 1e6:.0f} MB)")
-        _remove_other_images(BASE_REPO, base)
-        _remove_other_images(REPO, ref)
+        _remove_other_images(BASE_REPO, base, kind)
+        _remove_other_images(REPO, ref, kind)
     return ref
 
 
-def build_base(ref: str, progress: Progress = _say) -> None:
-    """debootstrap minbase + PACKAGES, trimmed, imported as `ref`."""
+def build_base(ref: str, progress: Progress = _say, packages: tuple[str, ...] = PACKAGES) -> None:
+    """debootstrap minbase + packages, trimmed, imported as `ref`."""
     from beamctl.image import rootfs  # trim() and remove_tree(), as the product's base image uses them
 
     if os.geteuid() != 0:
@@ -256,10 +264,10 @@ def build_base(ref: str, progress: Progress = _say) -> None:
     work = Path(tempfile.mkdtemp(prefix="beamctl-testhost.", dir="/var/tmp"))
     root, log = work / "root", work / "debootstrap.log"
     try:
-        progress(f"building {ref}: debootstrap {SUITE} with {', '.join(PACKAGES)} (about a minute)")
+        progress(f"building {ref}: debootstrap {SUITE} with {', '.join(packages)} (about a minute)")
         env = {**os.environ, "PATH": f"{os.environ.get('PATH', '')}:{PATH}", "LC_ALL": "C",
                "DEBIAN_FRONTEND": "noninteractive"}
-        argv = [exe, "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(root), MIRROR]
+        argv = [exe, "--variant=minbase", f"--include={','.join(packages)}", SUITE, str(root), MIRROR]
         with log.open("wb") as out:
             try:
                 rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
@@ -287,18 +295,21 @@ def build_base(ref: str, progress: Progress = _say) -> None:
         rootfs.remove_tree(work)
 
 
-def build_image(ref: str, base: str, progress: Progress = _say) -> None:
-    """Our files on the base: CRIU prefix and wrapper, sshd and dockerd settings, INIT as the entrypoint."""
+def build_image(ref: str, base: str, progress: Progress = _say, with_criu: bool = True) -> None:
+    """Our files on the base: sshd and dockerd settings, INIT as the entrypoint, and (with_criu) this
+    machine's CRIU prefix, its wrapper and runc.conf."""
     progress(f"building {ref} from {base}")
     with tempfile.TemporaryDirectory(prefix="beamctl-testhost-ctx.") as tmp:
         ctx = Path(tmp)
-        shutil.copytree(CRIU_PREFIX, ctx / "criu", symlinks=True)
         _write(ctx / "files/etc/ssh/sshd_config.d/beamctl-testhost.conf", SSHD_CONFIG)
         _write(ctx / "files/etc/docker/daemon.json", DAEMON_JSON)
         _write(ctx / "files/usr/local/sbin/testhost-init", INIT, 0o755)
-        _write(ctx / "files/usr/local/bin/criu", CRIU_WRAPPER, 0o755)
-        _write(ctx / "files/etc/criu/runc.conf", RUNC_CONF)
-        _write(ctx / "Dockerfile", DOCKERFILE.format(base=base, prefix=HOST_CRIU_PREFIX, label=LABEL,
+        if with_criu:
+            shutil.copytree(CRIU_PREFIX, ctx / "criu", symlinks=True)
+            _write(ctx / "files/usr/local/bin/criu", CRIU_WRAPPER, 0o755)
+            _write(ctx / "files/etc/criu/runc.conf", RUNC_CONF)
+        copy_criu = f"COPY criu {HOST_CRIU_PREFIX}\n" if with_criu else ""
+        _write(ctx / "Dockerfile", DOCKERFILE.format(base=base, copy_criu=copy_criu, label=LABEL,
                                                      recipe=ref.split(":")[1], path=PATH,
                                                      entrypoint=json.dumps(ENTRYPOINT)))
         docker("build", "-q", "-t", ref, str(ctx), timeout=600)
@@ -310,11 +321,12 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def _remove_other_images(repo: str, keep: str) -> None:
-    """Images of earlier recipes (hundreds of MB each); one still used by a container stays."""
+def _remove_other_images(repo: str, keep: str, kind: str) -> None:
+    """Images of earlier recipes of this kind (hundreds of MB each); one still used by a container stays."""
     listed = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repo, check=False).stdout.split()
     for ref in listed:
-        if ref != keep:
+        tag = ref.split(":", 1)[1]
+        if ref != keep and (tag.startswith(f"{kind}-") or "-" not in tag):  # "-" not in: before kinds
             docker("image", "rm", ref, check=False)
 
 
@@ -331,6 +343,7 @@ class Host:
     port: int = 0  # published there, to sshd's port 22; the same over stop/start
     host_key: str = ""  # "ssh-ed25519 AAAA...", as the host's own file says
     ip: str = ""  # the container's own address (may change over stop/start; informational)
+    kind: str = "full"  # KINDS: "plain" = a minimal Debian host (no zstd, python3-venv or CRIU)
 
     @property
     def target(self) -> str:
@@ -448,16 +461,19 @@ class Fleet:
 
     @classmethod
     def start(cls, n: int, dir: Path, fleet_id: str | None = None, image: str | None = None,
-              progress: Progress = _say, connect_timeout: int = CONNECT_TIMEOUT_S) -> Fleet:
-        """Start n hosts (building the image first if needed) and wait until all are ready."""
-        image = image or ensure_image(progress)
+              progress: Progress = _say, connect_timeout: int = CONNECT_TIMEOUT_S, plain: int = 0) -> Fleet:
+        """Start n hosts (building the images first if needed) and wait until all are ready; the last
+        `plain` of them are plain hosts (KINDS)."""
+        images = {"full": image or ensure_image(progress)}
+        if plain:
+            images["plain"] = ensure_image(progress, "plain")
         dir.mkdir(parents=True, exist_ok=True)
         fleet = cls(dir, fleet_id or secrets.token_hex(4), connect_timeout=connect_timeout)
         _keygen(fleet.key)
         pub = fleet.key.with_suffix(".pub").read_text().strip()
-        gateway = bridge_gateway()
-        fleet.hosts = [Host(fleet, f"testhost-{i}", f"beamctl-testhost-{fleet.id}-{i}", gateway)
-                       for i in range(1, n + 1)]
+        gateway = bridge_gateway(progress)
+        fleet.hosts = [Host(fleet, f"testhost-{i}", f"beamctl-testhost-{fleet.id}-{i}", gateway,
+                            kind="plain" if i > n - plain else "full") for i in range(1, n + 1)]
         fleet._save()  # `down` finds the containers even if starting fails half-way
         taken: set[int] = set()
 
@@ -467,7 +483,7 @@ class Fleet:
                 done = docker("run", "-d", "--name", host.container, "--hostname", host.name,
                               "--label", f"{LABEL}={fleet.id}", "--label", f"{LABEL}.dir={dir}",
                               "-p", f"{gateway}:{host.port}:22", "-e", f"TESTHOST_AUTHORIZED_KEYS={pub}",
-                              *RUN_OPTIONS, image, check=False)
+                              *RUN_OPTIONS, images[host.kind], check=False)
                 if done.returncode == 0:
                     break
                 docker("rm", "-f", "-v", host.container, check=False)
@@ -500,7 +516,7 @@ class Fleet:
     def _save(self) -> None:
         state = {"id": self.id, "connect_timeout": self.connect_timeout,
                  "hosts": [{"name": h.name, "container": h.container, "address": h.address, "port": h.port,
-                            "host_key": h.host_key, "ip": h.ip} for h in self.hosts]}
+                            "host_key": h.host_key, "ip": h.ip, "kind": h.kind} for h in self.hosts]}
         (self.dir / "fleet.json").write_text(json.dumps(state, indent=1) + "\n")
 
     @classmethod
@@ -508,8 +524,8 @@ class Fleet:
         """The fleet `up` started in `dir` (for experiments and benchmarks in another process)."""
         state = json.loads((dir / "fleet.json").read_text())
         fleet = cls(dir, state["id"], connect_timeout=state["connect_timeout"])
-        fleet.hosts = [Host(fleet, h["name"], h["container"], h["address"], h["port"], h["host_key"], h["ip"])
-                       for h in state["hosts"]]
+        fleet.hosts = [Host(fleet, h["name"], h["container"], h["address"], h["port"], h["host_key"], h["ip"],
+                            h.get("kind", "full")) for h in state["hosts"]]
         return fleet
 
     def down(self) -> None:
@@ -523,15 +539,43 @@ def remove_fleet(fleet_id: str) -> None:
         docker("rm", "-f", "-v", *ids, check=False, timeout=120)
 
 
-def bridge_gateway() -> str:
-    """This machine's address on Docker's default bridge (172.17.0.1 unless the engine says otherwise)."""
-    done = docker("network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
-                  check=False)
-    addresses = [a for a in done.stdout.split() if "." in a]
-    if not addresses:
-        why = done.stderr.strip() or done.stdout.strip()
-        raise FleetError(f"Docker's default bridge has no IPv4 gateway ({why})")
-    return addresses[0]
+def bridge_gateway(progress: Progress = _say) -> str:
+    """This machine's address on Docker's default bridge, and says where it came from.
+
+    The engine's answer (`IPAM.Config[].Gateway`) when it has one: a brand-new engine (Debian's docker.io
+    20.10, first start) lists only the subnet. Then the bridge interface's own IPv4 address (docker0, or
+    the name in the network's options), then the subnet's first host, which is what the engine gives it.
+    """
+    done = docker("network", "inspect", "bridge", "--format", "{{json .}}", check=False)
+    if done.returncode != 0:
+        raise FleetError(f"cannot inspect Docker's default bridge: {done.stderr.strip()}")
+    network = json.loads(done.stdout)
+    iface = (network.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+    shown = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", iface], capture_output=True, text=True)
+    address, source = pick_gateway(network, shown.stdout if shown.returncode == 0 else "")
+    progress(f"the bridge gateway is {address} ({source})")
+    return address
+
+
+def pick_gateway(network: dict, ip_addr_output: str) -> tuple[str, str]:
+    """(address, where it came from) from `docker network inspect bridge` and `ip -4 -o addr show dev IF`."""
+    configs = (network.get("IPAM") or {}).get("Config") or []
+    for c in configs:
+        gateway = c.get("Gateway", "")
+        if "." in gateway:
+            return gateway, "the engine's IPAM gateway"
+    iface = (network.get("Options") or {}).get("com.docker.network.bridge.name", "docker0")
+    for line in ip_addr_output.splitlines():
+        words = line.split()
+        if "inet" in words and words.index("inet") + 1 < len(words):
+            return words[words.index("inet") + 1].split("/")[0], f"{iface}'s own address"
+    for c in configs:
+        subnet = c.get("Subnet", "")
+        if "." in subnet:
+            net = ipaddress.ip_network(subnet, strict=False)
+            return str(next(net.hosts())), f"the first host of the subnet {subnet}"
+    raise FleetError(f"Docker's default bridge has no IPv4 gateway, {iface} no IPv4 address and the network "
+                     f"no IPv4 subnet: {json.dumps(configs)}")
 
 
 def _free_port(address: str, taken: set[int]) -> int:
@@ -559,23 +603,25 @@ DEFAULT_DIR = Path(tempfile.gettempdir()) / "beamctl-testfleet"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fleet.hosts", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("build", help="build the host image if this recipe has none")
+    sub.add_parser("build", help="build the host images (full and plain) if this recipe has none")
     up = sub.add_parser("up", help="start N hosts")
     up.add_argument("n", type=int, nargs="?", default=3)
+    up.add_argument("--plain", type=int, default=0, metavar="K", help="the last K hosts are plain (minimal Debian)")
     for p in (up, sub.add_parser("down", help="remove the hosts"), sub.add_parser("env", help="print the env")):
         p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"client files (default {DEFAULT_DIR})")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "build":
             print(ensure_image())
+            print(ensure_image(kind="plain"))
         elif args.cmd == "up":
             if (args.dir / "fleet.json").exists():
                 raise FleetError(f"a fleet is already up in {args.dir}: python -m tests.fleet.hosts down first")
             started = time.monotonic()
-            fleet = Fleet.start(args.n, args.dir.resolve(), fleet_id=f"local{os.getpid()}")
+            fleet = Fleet.start(args.n, args.dir.resolve(), fleet_id=f"local{os.getpid()}", plain=args.plain)
             _say(f"{args.n} hosts ready in {time.monotonic() - started:.1f} s:")
             for h in fleet:
-                _say(f"  {h.name}  {h.target}  {h.host_key.split()[0]} (container {h.container})")
+                _say(f"  {h.name}  {h.target}  {h.host_key.split()[0]} ({h.kind}; container {h.container})")
             _say(f"then: eval \"$(scripts/testfleet.sh env)\"; beamctl hosts check; "
                  f"ssh -F {fleet.ssh_config} testhost-1 docker info")
         elif args.cmd == "env":

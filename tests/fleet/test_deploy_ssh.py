@@ -27,10 +27,8 @@ def test_ship_commands_are_quoted_lists():
                                                       "beamctl/hello:abc"]
     assert command_line(ship.inspect_argv("beamctl/hello:abc")) == \
         "docker image inspect --format '{{.Id}}' beamctl/hello:abc"
-    assert ship.load_argv() == ["sh", "-c", "zstd -d -q | docker load"]
-    assert command_line(ship.load_argv()) == "sh -c 'zstd -d -q | docker load'"
-    assert ship.save_commands("beamctl/hello:abc") == (["docker", "save", "beamctl/hello:abc"],
-                                                       ["zstd", "-q", "-c", "-T0"])
+    assert ship.load_argv() == ["/opt/beamctl/agent/venv/bin/python", "-m", "beamctl.agent.load_image"]
+    assert command_line(ship.load_argv()) == "/opt/beamctl/agent/venv/bin/python -m beamctl.agent.load_image"
 
 
 def test_the_exit_code_says_all_some_or_none():

@@ -39,7 +39,8 @@ def test_remote_commands_are_fixed_lists_with_quoted_arguments():
     assert install.probe_argv() == ["sh", "-c", install.PROBE + "\n" + criu.PROBE, "sh", install.PYTHON,
                                     install.DATA_DIR]
     assert install.BRIDGE_ARGV == (install.PYTHON, "-m", "beamctl.agent.bridge", "--data-dir", "/var/lib/beamctl")
-    assert "pip install -q --no-index" in install.INSTALL  # never the network on the host
+    assert "/pip\" install -q --no-index" in install.INSTALL  # never the network on the host; pip from its wheel
+    assert "python3 -m venv --without-pip" in install.INSTALL  # no python3-venv (ensurepip) needed
 
 
 def test_probe_output_is_read_into_facts():

@@ -121,7 +121,7 @@ def target(**kw) -> Target:
 
 def test_openssh_gets_exactly_beamctls_trust_and_a_quoted_command(monkeypatch):
     monkeypatch.setattr(bulk.shutil, "which", lambda name: "/usr/bin/ssh")
-    argv = bulk.openssh_argv(target(), ["sh", "-c", "zstd -d -q | docker load"],
+    argv = bulk.openssh_argv(target(), ["/opt/py", "-m", "beamctl.agent.load_image"],
                              identity_files=[Path("/home/me/.ssh/id_ed25519")])
     assert argv[:3] == ["/usr/bin/ssh", "-F", "/dev/null"]
     opts = {argv[i + 1] for i, a in enumerate(argv) if a == "-o"}
@@ -129,7 +129,7 @@ def test_openssh_gets_exactly_beamctls_trust_and_a_quoted_command(monkeypatch):
             "UserKnownHostsFile=/home/me/.ssh/known_hosts", "GlobalKnownHostsFile=/dev/null"} <= opts
     assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-l") + 1] == "root"
     assert argv[argv.index("-i") + 1] == "/home/me/.ssh/id_ed25519"
-    assert argv[-3:] == ["--", "10.0.0.5", "sh -c 'zstd -d -q | docker load'"]
+    assert argv[-3:] == ["--", "10.0.0.5", "/opt/py -m beamctl.agent.load_image"]
 
 
 def test_openssh_is_not_used_behind_a_jump_host_or_without_ssh(monkeypatch):
