@@ -142,3 +142,44 @@ def test_a_host_with_a_too_old_criu_gets_a_working_one(cli, one, monkeypatch):
     after = cli("hosts", "check")
     assert "  checkpoints   yes" in after.err and "  criu          ok       4.2" in after.err, after.err
     assert "network lock nftables" in after.err
+
+
+def test_deploy_names_the_hosts_that_will_boot_cold_from_what_the_install_learned():
+    from beamctl.fleet.rollout import cold_boot_lines, cold_boots
+
+    ok = InstallResult("a", "current", "0.2.0", criu=CriuResult("present", "4.2.1", "nftables"))
+    old = InstallResult("b", "current", "0.2.0", criu=CriuResult("missing", "4.1.1", problem=OLD))
+    unknown = InstallResult("c", "current", "0.2.0")  # no CRIU answer: nothing claimed
+    failed = {"host": "d", "status": "failed", "reason": "unreachable"}
+    cold = cold_boots({"a": ok, "b": old, "c": unknown, "d": failed})
+    assert cold_boot_lines(cold) == [f"b will boot cold (no snapshot): {OLD}"]
+
+
+@pytest.fixture
+def hello_here(tmp_path):
+    from tests.fleet.conftest import hello_on_two_hosts
+
+    gen = hello_on_two_hosts(tmp_path, "hellocold")
+    d = next(gen)
+    (d / "beam.yaml").write_text((d / "beam.yaml").read_text().replace("hosts: [testhost-1, testhost-2]",
+                                                                      "hosts: [testhost-1]"))
+    yield d
+    next(gen, None)
+
+
+@pytest.mark.integration
+def test_a_host_left_with_an_old_criu_is_named_at_deploy_and_its_result_says_why(cli, one, monkeypatch, tmp_path,
+                                                                               hello_here):
+    one.apply_env(monkeypatch)
+    host = one[0]
+    host.exec(["sh", "-c", "rm -rf /opt/beamctl/criu; printf '#!/bin/sh\\necho Version: 4.1.1\\n' "
+                           ">/usr/local/bin/criu"])
+    (tmp_path / "no-criu").mkdir()
+    monkeypatch.setenv("BEAMCTL_CRIU_PREFIX", str(tmp_path / "no-criu"))  # nothing to carry from here
+
+    done = cli("deploy", "-f", str(hello_here))
+    assert done.code == 0, done.err
+    assert f"testhost-1 will boot cold (no snapshot): {OLD}" in done.err
+    assert f"       testhost-1: snapshot: failed ({OLD})" in done.err.splitlines()
+    assert "Error (" not in done.err and "criu/" not in done.err  # no CRIU log text
+    assert done.err.index("will boot cold") < done.err.index("deploying ")  # said before it starts
