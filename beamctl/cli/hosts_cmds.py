@@ -64,7 +64,7 @@ def ls(file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
 @hosts_app.command()
 def check(hosts: list[str] = typer.Argument(None, help="Inventory names or targets (default: all)."),
           file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
-    """Connect to each host at once and show Docker, GPUs, CRIU, disk space and the agent's version."""
+    """Connect to each host at once: its prerequisites (each with a fix), GPUs, agent, and whether it can checkpoint."""
     from beamctl.cli.host_views import check_lines, summary
     from beamctl.fleet import inventory
     from beamctl.fleet.check import check_hosts
