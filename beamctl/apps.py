@@ -76,4 +76,5 @@ def deploy_ssh(config: AppConfig, progress: Callable[[Any], None], health_timeou
                            build=lambda: build_app(config, progress),
                            spec_for=lambda image: spec_from_config(config, image.image).to_json(),
                            secret_values=secret_values, health_timeout=health_timeout, progress=progress,
-                           max_parallel=config.rollout.max_parallel, lock_wait=lock_wait)
+                           max_parallel=config.rollout.max_parallel, lock_wait=lock_wait,
+                           checkpoints=config.checkpoint_enabled)

@@ -95,9 +95,12 @@ class Snapshots:
         final, partial = self.folder(app, version), self.folder(app, version).with_suffix(".partial")
         final.parent.mkdir(mode=0o700, exist_ok=True)
         try:
+            too_old = self._criu_too_old()
             key = self._key(spec["image"], args_hash, spec.get("gpu_devices") or ())
         except Exception as e:  # noqa: BLE001 - the image gone, CRIU unreadable: no capture, no harm
             return self._failed(app, version, explain(f"{type(e).__name__}: {e}"), spec)
+        if too_old:  # no tries: each would keep the runtime paused and end in CRIU's error
+            return self._failed(app, version, too_old, spec)
         for attempt in range(1, CAPTURE_TRIES + 1):
             shutil.rmtree(partial, ignore_errors=True)
             try:
@@ -224,6 +227,14 @@ class Snapshots:
                 for v, r in self.store.snapshots(app).items()}
 
     # the key ---------------------------------------------------------------------------------------
+    def _criu_too_old(self) -> str | None:
+        """Read CRIU's version now (`hosts install` may have just replaced it: the cached facts go too)."""
+        version = checkpoint.criu_version()
+        with self._lock:
+            if self._facts is not None and self._facts[1].get("criu_version") != version:
+                self._facts = None
+        return checkpoint.criu_too_old(version)
+
     def _key(self, image: str, args_hash: str, devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
         with self._lock:
             now = time.monotonic()
@@ -255,8 +266,8 @@ def refuse(spec: dict[str, Any]) -> str | None:
 def explain(reason: str) -> str:
     """runc's and CRIU's words for the failures a user can fix, said so that they can."""
     if '"criu": executable file not found' in reason or "No such file or directory: 'criu'" in reason:
-        return ("CRIU is not installed on this host (runc found no `criu` in PATH): install CRIU >= 4.2, "
-                "e.g. scripts/install-criu.sh, then deploy again")
+        return ("CRIU is not installed on this host (runc found no `criu` in PATH): `beamctl hosts install` "
+                "brings CRIU >= 4.2 to a host; then deploy again")
     if "Connected TCP socket" in reason:  # CRIU's own hint (--tcp-established) is not for the user
         return ("the app held an open TCP connection when on_start returned, and CRIU cannot snapshot one: "
                 "close connections (database, HTTP keep-alive, ...) before on_start returns, or open them in "

@@ -50,7 +50,7 @@ def deploy(file: Path = FileOpt, json: bool = JsonOpt,
         if host.get("checkpoint"):
             from beamctl.cli import views
 
-            console.say(f"  checkpoint: {views.checkpoint(host['checkpoint'])}")
+            console.line(f"  {views.snapshot(host['checkpoint'])}")
         return ExitCode.OK
     for line in host["log_tail"]:
         console.line(f"  | {line}")
@@ -66,7 +66,7 @@ def _deployed_to_hosts(result: dict[str, Any], json: bool) -> int:
     hosts = result["hosts"]
     if json:
         console.emit_json({**result, "hosts": [{k: h.get(k) for k in ("host", "status", "reason", "version", "ship",
-                                                                       "checkpoint")} for h in hosts]})
+                                                                       "checkpoint", "cold_boot")} for h in hosts]})
     for h in hosts:
         name = console.escape(h["host"])
         if h["status"] == "ready":
@@ -75,7 +75,7 @@ def _deployed_to_hosts(result: dict[str, Any], json: bool) -> int:
             if h.get("checkpoint"):
                 from beamctl.cli import views
 
-                console.say(f"       {name}: checkpoint: {views.checkpoint(h['checkpoint'])}")
+                console.line(f"       {h['host']}: {views.snapshot(h['checkpoint'])}")
             continue
         for line in h.get("log_tail") or []:
             console.line(f"  {h['host']} | {line}")

@@ -1,4 +1,4 @@
-"""Text views for `beamctl hosts` (pure: values in, lines out)."""
+"""Text views for `beamctl hosts` (pure: values in, plain lines out: no markup, the values may hold `[`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def inventory_lines(entries: list[Any]) -> list[str]:
 
 
 def check_lines(c: Any) -> list[str]:
-    """One host's `check` result: a head line, then one line per fact (or the error and its hint)."""
+    """One host's `check` result: a head line, the facts, one line per prerequisite (with its fix under it),
+    and whether it can checkpoint; or the error and its hint."""
     head = f"{c.name}" + (f" ({c.target})" if c.target != c.name else "")
     if not c.ok:
         state = ("reachable, probe failed" if c.reachable else "unreachable" if c.kind == "HostUnreachable"
@@ -37,20 +38,20 @@ def check_lines(c: Any) -> list[str]:
     f = c.facts
     lines = [f"{head}: ok in {c.seconds:.1f} s"]
     cpus = f"{f.cpus} CPUs" if f.cpus else "? CPUs"
-    lines.append(f"  system  {f.hostname}, Linux {f.kernel} {f.arch}, {cpus}, {size(f.memory_bytes)} memory")
-    lines.append("  docker  " + (f"{f.docker_version} (data root {f.docker_root})" if f.docker_version
-                                 else f"unavailable: {f.docker_error}"))
-    lines.append("  gpus    " + gpu_text(f))
-    lines.append("  criu    " + (criu_text(f.criu_version, f.criu_network_lock) if f.criu_version else
-                                 f"unavailable: {f.criu_error} (checkpoints need CRIU >= 4.2)"))
-    disks = "; ".join(f"{d.path} {size(d.free_bytes)} free of {size(d.size_bytes)}" for d in f.disks)
-    lines.append("  disk    " + (disks or "?"))
+    lines.append(f"  system        {f.hostname}, Linux {f.kernel} {f.arch}, {cpus}, {size(f.memory_bytes)} memory")
+    lines.append("  gpus          " + gpu_text(f))
     if f.agent_version:
         agent = f.agent_version
     else:
         agent = "installed, " + (f.agent_note or "version unknown") if f.agent_installed else "not installed"
-    lines.append("  agent   " + agent)
-    lines += [f"  problem {p}" for p in f.problems]
+    lines.append("  agent         " + agent)
+    for p in c.prerequisites:
+        lines.append(f"  {p.name:<13} {'ok' if p.ok else 'MISSING':<8} {p.found}")
+        if p.fix:
+            lines.append(f"  {'':<13} {'':<8} fix: {p.fix}")
+    why_not = c.checkpoint_problem
+    lines.append("  checkpoints   " + (f"no: {why_not}" if why_not else "yes"))
+    lines += [f"  problem       {p}" for p in f.problems]
     return lines
 
 
@@ -72,20 +73,23 @@ def summary(checks: list[Any]) -> str:
     bad = [c.name for c in checks if not c.ok]
     n = len(checks)
     text = f"{n} host{'s' * (n != 1)}: {n - len(bad)} ok"
-    return text + (f", {len(bad)} failed ({', '.join(bad)})" if bad else "")
+    text += f", {len(bad)} failed ({', '.join(bad)})" if bad else ""
+    missing = [f"{c.name} ({', '.join(p.name for p in c.prerequisites if not p.ok)})" for c in checks
+               if c.ok and not all(p.ok for p in c.prerequisites)]
+    return text + (f"; missing prerequisites: {', '.join(missing)}" if missing else "")
 
 
-def criu_text(version: str, network_lock: str | None) -> str:
-    """CRIU's version, with a warning when checkpoints cannot work with it (4.1 cannot dump a TCP socket
-    on kernels >= 6.16; scripts/install-criu.sh installs 4.2), or when runc's CRIU locks container
-    networks with iptables (network_lock: /etc/criu/runc.conf's choice, None for CRIU's default)."""
-    try:
-        parts = tuple(int(p) for p in version.split(".")[:2])
-    except ValueError:
-        return version
-    if parts < (4, 2):
-        return f"{version} [yellow](checkpoints need CRIU >= 4.2: scripts/install-criu.sh)[/]"
-    if network_lock in ("nftables", "skip"):
-        return f"{version}, network lock {network_lock}"
-    return (f"{version} [yellow](network lock {network_lock or 'iptables'}: 70-85 ms more per checkpoint "
-            f"capture and restore; scripts/install-criu.sh sets nftables in /etc/criu/runc.conf)[/]")
+def criu_phrase(c: Any) -> str:
+    """A host's CRIU after `hosts install` (criu.CriuResult), in one phrase."""
+    if c.problem is not None:
+        return f"checkpoints off: {c.problem}"
+    how = {"installed": "installed", "present": "present"}.get(c.state, c.state)
+    return f"checkpoints on: CRIU {c.version} {how}" + (f", network lock {c.network_lock}" if c.network_lock else "")
+
+
+def install_lines(r: Any) -> list[str]:
+    """One host's `hosts install` result (an ok one): its line, and the CRIU hint when checkpoints are off."""
+    line = f"{r.host}: {r.action} {r.version} ({r.bytes_sent / 1e6:.1f} MB sent, {r.seconds:.1f} s)"
+    if r.criu is None:
+        return [line]
+    return [f"{line}; {criu_phrase(r.criu)}"] + ([f"  hint: {r.criu.hint}"] if r.criu.hint else [])

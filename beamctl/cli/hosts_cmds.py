@@ -64,7 +64,7 @@ def ls(file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
 @hosts_app.command()
 def check(hosts: list[str] = typer.Argument(None, help="Inventory names or targets (default: all)."),
           file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
-    """Connect to each host at once and show Docker, GPUs, CRIU, disk space and the agent's version."""
+    """Connect to each host at once: its prerequisites (each with a fix), GPUs, agent, and whether it can checkpoint."""
     from beamctl.cli.host_views import check_lines, summary
     from beamctl.fleet import inventory
     from beamctl.fleet.check import check_hosts
@@ -146,7 +146,9 @@ def install(hosts: list[str] = typer.Argument(None, help="Inventory names or tar
             file: Optional[Path] = AppFileOpt,
             force: bool = typer.Option(False, "--force", help="Send and restart the agent even when current."),
             json: bool = JsonOpt) -> int:
-    """Install or upgrade this beamctl's agent on each host at once (no network needed there)."""
+    """Install or upgrade this beamctl's agent on each host at once (no network needed there), and CRIU for
+    checkpoints where the host has no CRIU >= 4.2 (this machine's, from BEAMCTL_CRIU_PREFIX or /opt/beamctl/criu)."""
+    from beamctl.cli.host_views import install_lines
     from beamctl.fleet import inventory
     from beamctl.fleet.install import install_hosts
 
@@ -158,7 +160,8 @@ def install(hosts: list[str] = typer.Argument(None, help="Inventory names or tar
         console.emit_json({"hosts": [r.as_json() for r in results]})
     for r in results:
         if r.ok:
-            console.line(f"{r.host}: {r.action} {r.version} ({r.bytes_sent / 1e6:.1f} MB sent, {r.seconds:.1f} s)")
+            for line in install_lines(r):
+                console.line(line)
         else:
             console.error(r.error or "failed", r.hint)
     return ExitCode.OK if all(r.ok for r in results) else ExitCode.REMOTE

@@ -95,6 +95,21 @@ def checkpoint(snap: dict[str, Any]) -> str:
     return f"[{color}]{state}[/]" + (f": {escape(snap['reason'])}" if snap.get("reason") else "")
 
 
+SNAPSHOT_WORDS = {"checkpoint_failed": "failed", "restore_failed": "restore failed",
+                  "incompatible": "outdated, captured again at the next cold boot"}
+REASON_MAX = 160  # characters of a reason in a deploy's result line: its first line, never a CRIU log
+
+
+def snapshot(snap: dict[str, Any]) -> str:
+    """A deploy's snapshot state in one plain line: `snapshot: ready, 2.0 MB (captured in 0.40 s)`,
+    `snapshot: failed (CRIU 4.1.1 < 4.2 ...)`."""
+    if snap["state"] == "ready":
+        return "snapshot: " + checkpoint(snap).replace("[green]ready[/]", "ready")
+    reason = ((snap.get("reason") or "").strip().splitlines() or [""])[0]
+    reason = reason if len(reason) <= REASON_MAX else reason[:REASON_MAX - 3].rstrip() + "..."
+    return f"snapshot: {SNAPSHOT_WORDS.get(snap['state'], snap['state'])}" + (f" ({reason})" if reason else "")
+
+
 def host_status(replies: list[Any]) -> list[str]:
     """Per host (Reply: host, result, error): its status block, each line prefixed by the host; or its error."""
     lines = []

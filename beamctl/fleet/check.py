@@ -12,6 +12,7 @@ from typing import Any
 
 from beamctl.errors import BeamctlError
 from beamctl.fleet.inventory import Entry
+from beamctl.fleet.prereqs import Prereq, checkpoint_problem, prerequisites
 from beamctl.fleet.probe import PROBE_ARGV, HostFacts, parse_probe
 from beamctl.fleet.ssh import Ssh
 
@@ -34,9 +35,21 @@ class HostCheck:
     def ok(self) -> bool:
         return self.facts is not None and self.error is None
 
+    @property
+    def prerequisites(self) -> list[Prereq]:
+        return prerequisites(self.facts, self.name) if self.facts else []
+
+    @property
+    def checkpoint_problem(self) -> str | None:
+        """Why this host cannot checkpoint (None: it can, or it was not probed)."""
+        return checkpoint_problem(self.facts) if self.facts else None
+
     def as_json(self) -> dict[str, Any]:
+        checkpoints = None if not self.ok else {"can": self.checkpoint_problem is None,
+                                                "why_not": self.checkpoint_problem}
         return {"name": self.name, "target": self.target, "reachable": self.reachable, "ok": self.ok,
                 "seconds": round(self.seconds, 3), "error": self.error, "hint": self.hint, "kind": self.kind,
+                "checkpoints": checkpoints, "prerequisites": [p.as_json() for p in self.prerequisites],
                 "facts": self.facts.as_json() if self.facts else None}
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import beamctl
 from beamctl.errors import BeamctlError
+from beamctl.fleet import criu
 from beamctl.fleet.errors import RemoteError, SshError, tail
 
 ROOT = "/opt/beamctl/agent"
@@ -118,13 +119,14 @@ class InstallResult:
     pid: int | None = None  # the agent's, as it answered through the bridge
     error: str | None = None
     hint: str | None = None
+    criu: criu.CriuResult | None = None  # the host's CRIU after the install (None: not reached)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        return {**asdict(self), "ok": self.ok, "criu": self.criu.as_json() if self.criu else None}
 
 
 def parse_probe(stdout: str) -> dict[str, str]:
@@ -136,7 +138,7 @@ def parse_probe(stdout: str) -> dict[str, str]:
 
 
 def probe_argv() -> list[str]:
-    return ["sh", "-c", PROBE, "sh", PYTHON, DATA_DIR]
+    return ["sh", "-c", PROBE + "\n" + criu.PROBE, "sh", PYTHON, DATA_DIR]
 
 
 def install_argv(mode: str, wheel: str) -> list[str]:
@@ -201,6 +203,7 @@ def install_agent(ssh: Any, host: Any, progress: Progress, force: bool = False, 
         if not facts.get("python"):
             raise SshError(f"{label}: no python3 on the host", "install python3 there (Debian: apt-get install python3)")
         old, running = facts.get("agent"), "running" in facts
+        criu_state = criu.criu_step(conn, label, facts, progress)  # before a (re)start: the agent sees it
         mode = "systemd" if "systemd" in facts else "background"
         sent, send = 0, force or old != version
         if not send and running:
@@ -232,7 +235,8 @@ def install_agent(ssh: Any, host: Any, progress: Progress, force: bool = False, 
     if got != version:
         raise SshError(f"{label}: the agent does not answer as {version} through the bridge: "
                        f"{answer.get('error') or got}", f"see {DATA_DIR}/agent.log on the host")
-    return InstallResult(label, action, version, sent, time.monotonic() - start, answer["result"].get("pid"))
+    return InstallResult(label, action, version, sent + criu_state.bytes_sent, time.monotonic() - start,
+                         answer["result"].get("pid"), criu=criu_state)
 
 
 def install_hosts(entries: list[Any], ssh: Any, progress: Progress, force: bool = False) -> list[InstallResult]:

@@ -12,22 +12,30 @@ from typing import Any
 
 from beamctl.config.gpu import canonical_name
 
-AGENT_VERSION_ARGV = ("/opt/beamctl/agent/venv/bin/python", "-m", "beamctl.agent", "--version")  # install.PYTHON
+AGENT_PYTHON = "/opt/beamctl/agent/venv/bin/python"  # install.PYTHON
+AGENT_VERSION_ARGV = (AGENT_PYTHON, "-m", "beamctl.agent", "--version")
 
 _SCRIPT = r"""PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin"
 s() { printf '\n@@beamctl %s\n' "$1"; }
 s system; uname -nrm; nproc 2>/dev/null; grep -m1 '^MemTotal:' /proc/meminfo 2>/dev/null
-s docker; out=$(docker info --format '@@{{.ServerVersion}}|{{.DockerRootDir}}' 2>&1); rc=$?
+s docker; out=$(docker info --format '@@{{.ServerVersion}}|{{.DockerRootDir}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}' 2>&1); rc=$?
 printf '%s\n@@rc %s\n' "$out" "$rc"
-root=$(printf '%s\n' "$out" | sed -n 's/^@@[^|]*|//p' | head -n1)
+root=$(printf '%s\n' "$out" | sed -n 's/^@@[^|]*|\([^|]*\).*/\1/p' | head -n1)
 s gpus; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader,nounits 2>&1
 echo "@@rc $?"
 s criu; sed -n 's/^[[:space:]]*network-lock[[:space:]]*/@@lock /p' /etc/criu/runc.conf 2>/dev/null | head -n1
 criu --version 2>&1; echo "@@rc $?"
+s criu_check; if command -v criu >/dev/null 2>&1; then out=$(criu check 2>&1); rc=$?
+printf '%s\n' "$out" | grep -v RLIMIT_NOFILE | tail -n 3; echo "@@rc $rc"; fi
+s runc; out=$(runc --version 2>&1); rc=$?; printf '%s\n' "$out" | head -n 1; echo "@@rc $rc"
+s nvidia; command -v nvidia-container-runtime-hook nvidia-container-runtime nvidia-ctk 2>/dev/null; echo "@@rc 0"
 s disk; echo "@@path /"; [ -n "$root" ] && echo "@@path $root"; df -Pk / ${root:+"$root"} 2>&1; echo "@@rc $?"
 s agent; AGENT 2>&1; echo "@@rc $?"
+s unzstd; out=$(PYTHON -c 'import zstandard; print(zstandard.__version__)' 2>&1); rc=$?
+printf '%s\n' "$out" | tail -n 1; echo "@@rc $rc"
 """
-PROBE_ARGV = ("sh", "-c", _SCRIPT.replace("AGENT", " ".join(AGENT_VERSION_ARGV)))
+PROBE_ARGV = ("sh", "-c", _SCRIPT.replace("AGENT", " ".join(AGENT_VERSION_ARGV)).replace("PYTHON", AGENT_PYTHON))
+SECTIONS = ("system", "docker", "gpus", "criu", "criu_check", "runc", "nvidia", "disk", "agent", "unzstd")
 _SECTION = re.compile(r"^@@beamctl (\w+)$", re.MULTILINE)
 _NOT_FOUND = re.compile(r"not found|No such file|No module named", re.IGNORECASE)
 
@@ -58,11 +66,18 @@ class HostFacts:
     docker_version: str | None = None
     docker_root: str | None = None
     docker_error: str | None = None
+    docker_runtimes: tuple[str, ...] | None = None  # as `docker info` lists them (None: not asked)
     gpus: tuple[Gpu, ...] = ()
     gpu_note: str | None = None  # why there are none: no nvidia-smi, or what it said
     criu_version: str | None = None
     criu_error: str | None = None
     criu_network_lock: str | None = None  # /etc/criu/runc.conf's network-lock (None: CRIU's default, iptables)
+    criu_check_error: str | None = None  # `criu check`'s last words when it did not pass
+    runc_version: str | None = None
+    runc_error: str | None = None
+    nvidia_hook: str | None = None  # the NVIDIA container toolkit's program, as found on PATH
+    zstandard_version: str | None = None  # in the agent's Python: it decompresses the image stream
+    zstandard_error: str | None = None
     disks: tuple[Disk, ...] = ()
     agent_installed: bool = False
     agent_version: str | None = None
@@ -90,10 +105,10 @@ def sections(output: str) -> dict[str, tuple[list[str], int | None]]:
 
 def parse_probe(output: str) -> HostFacts:
     got = sections(output)
-    facts: dict[str, Any] = {"problems": [f"no {n} section" for n in ("system", "docker", "gpus", "criu",
-                                                                       "disk", "agent") if n not in got]}
-    for name, reader in (("system", _system), ("docker", _docker), ("gpus", _gpus), ("criu", _criu),
-                         ("disk", _disk), ("agent", _agent)):
+    facts: dict[str, Any] = {"problems": [f"no {n} section" for n in SECTIONS if n not in got]}
+    readers = {"system": _system, "docker": _docker, "gpus": _gpus, "criu": _criu, "criu_check": _criu_check,
+               "runc": _runc, "nvidia": _nvidia, "disk": _disk, "agent": _agent, "unzstd": _unzstd}
+    for name, reader in readers.items():
         if name in got:
             try:
                 facts.update(reader(*got[name]))
@@ -116,8 +131,9 @@ def _system(lines: list[str], rc: int | None) -> dict[str, Any]:
 def _docker(lines: list[str], rc: int | None) -> dict[str, Any]:
     for line in lines:
         if line.startswith("@@") and "|" in line and rc == 0:
-            version, root = line[2:].split("|", 1)
-            return {"docker_version": version, "docker_root": root}
+            version, root, *rest = line[2:].split("|")
+            runtimes = tuple(r for r in rest[0].split(",") if r) if rest else None
+            return {"docker_version": version, "docker_root": root, "docker_runtimes": runtimes}
     reason = _last(lines) or f"exit status {rc}"
     return {"docker_error": "not installed" if _NOT_FOUND.search(reason) and "docker" in reason else reason}
 
@@ -147,6 +163,35 @@ def _criu(lines: list[str], rc: int | None) -> dict[str, Any]:
         return {"criu_version": m[1] if m else _last(lines), "criu_network_lock": lock}
     reason = _last(lines)
     return {"criu_error": "not installed" if rc == 127 or _NOT_FOUND.search(reason) else reason}
+
+
+def _criu_check(lines: list[str], rc: int | None) -> dict[str, Any]:
+    if rc is None or rc == 0:  # not run (no criu), or passed ("Looks good.")
+        return {}
+    return {"criu_check_error": _last(lines) or f"exit status {rc}"}
+
+
+def _runc(lines: list[str], rc: int | None) -> dict[str, Any]:
+    if rc == 0:
+        m = re.search(r"runc version\s+(\S+)", "\n".join(lines))
+        return {"runc_version": m[1] if m else _last(lines)}
+    reason = _last(lines)
+    return {"runc_error": "not installed" if rc == 127 or _NOT_FOUND.search(reason) else reason}
+
+
+def _nvidia(lines: list[str], rc: int | None) -> dict[str, Any]:
+    return {"nvidia_hook": _last(lines) or None}
+
+
+def _unzstd(lines: list[str], rc: int | None) -> dict[str, Any]:
+    if rc == 0:
+        return {"zstandard_version": _last(lines)}
+    text = "\n".join(lines)
+    if "No module named" in text:
+        return {"zstandard_error": "the agent's Python has no zstandard module"}
+    if rc == 127 or _NOT_FOUND.search(text):
+        return {"zstandard_error": "no agent Python (the agent is not installed)"}
+    return {"zstandard_error": _last(lines) or f"exit status {rc}"}
 
 
 def _disk(lines: list[str], rc: int | None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """`deploy` to SSH hosts, in phases: agents -> placement -> (build) -> lock -> ship -> rolling deploy.
 
-1. `install_all`: every host's agent installed unless current (in parallel); a host that fails here
-   is a failed result and takes no further part.
+1. `install_all`: every host's agent installed unless current (in parallel), and CRIU where the host
+   lacks a usable one; a host that fails here is a failed result and takes no further part. For a
+   checkpoint_enabled app, the hosts left without a usable CRIU are named then (`cold_boots`), with why.
 2. `place`: the agents say which hosts can run the app (GPU preference, free GPUs: placement.py);
    none at all is NoGpuPlacement before anything is built or sent.
 3. (the caller builds the image once, here)
@@ -65,6 +66,16 @@ def install_all(ssh: Any, entries: list[Any], progress: Progress) -> dict[str, A
     return dict(zip((e.name for e in entries), _each(entries, one)))
 
 
+def cold_boots(installed: dict[str, Any]) -> dict[str, str]:
+    """Hosts whose agent is in place but whose CRIU cannot checkpoint (from the install step): name -> why."""
+    return {name: r.criu.problem for name, r in installed.items()
+            if not isinstance(r, dict) and r.criu is not None and r.criu.problem is not None}
+
+
+def cold_boot_lines(cold: dict[str, str]) -> list[str]:
+    return [f"{name} will boot cold (no snapshot): {why}" for name, why in cold.items()]
+
+
 def place(agents: dict[str, Any], prefs: tuple[str, ...], app: str | None = None) -> Any:
     """Which of these hosts run the app (placement.Placement); raises NoGpuPlacement when none can."""
     from beamctl.fleet import placement
@@ -118,7 +129,7 @@ def deploy_rolling(ssh: Any, entries: list[Any], spec_json: dict[str, Any], secr
 def rollout(entries: list[Any], app: str, prefs: tuple[str, ...], build: Callable[[], Any],
             spec_for: Callable[[Any], dict[str, Any]], secret_values: dict[str, str], health_timeout: float,
             progress: Progress, max_parallel: int | None = None, lock_wait: float = 0.0,
-            ssh: Any = None) -> dict[str, Any]:
+            ssh: Any = None, checkpoints: bool = False) -> dict[str, Any]:
     """The whole deploy to `entries` (phases in the module's text); the summary with one result per host."""
     from beamctl.fleet import locks
     from beamctl.fleet.query import HostAgent
@@ -129,6 +140,9 @@ def rollout(entries: list[Any], app: str, prefs: tuple[str, ...], build: Callabl
     results: dict[str, dict[str, Any]] = {}
     installed = install_all(ssh, entries, progress)
     results.update({n: r for n, r in installed.items() if isinstance(r, dict)})
+    cold = cold_boots(installed) if checkpoints else {}
+    for line in cold_boot_lines(cold):
+        progress(line)
     live = [e for e in entries if e.name not in results]
     agents = {e.name: HostAgent(e, ssh) for e in live}
     try:
@@ -152,7 +166,8 @@ def rollout(entries: list[Any], app: str, prefs: tuple[str, ...], build: Callabl
             spec_json = spec_for(image)
             for r in deploy_rolling(ssh, live, spec_json, secret_values, health_timeout, progress, max_parallel):
                 ship = shipped.get(r["host"])
-                results[r["host"]] = {**r, "ship": ship.as_json() if ship is not None else None}
+                results[r["host"]] = {**r, "ship": ship.as_json() if ship is not None else None,
+                                      "cold_boot": cold.get(r["host"])}
     finally:
         for a in agents.values():
             a.close()

@@ -15,8 +15,8 @@ from beamctl.errors import BeamctlError, EnvironmentProblem
 from beamctl.image.render import LABEL_APP
 from beamctl.image.steps import BuildLog, Step, explain_failure
 
-ENGINE_HINT = ("start it with `sudo ./scripts/setup.sh` (or `sudo systemctl start docker`); "
-               "DOCKER_HOST selects another engine")
+ENGINE_HINT = ("start it with `sudo systemctl start docker` (no Docker Engine yet: install one, e.g. Debian's "
+               "`apt-get install docker.io`); DOCKER_HOST selects another engine")
 CHECK_TIMEOUT_S = 300  # importing the handler module can load big libraries (torch: ~4 s)
 
 

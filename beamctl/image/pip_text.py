@@ -104,7 +104,7 @@ def explain(lines: list[str], python_version: str, platform: str, installing: bo
     if "No module named pip" in text:
         return PackageError(f"pip is not installed for {sys.executable}, which resolves the packages",
                             hint=f"{sys.executable} -m ensurepip, or reinstall beamctl in a virtual "
-                                 "environment (./scripts/setup.sh)", **data)
+                                 "environment (python3 -m venv makes one with pip)", **data)
     if network is not None and (no_version is None or no_version[2] == "none"):
         why = _NETWORK_WHY.search(network)
         shown = why[1] if why else _short(network)

@@ -49,7 +49,7 @@ def debootstrap(root: Path, progress: Progress) -> None:
     if exe is None:
         raise BaseImageError(f"debootstrap is not installed; it builds beamctl's base image (Debian "
                              f"{SUITE}, Python {OWN_PYTHON}) when no python:{OWN_PYTHON}-slim can be pulled",
-                             hint="run ./scripts/setup.sh (it installs debootstrap), or set "
+                             hint="install debootstrap (Debian, Ubuntu: apt-get install debootstrap), or set "
                                   "image.base_image to an image you have")
     if os.geteuid() != 0:
         raise BaseImageError("building beamctl's base image with debootstrap needs root",

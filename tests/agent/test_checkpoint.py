@@ -413,3 +413,10 @@ def test_an_open_connection_fails_the_capture_and_the_app_goes_on(engine: Engine
     finally:
         conn.close()
     assert _get(ip)[0] == 1  # --leave-running resumed it
+
+
+def test_criu_versions_that_cannot_checkpoint_an_app_container():
+    assert cp.criu_too_old("4.1.1") == "CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels >= 6.16)"
+    assert cp.criu_too_old("3.17") == "CRIU 3.17 < 4.2 (3.17 cannot checkpoint TCP sockets on kernels >= 6.16)"
+    assert [cp.criu_too_old(v) for v in ("4.2", "4.2.1", "4.10", "5.0", "", "weird", None)] == [None] * 7
+    assert (cp.version_parts("4.2.1"), cp.version_parts("4.10"), cp.version_parts("x")) == ((4, 2, 1), (4, 10), None)

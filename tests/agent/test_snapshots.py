@@ -134,6 +134,19 @@ def test_a_missing_criu_is_said_plainly_and_not_retried(book) -> None:
     assert store.snapshot("app", 1)["reason"].startswith("CRIU is not installed on this host")
 
 
+def test_a_too_old_criu_is_refused_in_one_line_without_a_try(book, tmp_path: Path, monkeypatch) -> None:
+    snaps, engine, store, events = book
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "criu").write_text("#!/bin/sh\necho 'Version: 4.1.1'\n")  # Debian trixie's
+    (bin_dir / "criu").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert not snaps.capture("app", 1, "c", "h", SPEC)
+    assert engine.captures == 0  # the runtime was not kept paused for tries that cannot work
+    assert store.snapshot("app", 1)["reason"] == \
+        "CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels >= 6.16)"
+
+
 def test_refusals_and_the_cache_dir_note(book) -> None:
     snaps, engine, store, _ = book
     assert "2 GPUs are not supported" in refuse({"gpu_count": 2})

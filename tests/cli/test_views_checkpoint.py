@@ -37,3 +37,16 @@ def test_a_restored_profile_and_its_peers():
     assert lines[-1] == "  recent restored starts of w: 2, average total 600.0 ms"
     table = views.tasks_table([{**task, "received": 0}])
     assert table[1].split()[4] == "restored"
+
+
+def test_a_deploy_s_snapshot_state_is_one_plain_line():
+    assert views.snapshot({"state": "ready", "size_bytes": 2_000_000, "capture_s": 0.4}) == \
+        "snapshot: ready, 2.0 MB (captured in 0.40 s)"
+    old = "CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels >= 6.16)"
+    assert views.snapshot({"state": "checkpoint_failed", "reason": old}) == f"snapshot: failed ({old})"
+    long = "checkpoint of abc failed: " + "x" * 300 + "\n(00.1) Error (criu/sk-inet.c:1): more log"
+    assert views.snapshot({"state": "checkpoint_failed", "reason": long}) == \
+        f"snapshot: failed ({long[:157]}...)"
+    assert views.snapshot({"state": "capturing", "reason": None}) == "snapshot: capturing"
+    assert views.snapshot({"state": "incompatible", "reason": "kernel changed"}) == \
+        "snapshot: outdated, captured again at the next cold boot (kernel changed)"

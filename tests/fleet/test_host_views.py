@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from beamctl.cli.host_views import check_lines, gpu_text, inventory_lines, summary
 from beamctl.fleet.check import HostCheck
 from beamctl.fleet.inventory import Entry
+from beamctl.fleet.prereqs import Prereq, checkpoint_problem, prerequisites
 from beamctl.fleet.probe import Disk, Gpu, HostFacts
 
 FACTS = HostFacts(hostname="gpu1", kernel="6.8.0", arch="x86_64", cpus=64, memory_bytes=512 << 30,
@@ -17,24 +20,88 @@ FACTS = HostFacts(hostname="gpu1", kernel="6.8.0", arch="x86_64", cpus=64, memor
 def test_a_host_that_answered():
     assert check_lines(HostCheck("gpu1", "deploy@10.0.0.5", True, 0.42, FACTS)) == [
         "gpu1 (deploy@10.0.0.5): ok in 0.4 s",
-        "  system  gpu1, Linux 6.8.0 x86_64, 64 CPUs, 512.0 GiB memory",
-        "  docker  27.3.1 (data root /data/docker)",
-        "  gpus    2x H100 (79.6 GiB, driver 550.54.15)",
-        "  criu    4.1.1 [yellow](checkpoints need CRIU >= 4.2: scripts/install-criu.sh)[/]",
-        "  disk    / 100.0 GiB free of 400.0 GiB; /data/docker 3072.0 GiB free of 7168.0 GiB",
-        "  agent   not installed",
+        "  system        gpu1, Linux 6.8.0 x86_64, 64 CPUs, 512.0 GiB memory",
+        "  gpus          2x H100 (79.6 GiB, driver 550.54.15)",
+        "  agent         not installed",
+        "  docker        ok       27.3.1 (data root /data/docker)",
+        "  runc          MISSING  unavailable: not probed",
+        "                         fix: install runc, Docker's runtime (Debian, Ubuntu: apt-get install runc)",
+        "  criu          MISSING  checkpoints off: CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels "
+        ">= 6.16)",
+        "                         fix: beamctl hosts install gpu1 (it carries CRIU >= 4.2 from this machine)",
+        "  decompressor  MISSING  unavailable: not probed",
+        "                         fix: beamctl hosts install gpu1",
+        "  disk          ok       /data/docker: 3072.0 GiB free of 7168.0 GiB",
+        "  nvidia        MISSING  the host has GPUs but no NVIDIA container toolkit",
+        "                         fix: install nvidia-container-toolkit (NVIDIA's apt repository), then restart "
+        "Docker",
+        "  checkpoints   no: CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels >= 6.16)",
     ]
 
 
-def test_criu_versions():
-    from beamctl.cli.host_views import criu_text
+READY = replace(FACTS, criu_version="4.2.1", criu_network_lock="nftables", runc_version="1.1.5+ds1",
+                zstandard_version="0.23.0", nvidia_hook="/usr/bin/nvidia-container-runtime-hook")
 
-    assert criu_text("4.2.1", "nftables") == "4.2.1, network lock nftables"
-    assert criu_text("5.0", "skip") == "5.0, network lock skip" and criu_text("weird", None) == "weird"
-    assert "need CRIU >= 4.2" in criu_text("3.17.1", "nftables")
-    default = criu_text("4.2.1", None)  # no runc.conf choice: CRIU's iptables lock, slower
-    assert default.startswith("4.2.1 [yellow](network lock iptables") and "install-criu.sh" in default
-    assert "network lock iptables:" in criu_text("4.2.1", "iptables")
+
+def test_a_host_with_everything_can_checkpoint():
+    c = HostCheck("gpu1", "gpu1", True, 0.42, READY)
+    assert check_lines(c)[4:] == [
+        "  docker        ok       27.3.1 (data root /data/docker)",
+        "  runc          ok       1.1.5+ds1",
+        "  criu          ok       4.2.1, network lock nftables",
+        "  decompressor  ok       zstandard 0.23.0 in the agent's Python",
+        "  disk          ok       /data/docker: 3072.0 GiB free of 7168.0 GiB",
+        "  nvidia        ok       /usr/bin/nvidia-container-runtime-hook",
+        "  checkpoints   yes",
+    ]
+    assert summary([c]) == "1 host: 1 ok"
+    assert c.as_json()["checkpoints"] == {"can": True, "why_not": None}
+    assert [p["name"] for p in c.as_json()["prerequisites"]] == ["docker", "runc", "criu", "decompressor", "disk",
+                                                                 "nvidia"]
+
+
+def test_criu_states_and_their_fixes():
+    def criu(**changes):
+        (p,) = [p for p in prerequisites(replace(READY, **changes), "h") if p.name == "criu"]
+        return p.ok, p.found, p.fix
+
+    assert criu(criu_version=None, criu_error="not installed") == (
+        False, "checkpoints off: CRIU is not installed",
+        "beamctl hosts install h (it carries CRIU >= 4.2 from this machine)")
+    assert criu(criu_check_error="Error (criu/kerndat.c:1): no userfaultfd") == (
+        False, "checkpoints off: `criu check` fails: Error (criu/kerndat.c:1): no userfaultfd",
+        "the kernel lacks what CRIU needs: run `criu check --all` on the host for the details")
+    assert criu(criu_network_lock=None) == (
+        True, "4.2.1, network lock iptables (CRIU default): 70-85 ms more per checkpoint capture and restore",
+        "beamctl hosts install h (sets network-lock nftables in /etc/criu/runc.conf where a trial dump works)")
+    assert criu(criu_network_lock="iptables")[2] is None  # chosen (a trial dump with nftables failed there)
+    assert criu(criu_version="5.0", criu_network_lock="skip") == (True, "5.0, network lock skip", None)
+
+
+def test_every_part_s_fix():
+    docker_down = replace(READY, docker_version=None, docker_error="Cannot connect to the Docker daemon")
+    assert prerequisites(docker_down, "h")[0] == Prereq(
+        "docker", False, "unavailable: Cannot connect to the Docker daemon",
+        "start it (systemctl start docker) and let the SSH user use it (root, or the docker group)")
+    assert checkpoint_problem(docker_down) == "no Docker Engine (Cannot connect to the Docker daemon)"
+    old = prerequisites(replace(READY, docker_version="19.03.15"), "h")[0]
+    assert (old.ok, old.fix) == (False, "upgrade Docker Engine to >= 20.10")
+    full = prerequisites(replace(READY, disks=(Disk("/data/docker", 3 << 30, 7 << 40),)), "h")[4]
+    assert full == Prereq("disk", False, "/data/docker: 3.0 GiB free of 7168.0 GiB, less than 10 GiB",
+                          "free space under /data/docker (docker image prune -a removes unused images)")
+    cpu_only = prerequisites(replace(READY, gpus=(), nvidia_hook=None), "h")
+    assert [p.name for p in cpu_only] == ["docker", "runc", "criu", "decompressor", "disk"]
+    no_zstd = replace(READY, zstandard_version=None, zstandard_error="the agent's Python has no zstandard module")
+    assert prerequisites(no_zstd, "h")[3] == Prereq(
+        "decompressor", False, "unavailable: the agent's Python has no zstandard module", "beamctl hosts install h")
+    no_runc = replace(READY, runc_version=None, runc_error="not installed")
+    assert checkpoint_problem(no_runc) == "runc: not installed"
+
+
+def test_no_view_holds_markup_or_a_repository_script():
+    for facts in (FACTS, READY, replace(READY, criu_network_lock=None)):
+        text = "\n".join(check_lines(HostCheck("gpu1", "gpu1", True, 0.1, facts)))
+        assert "[/" not in text and "[yellow" not in text and "scripts/" not in text and ".sh" not in text
 
 
 def test_a_host_that_refused():
@@ -44,7 +111,8 @@ def test_a_host_that_refused():
                               "  hint: run: beamctl hosts trust gpu2"]
     down = HostCheck("gpu3", "gpu3", False, 10.0, error="gpu3: unreachable: ...", kind="HostUnreachable")
     assert check_lines(down)[0] == "gpu3: unreachable [HostUnreachable]"
-    assert summary([HostCheck("gpu1", "t", True, 0.4, FACTS), c, down]) == "3 hosts: 1 ok, 2 failed (gpu2, gpu3)"
+    assert summary([HostCheck("gpu1", "t", True, 0.4, FACTS), c, down]) == \
+        "3 hosts: 1 ok, 2 failed (gpu2, gpu3); missing prerequisites: gpu1 (runc, criu, decompressor, nvidia)"
 
 
 def test_gpus_and_their_absence():

@@ -14,7 +14,7 @@ import pytest
 
 from beamctl import __version__
 from beamctl.agent import bridge, control
-from beamctl.fleet import install
+from beamctl.fleet import criu, install
 from beamctl.fleet.remote import command_line
 
 NO_AGENT = {"ok": False, "error": "no agent is running on this host"}
@@ -36,7 +36,8 @@ def test_remote_commands_are_fixed_lists_with_quoted_arguments():
     assert argv[6:] == [install.UNIT_TEXT, install.SUPERVISOR]
     line = command_line(argv)  # every word quoted for the login shell
     assert line.startswith("sh -c 'set -eu")
-    assert install.probe_argv() == ["sh", "-c", install.PROBE, "sh", install.PYTHON, install.DATA_DIR]
+    assert install.probe_argv() == ["sh", "-c", install.PROBE + "\n" + criu.PROBE, "sh", install.PYTHON,
+                                    install.DATA_DIR]
     assert install.BRIDGE_ARGV == (install.PYTHON, "-m", "beamctl.agent.bridge", "--data-dir", "/var/lib/beamctl")
     assert "/pip\" install -q --no-index" in install.INSTALL  # never the network on the host; pip from its wheel
     assert "python3 -m venv --without-pip" in install.INSTALL  # no python3-venv (ensurepip) needed

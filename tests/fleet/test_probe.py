@@ -31,6 +31,9 @@ def test_the_cpu_host_sample():
     assert f.disks == (Disk("/", 75175760 * 1024, 264212084 * 1024),
                        Disk("/var/lib/docker", 75175760 * 1024, 264212084 * 1024))
     assert (f.agent_installed, f.agent_version, f.agent_note) == (False, None, "not installed")
+    assert f.docker_runtimes == ("io.containerd.runc.v2", "io.containerd.runtime.v1.linux", "runc")
+    assert (f.criu_check_error, f.runc_version, f.runc_error, f.nvidia_hook) == (None, "1.1.5+ds1", None, None)
+    assert (f.zstandard_version, f.zstandard_error) == (None, "no agent Python (the agent is not installed)")
     assert f.problems == []
 
 
@@ -98,7 +101,25 @@ def test_garbage_is_a_problem_not_a_crash():
     assert f.gpus == () and f.problems == ["gpus: cannot read the output (not enough values to unpack "
                                            "(expected 4, got 2))"]
     assert parse_probe("").problems == [f"no {n} section" for n in ("system", "docker", "gpus", "criu",
-                                                                     "disk", "agent")]
+                                                                     "criu_check", "runc", "nvidia", "disk",
+                                                                     "agent", "unzstd")]
+
+
+def test_an_engine_of_the_old_format_has_no_runtime_list():
+    f = parse_probe(with_section("docker", "@@20.10.24+dfsg1|/var/lib/docker", 0))
+    assert (f.docker_version, f.docker_root, f.docker_runtimes) == ("20.10.24+dfsg1", "/var/lib/docker", None)
+
+
+def test_criu_check_runc_nvidia_and_the_decompressor():
+    f = parse_probe(with_section("criu_check", "Error (criu/cr-check.c:1234): Kernel doesn't support PTRACE_O_SUSPEND_SECCOMP", 1))
+    assert f.criu_check_error == "Error (criu/cr-check.c:1234): Kernel doesn't support PTRACE_O_SUSPEND_SECCOMP"
+    assert parse_probe(with_section("criu_check", "", 0)).criu_check_error is None
+    assert parse_probe(with_section("runc", "sh: 1: runc: not found", 127)).runc_error == "not installed"
+    f = parse_probe(with_section("nvidia", "/usr/bin/nvidia-container-runtime-hook", 0))
+    assert f.nvidia_hook == "/usr/bin/nvidia-container-runtime-hook"
+    assert parse_probe(with_section("unzstd", "0.23.0", 0)).zstandard_version == "0.23.0"
+    f = parse_probe(with_section("unzstd", "ModuleNotFoundError: No module named 'zstandard'", 1))
+    assert f.zstandard_error == "the agent's Python has no zstandard module"
 
 
 def test_sections_carry_their_exit_status():
@@ -124,3 +145,5 @@ def test_the_probe_runs_here_and_reads_back(tmp_path):
     want = next((ln.split()[1] for ln in (conf.read_text().splitlines() if conf.exists() else [])
                  if ln.strip().startswith("network-lock") and len(ln.split()) > 1), None)
     assert f.criu_network_lock == want
+    assert f.runc_version and f.runc_error is None and "runc" in (f.docker_runtimes or ())
+    assert f.criu_version and f.criu_check_error is None  # `criu check` passes here (scripts/setup.sh)

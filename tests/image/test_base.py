@@ -105,7 +105,7 @@ def test_missing_debootstrap_points_at_the_setup_script(tmp_path, monkeypatch):
     with pytest.raises(BaseImageError) as e:
         rootfs.debootstrap(tmp_path / "root", lambda m: None)
     assert e.value.message.startswith("debootstrap is not installed")
-    assert e.value.hint.startswith("run ./scripts/setup.sh")
+    assert e.value.hint.startswith("install debootstrap (")
 
 
 def test_remove_tree_removes_a_work_folder(tmp_path):

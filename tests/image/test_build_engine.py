@@ -108,7 +108,7 @@ def test_engine_not_running_says_how_to_start_it(make_app, shared_cache, tmp_pat
                    env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
     assert proc.returncode == 3
     assert proc.stderr.startswith("error: cannot reach the Docker Engine: ")
-    assert "hint: start it with `sudo ./scripts/setup.sh`" in proc.stderr and "Traceback" not in proc.stderr
+    assert "hint: start it with `sudo systemctl start docker`" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_prune_keeps_the_newest(make_app, shared_cache):
