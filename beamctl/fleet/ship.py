@@ -121,7 +121,7 @@ def local_layers(image_ref: str) -> list[str]:
     try:
         done = subprocess.run(argv, capture_output=True, text=True)
     except FileNotFoundError:
-        raise EnvironmentProblem("the docker CLI is not installed here", "run ./scripts/setup.sh") from None
+        raise EnvironmentProblem("the docker CLI is not installed here", "install Docker Engine (its docker CLI) on this machine") from None
     if done.returncode != 0:
         raise EnvironmentProblem(f"cannot inspect {image_ref} here: {tail(done.stderr)}")
     return list(json.loads(done.stdout))
