@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     threading.Thread(target=agent.reap_forever, daemon=True, name="reaper").start()
+    threading.Thread(target=agent.watch_deaths_forever, daemon=True, name="deaths").start()
     stop.wait()
     agent.shutdown()  # containers keep running: a restarted agent adopts them
     return 0

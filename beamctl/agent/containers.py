@@ -8,9 +8,10 @@ environment of the container and go nowhere else.
 from __future__ import annotations
 
 import secrets as _secrets
+import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from beamctl.agent.sandboxes import LABEL_SANDBOX, Sandboxes
 from beamctl.agent.spec import AppSpec
@@ -55,6 +56,34 @@ def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
     return args
 
 
+def size_text(n: int) -> str:
+    """Bytes as beam.yaml writes them: 268435456 -> "256Mi", 1073741824 -> "1Gi"."""
+    for unit, shift in (("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n} bytes"
+
+
+def death_reason(inspect: dict[str, Any]) -> str | None:
+    """Why a container is not running, from the engine's inspect (None while it runs): out of memory
+    (with its limit), a signal (exit code 128+N), or its exit code."""
+    state = inspect.get("State") or {}
+    if state.get("Running") and not state.get("OOMKilled"):
+        return None
+    code = int(state.get("ExitCode") or 0)
+    limit = int((inspect.get("HostConfig") or {}).get("Memory") or 0)
+    if state.get("OOMKilled"):
+        return "killed: out of memory" + (f" (limit {size_text(limit)})" if limit else "")
+    if code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        return f"killed by {name} (exit code {code})"
+    error = state.get("Error") or ""
+    return f"exited with code {code}" + (f": {error}" if error else "")
+
+
 @dataclass(frozen=True)
 class ContainerInfo:
     id: str
@@ -69,6 +98,8 @@ class Containers(Protocol):
     def start(self, container_id: str) -> str: ...  # returns the runtime's address, "host:port"
     def address(self, container_id: str) -> str: ...
     def exit_code(self, container_id: str) -> int | None: ...  # None while running
+    def death(self, container_id: str) -> str | None: ...  # death_reason; None while it runs
+    def deaths(self, agent_id: str) -> Iterator[tuple[str, str]]: ...  # blocks: (app container id, why)
     def stop(self, container_id: str) -> None: ...
     def remove(self, container_id: str) -> None: ...
     def logs(self, container_id: str, tail: int | None = None) -> list[tuple[float, str]]: ...
@@ -176,6 +207,27 @@ class DockerContainers:
     def exit_code(self, container_id: str) -> int | None:
         state = self.api.inspect_container(container_id)["State"]
         return None if state["Running"] or state["Status"] == "created" else int(state["ExitCode"])
+
+    def death(self, container_id: str) -> str | None:
+        import docker
+
+        try:
+            return death_reason(self.api.inspect_container(container_id))
+        except docker.errors.NotFound:
+            return "the container was removed"
+
+    def deaths(self, agent_id: str) -> Iterator[tuple[str, str]]:
+        """The engine's `die` events of this agent's containers as (app container id, why), as they come;
+        a network sandbox's death is the death of the app container in it. Blocks; ends if the engine's
+        event stream does."""
+        filters = {"type": "container", "event": ["die"], "label": f"{LABEL_AGENT}={agent_id}"}
+        for event in self.api.events(decode=True, filters=filters):
+            cid = event.get("id") or (event.get("Actor") or {}).get("ID", "")
+            if LABEL_SANDBOX in ((event.get("Actor") or {}).get("Attributes") or {}):
+                for user in self.sandboxes.users_of(cid):
+                    yield user, f"its network sandbox {cid[:12]} stopped"
+            elif cid:
+                yield cid, self.death(cid) or "it stopped"
 
     def stop(self, container_id: str) -> None:
         import docker

@@ -2,13 +2,17 @@
 
 One container per app at a time (it runs `workers` tasks at once); a task that finds no free
 slot waits for one. A container is started by the first task (or deploy) that needs it, in
-a thread of its own, and every waiting task is told when it is READY or FAILED.
+a thread of its own, and every waiting task is told when it is READY or FAILED; while one is
+being started, no other task starts another (a burst from zero waits for the one).
+A container that died or stopped answering leaves the pool at once (`lose`: the engine's die
+event or a failed request says so), so the next task starts a new one.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,18 +45,21 @@ class Live:
     version: int
     timeline: ContainerTimeline
     address: str = ""  # the runtime's "host:port"
-    state: str = "starting"  # starting | ready | failed | stopping
+    state: str = "starting"  # starting | ready | failed | stopping | dead
     busy: int = 0
+    death: str | None = None  # why it died (death_reason), once it did
     last_used: float = 0.0
     failure: StartFailed | None = None
     args_hash: str = ""  # of its create arguments (name aside): a snapshot's key holds the same
     _conns: list[http.client.HTTPConnection] = field(default_factory=list)
+    _in_use: set[http.client.HTTPConnection] = field(default_factory=set)
     _conn_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def request(self, method: str, path: str, body: dict | None, timeout: float) -> tuple[int, dict]:
         """One HTTP exchange with the runtime over a kept-alive connection."""
         with self._conn_lock:
             conn = self._conns.pop() if self._conns else http.client.HTTPConnection(self.address)
+            self._in_use.add(conn)
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -64,9 +71,22 @@ class Live:
         except Exception:
             conn.close()
             raise
+        finally:
+            with self._conn_lock:
+                self._in_use.discard(conn)
         with self._conn_lock:
             self._conns.append(conn)
         return response.status, payload
+
+    def abort(self) -> None:
+        """Requests in flight fail now (the container is gone: they would wait for their timeout)."""
+        with self._conn_lock:
+            socks = [c.sock for c in self._in_use if c.sock is not None]
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         with self._conn_lock:
@@ -92,6 +112,7 @@ class Pool:
         self._failure_at = 0.0
         self._failure_version: int | None = None
         self.pending: set[int] = set()  # versions a deploy is starting: never idled out meanwhile
+        self._creating = False  # a task is creating a container (outside the lock): others wait for it
 
     # starting ---------------------------------------------------------------------------------
     def start(self, version: int, reserve: bool = False) -> Live:
@@ -264,14 +285,19 @@ class Pool:
                     if (self._failure is not None and self._failure_at >= since
                             and self._failure_version == self.version):
                         raise self._failure  # the start this task waited for failed
-                    if not current:
+                    if not current and not self._creating:
                         self.on_event(f"cold start of v{self.version}")
-                        version = self.version
+                        version, self._creating = self.version, True
                         self.cond.release()
                         try:
                             mine = self.start(version, reserve=True)
+                        except Exception as e:  # noqa: BLE001 - the engine refused the create
+                            raise StartFailed(f"could not create a container: {type(e).__name__}: {e}", []) \
+                                from None
                         finally:
                             self.cond.acquire()
+                            self._creating = False
+                            self.cond.notify_all()
                         continue
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -285,6 +311,21 @@ class Pool:
             live.busy -= 1
             live.last_used = time.monotonic()
             self.cond.notify_all()
+
+    def find(self, container_id: str) -> Live | None:
+        with self.cond:
+            return next((c for c in self.live if c.id == container_id), None)
+
+    def lose(self, live: Live, why: str) -> bool:
+        """The container died or stopped answering: it leaves the pool now (tasks running in it fail on
+        their own). True the first time only; the caller retires it."""
+        with self.cond:
+            if live.death is not None or live not in self.live or live.state != "ready":
+                return False
+            live.state, live.death = "dead", why
+            self.live.remove(live)
+            self.cond.notify_all()
+        return True
 
     # scaling to zero and retiring -------------------------------------------------------------
     def idle_out(self, now: float) -> list[Live]:

@@ -68,6 +68,11 @@ class Sandboxes:
             got = self._used.get(container_id)
         return got[1] if got else None
 
+    def users_of(self, sandbox_id: str) -> list[str]:
+        """The app containers in this sandbox's network (one, or none)."""
+        with self._lock:
+            return [cid for cid, (_, sid) in self._used.items() if sid == sandbox_id]
+
     def released(self, container_id: str) -> None:
         """The app container is gone: its sandbox becomes a spare of the app (or goes, beyond SPARES)."""
         with self._lock:

@@ -30,6 +30,9 @@ HEALTH_TIMEOUT_S = 300  # on_start of a big model (weights from disk, CUDA init)
 REAP_EVERY_S = 0.5  # how often idle containers are looked for
 HTTP_SLACK_S = 10  # beyond the task timeout, for the runtime to answer
 STOP_DRAIN_S = 30  # `stop` waits this long for running tasks before stopping their containers
+STARTING_AT_DEATH = "the agent stopped during its start"
+DEAF_PROBE_S = 1.0  # after a failed task request: a container that does not answer /health this fast is lost
+DEATH_SETTLE_S = 1.0  # ...and the engine gets this long to report its exit (OOM, signal) before "deaf"
 
 
 class AgentError(Exception):
@@ -84,6 +87,9 @@ class Agent:
     def recover(self) -> None:
         """After a (re)start: cut-off tasks are marked lost; healthy containers are adopted, not killed."""
         lost = self.store.mark_lost()
+        for row in self.store.versions_in(("starting",)):  # their start died with the agent: GPUs freed
+            self.store.set_version_state(row["app"], row["version"], "failed", STARTING_AT_DEATH)
+            self.store.event(row["app"], f"v{row['version']} failed: {STARTING_AT_DEATH}")
         for app in self.store.apps():
             if self.store.active_version(app) is not None:
                 self._pool(app)
@@ -93,6 +99,7 @@ class Agent:
                 self.store.event(info.app, f"agent restarted: adopted container {info.id[:12]} of v{info.version}")
                 continue
             self.containers.stop(info.id)
+            _logs.save(self.data_dir, info.app, info.id, self.containers.logs(info.id))
             self.containers.remove(info.id)
         for app in self.store.apps():  # what was kept for the next start of an app that no longer runs
             if app not in self.pools:
@@ -129,6 +136,64 @@ class Agent:
 
     def shutdown(self) -> None:
         self._stop.set()
+
+    # containers that die ------------------------------------------------------------------------
+    def watch_deaths_forever(self) -> None:
+        """The engine's die events: a dead container leaves its pool at once (the next task starts a new
+        one). The stream is opened again if it ends (an engine restart)."""
+        while not self._stop.is_set():
+            try:
+                for container_id, why in self.containers.deaths(self.agent_id):
+                    self.container_died(container_id, why)
+            except Exception as e:  # noqa: BLE001 - the engine went away: failed requests still say it
+                self.store.event("-", f"engine events stopped ({type(e).__name__}: {e}); reconnecting")
+            self._stop.wait(1.0)
+
+    def container_died(self, container_id: str, why: str) -> bool:
+        for app, pool in list(self.pools.items()):
+            live = pool.find(container_id)
+            if live is not None:
+                return self._lose(app, pool, live, why)
+        return False
+
+    def _lose(self, app: str, pool: Pool, live: Live, why: str) -> bool:
+        if not pool.lose(live, why):
+            return False
+        live.abort()
+        self.store.event(app, f"container {live.id[:12]} of v{live.version} died: {why}")
+        threading.Thread(target=self._retire, args=(app, live), daemon=True, name=f"retire-{app}").start()
+        return True
+
+    def _lost_contact(self, app: str, pool: Pool, live: Live | None, error: Exception) -> str:
+        """A task's request to its container failed: why, as the engine or a health probe tells it. A
+        container that died or does not answer its health check leaves the pool (the next task starts a
+        new one); one that answers stays (only this task was lost)."""
+        said = f"{type(error).__name__}: {error}"
+        if live is None:
+            return f"lost contact with the container: {said}"
+        why = live.death or self._dead_or_deaf(live)
+        if why is None:
+            return f"lost contact with the container (it still answers): {said}"
+        self._lose(app, pool, live, why)
+        return f"container {live.id[:12]} of v{live.version} died during the task: {why}"
+
+    def _dead_or_deaf(self, live: Live) -> str | None:
+        try:
+            why = self.containers.death(live.id)
+            if why is not None:
+                return why
+            status, _ = live.request("GET", "/health", None, timeout=DEAF_PROBE_S)
+            if status == 200:
+                return None
+        except Exception:  # noqa: BLE001 - no answer is the answer
+            pass
+        deadline = time.monotonic() + DEATH_SETTLE_S  # the engine may not have seen the exit yet
+        while time.monotonic() < deadline:
+            why = self.containers.death(live.id)
+            if why is not None:
+                return why
+            time.sleep(0.05)
+        return "it stopped answering (its process runs, its network does not answer)"
 
     # deploy ---------------------------------------------------------------------------------------
     def deploy(self, spec_json: dict[str, Any], secret_values: dict[str, str],
@@ -228,7 +293,11 @@ class Agent:
 
     def _await_switch(self, spec: AppSpec, pool: Pool, version: int, token: str,
                       health_timeout: float, previous_state: str = "retired") -> dict[str, Any]:
-        live = pool.start(version)
+        try:
+            live = pool.start(version)
+        except Exception as e:  # noqa: BLE001 - a start that cannot begin fails this start, not the agent
+            return self._start_failed(spec, pool, version, f"could not start a container: {type(e).__name__}: "
+                                      f"{e}", [])
         deadline = time.monotonic() + health_timeout
         with pool.cond:
             while live.state == "starting" and time.monotonic() < deadline:
@@ -241,13 +310,7 @@ class Agent:
                     if live in pool.live:
                         pool.live.remove(live)
                 self._retire(spec.app, live)
-            self.store.set_version_state(spec.app, version, "failed", reason)
-            self.snapshots.delete(spec.app, version)
-            serving = pool.version
-            if serving is None:
-                self.containers.forget(spec.app)
-            return {"app": spec.app, "version": version, "image": spec.image, "status": "failed",
-                    "reason": reason, "log_tail": tail, "serving": serving}
+            return self._start_failed(spec, pool, version, reason, tail)
         previous = pool.version
         with pool.cond:
             pool.version, pool.workers, pool.keep_warm_s = version, spec.workers, spec.keep_warm_s
@@ -260,6 +323,16 @@ class Agent:
         self.store.event(spec.app, f"v{version} is serving" + (
             f"; v{previous} {previous_state.replace('_', ' ')}" if previous else ""))
         return self._ready(spec, version, token)
+
+    def _start_failed(self, spec: AppSpec, pool: Pool, version: int, reason: str, tail: list[str]
+                      ) -> dict[str, Any]:
+        self.store.set_version_state(spec.app, version, "failed", reason)
+        self.snapshots.delete(spec.app, version)
+        serving = pool.version
+        if serving is None:
+            self.containers.forget(spec.app)
+        return {"app": spec.app, "version": version, "image": spec.image, "status": "failed",
+                "reason": reason, "log_tail": tail, "serving": serving}
 
     # rollback -------------------------------------------------------------------------------------
     def rollback(self, app: str, version: int | None = None,
@@ -366,7 +439,7 @@ class Agent:
         except StartFailed as e:
             payload = {"status": "failed", "error": f"the container could not start: {e.reason}"}
         except Exception as e:  # noqa: BLE001 - the runtime died or hung: the task failed, the agent goes on
-            payload = {"status": "failed", "error": f"lost contact with the container: {type(e).__name__}: {e}"}
+            payload = {"status": "failed", "error": self._lost_contact(app, pool, live, e)}
         finally:
             if live is not None:
                 pool.release(live)
