@@ -20,8 +20,10 @@ def ms(seconds: float | None) -> str:
 def profile(task: dict[str, Any], recent_cold: list[float]) -> list[str]:
     phases = task.get("phases") or {}
     total = task.get("total") or 0.0
-    lines = [f"[bold]{task['task_id']}[/]  {task['app']} v{task['version']}  [bold]{task['start']}[/] start, "
-             f"{task['status']}, total {ms(total)}"]
+    version = f"v{task['version']}" if task.get("version") is not None else "v-"
+    start = f"[bold]{task['start']}[/] start, " if task.get("start") else ""
+    lines = [f"[bold]{task['task_id']}[/]  {task['app']} {version}  {start}{task['status']}, "
+             f"total {ms(task.get('total'))}"]
     scale = BAR_WIDTH / max(total, sum(phases.values()), 1e-9)  # one scale: a waterfall of the total
     offset = 0.0
     for key, label in PHASE_LABELS.items():
@@ -38,7 +40,7 @@ def profile(task: dict[str, Any], recent_cold: list[float]) -> list[str]:
         kind = "restored" if task.get("start") == "restored" else "cold"
         lines.append(f"  recent {kind} starts of {task['app']}: {len(recent_cold)}, average total {ms(avg)}")
     if task.get("error"):
-        lines.append(f"  [red]error:[/] {task['error']}")
+        lines.append(f"  [red]error:[/] {escape(task['error'])}")
     return lines
 
 
@@ -54,6 +56,8 @@ def tasks_table(tasks: list[dict[str, Any]], hosts: bool = False) -> list[str]:
         host = f" {t.get('host') or '-':<16}" if hosts else ""
         rows.append(f"{t['task_id']:<16}{host} {t['app']:<16} {t['version'] or '-':>3} {t['status']:<10} "
                     f"{t['start'] or '-':<8} {ms(t['total']):>12} {ms(run):>12}  {when}")
+        if t.get("error") and t["status"] != "succeeded":  # why it failed, on its own line under it
+            rows.append(f"  [red]└ {escape(t['error'])}[/]")
     return rows
 
 

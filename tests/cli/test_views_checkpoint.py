@@ -50,3 +50,19 @@ def test_a_deploy_s_snapshot_state_is_one_plain_line():
     assert views.snapshot({"state": "capturing", "reason": None}) == "snapshot: capturing"
     assert views.snapshot({"state": "incompatible", "reason": "kernel changed"}) == \
         "snapshot: outdated, captured again at the next cold boot (kernel changed)"
+
+
+def test_a_failed_or_lost_task_says_why_under_its_row_and_its_profile_has_no_none():
+    died = {"task_id": "t-2", "app": "w", "version": 2, "start": "warm", "status": "failed", "total": 0.45,
+            "received": 0, "phases": {"task_run": 0.4},
+            "error": "container abc of v2 died during the task: killed: out of memory (limit 128Mi)"}
+    lost = {"task_id": "t-3", "app": "w", "version": None, "start": None, "status": "lost", "total": None,
+            "received": 0, "phases": None, "error": "the agent stopped while the task ran"}
+    ok = {**died, "task_id": "t-4", "status": "succeeded", "error": None}
+    table = views.tasks_table([died, lost, ok])
+    assert table[2] == "  [red]└ container abc of v2 died during the task: killed: out of memory (limit 128Mi)[/]"
+    assert table[4] == "  [red]└ the agent stopped while the task ran[/]"
+    assert len(table) == 6  # header, 3 rows, 2 reasons
+    assert views.profile(lost, [])[0] == "[bold]t-3[/]  w v-  lost, total -"
+    assert views.profile(died, [])[-1] == \
+        "  [red]error:[/] container abc of v2 died during the task: killed: out of memory (limit 128Mi)"
