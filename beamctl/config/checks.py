@@ -215,9 +215,24 @@ def rollout_has_hosts(doc: Document, app_dir: Path) -> Iterator[Problem]:
                       "machine only; list the hosts under hosts, or remove max_parallel", severity="warning")
 
 
+def numbers_are_numbers(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """YAML's .nan passes every minimum and maximum of the schema (each comparison is false): refused here."""
+    def walk(value: object, path: tuple[str | int, ...]) -> Iterator[Problem]:
+        if isinstance(value, float) and value != value:
+            yield doc.problem(path, "is .nan, not a number: write a number")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str):
+                    yield from walk(item, (*path, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from walk(item, (*path, i))
+    yield from walk(doc.data, ())
+
+
 CHECKS: tuple[Check, ...] = (entrypoints_exist, gpu_names, checkpoint_single_gpu, volumes_sound,
                              cache_dir_on_volume, image_sources, env_and_secrets, hosts_safe,
-                             rollout_has_hosts)
+                             rollout_has_hosts, numbers_are_numbers)
 
 
 def run_checks(doc: Document, app_dir: Path) -> list[Problem]:
