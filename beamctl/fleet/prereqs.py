@@ -14,6 +14,8 @@ from beamctl.fleet.probe import HostFacts
 MIN_DOCKER = (20, 10)  # the oldest Engine the agent's calls (checkpoint start, device requests) ran on
 DOCKER_FREE_MIN_BYTES = 10 << 30  # a CUDA + torch image is 5-10 GB, and a deploy loads the new one beside the old
 GIB = 1 << 30
+EXPERIMENTAL_FIX = ('for checkpoints: add "experimental": true to /etc/docker/daemon.json on the host and restart '
+                    "Docker (systemctl restart docker)")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ def checkpoint_problem(f: HostFacts) -> str | None:
         return f"no Docker Engine ({f.docker_error})"
     if f.runc_version is None and f.runc_error is not None:
         return f"runc: {f.runc_error}"
+    if f.docker_experimental is False:
+        return "Docker Engine's experimental mode is off (restores use `docker start --checkpoint`)"
     return criu_problem(f.criu_version, f.criu_error, f.criu_check_error)
 
 
@@ -62,6 +66,9 @@ def _docker(f: HostFacts) -> Prereq:
     found = f"{f.docker_version} (data root {f.docker_root})"
     if (version_parts(f.docker_version) or MIN_DOCKER) < MIN_DOCKER:
         return Prereq("docker", False, f"{found}, older than {need}", f"upgrade Docker Engine to >= {need}")
+    if f.docker_experimental is False:
+        return Prereq("docker", True, f"{found}; experimental mode off: snapshots cannot be restored",
+                      EXPERIMENTAL_FIX)
     return Prereq("docker", True, found)
 
 

@@ -18,7 +18,7 @@ AGENT_VERSION_ARGV = (AGENT_PYTHON, "-m", "beamctl.agent", "--version")
 _SCRIPT = r"""PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin"
 s() { printf '\n@@beamctl %s\n' "$1"; }
 s system; uname -nrm; nproc 2>/dev/null; grep -m1 '^MemTotal:' /proc/meminfo 2>/dev/null
-s docker; out=$(docker info --format '@@{{.ServerVersion}}|{{.DockerRootDir}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}' 2>&1); rc=$?
+s docker; out=$(docker info --format '@@{{.ServerVersion}}|{{.DockerRootDir}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}|{{.ExperimentalBuild}}' 2>&1); rc=$?
 printf '%s\n@@rc %s\n' "$out" "$rc"
 root=$(printf '%s\n' "$out" | sed -n 's/^@@[^|]*|\([^|]*\).*/\1/p' | head -n1)
 s gpus; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader,nounits 2>&1
@@ -67,6 +67,7 @@ class HostFacts:
     docker_root: str | None = None
     docker_error: str | None = None
     docker_runtimes: tuple[str, ...] | None = None  # as `docker info` lists them (None: not asked)
+    docker_experimental: bool | None = None  # restores use `docker start --checkpoint`: experimental only
     gpus: tuple[Gpu, ...] = ()
     gpu_note: str | None = None  # why there are none: no nvidia-smi, or what it said
     criu_version: str | None = None
@@ -133,7 +134,9 @@ def _docker(lines: list[str], rc: int | None) -> dict[str, Any]:
         if line.startswith("@@") and "|" in line and rc == 0:
             version, root, *rest = line[2:].split("|")
             runtimes = tuple(r for r in rest[0].split(",") if r) if rest else None
-            return {"docker_version": version, "docker_root": root, "docker_runtimes": runtimes}
+            experimental = rest[1] == "true" if len(rest) > 1 else None
+            return {"docker_version": version, "docker_root": root, "docker_runtimes": runtimes,
+                    "docker_experimental": experimental}
     reason = _last(lines) or f"exit status {rc}"
     return {"docker_error": "not installed" if _NOT_FOUND.search(reason) and "docker" in reason else reason}
 

@@ -125,3 +125,15 @@ def test_gpus_and_their_absence():
 def test_inventory_columns():
     assert inventory_lines([Entry("gpu1", "deploy@10.0.0.5", {"rack": "a"}), Entry("g2", "alias")]) == [
         "gpu1  deploy@10.0.0.5  rack=a", "g2    alias"]
+
+
+def test_an_engine_without_experimental_mode_cannot_restore_and_says_the_fix():
+    plain = replace(READY, docker_experimental=False)
+    assert checkpoint_problem(plain) == \
+        "Docker Engine's experimental mode is off (restores use `docker start --checkpoint`)"
+    docker = prerequisites(plain, "h")[0]
+    assert docker.ok and docker.found.endswith("; experimental mode off: snapshots cannot be restored")
+    assert docker.fix == ('for checkpoints: add "experimental": true to /etc/docker/daemon.json on the host and '
+                          "restart Docker (systemctl restart docker)")
+    assert checkpoint_problem(replace(READY, docker_experimental=None)) is None  # not reported: not judged
+

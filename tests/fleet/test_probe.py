@@ -110,6 +110,13 @@ def test_an_engine_of_the_old_format_has_no_runtime_list():
     assert (f.docker_version, f.docker_root, f.docker_runtimes) == ("20.10.24+dfsg1", "/var/lib/docker", None)
 
 
+def test_the_engines_experimental_mode_is_read():
+    line = "@@20.10.24+dfsg1|/var/lib/docker|runc,|{}"
+    assert parse_probe(with_section("docker", line.format("true"), 0)).docker_experimental is True
+    assert parse_probe(with_section("docker", line.format("false"), 0)).docker_experimental is False
+    assert parse_probe(with_section("docker", "@@20.10.24+dfsg1|/var/lib/docker|runc,", 0)).docker_experimental is None
+
+
 def test_criu_check_runc_nvidia_and_the_decompressor():
     f = parse_probe(with_section("criu_check", "Error (criu/cr-check.c:1234): Kernel doesn't support PTRACE_O_SUSPEND_SECCOMP", 1))
     assert f.criu_check_error == "Error (criu/cr-check.c:1234): Kernel doesn't support PTRACE_O_SUSPEND_SECCOMP"

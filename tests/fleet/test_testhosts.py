@@ -51,8 +51,18 @@ def test_check_reports_each_host_over_ssh(cli, fleet_env):
         facts = r["facts"]
         assert facts["hostname"] == h.name  # the answer came from that host
         assert facts["docker_version"] == engine != "" and facts["docker_root"] == "/var/lib/docker"
-        assert int(facts["criu_version"].split(".")[0]) >= 4, facts["criu_version"]
-        assert facts["criu_network_lock"] == "nftables"  # the hosts' /etc/criu/runc.conf (hosts.RUNC_CONF)
+        prereqs = {p["name"]: p for p in r["prerequisites"]}
+        assert list(prereqs) == ["docker", "runc", "criu", "decompressor", "disk"], prereqs
+        assert not prereqs["decompressor"]["ok"]  # no agent yet: `hosts install` brings it
+        assert prereqs["decompressor"]["fix"] == f"beamctl hosts install {h.name}"
+        if h.kind == "full":
+            assert int(facts["criu_version"].split(".")[0]) >= 4, facts["criu_version"]
+            assert facts["criu_network_lock"] == "nftables"  # the hosts' /etc/criu/runc.conf (hosts.RUNC_CONF)
+            assert r["checkpoints"] == {"can": True, "why_not": None}
+        else:  # the plain host: no CRIU until `hosts install` carries it
+            assert facts["criu_version"] is None
+            assert r["checkpoints"] == {"can": False, "why_not": "CRIU is not installed"}, r["checkpoints"]
+            assert prereqs["criu"]["fix"].startswith(f"beamctl hosts install {h.name} (it carries CRIU")
         assert (facts["gpus"], facts["gpu_note"]) == ([], "no nvidia-smi")  # CPU-only
         assert [d["path"] for d in facts["disks"]] == ["/", "/var/lib/docker"]
         assert all(d["free_bytes"] > 0 for d in facts["disks"])
