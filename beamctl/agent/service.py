@@ -340,6 +340,9 @@ class Agent:
     def lock_acquire(self, app: str, holder: dict[str, Any]) -> dict[str, Any]:
         return _lock_op(_locks.acquire, self.data_dir, app, holder)
 
+    def lock_renew(self, app: str, token: str) -> bool:
+        return _lock_op(_locks.renew, self.data_dir, app, token)
+
     def lock_release(self, app: str, token: str) -> bool:
         return _lock_op(_locks.release, self.data_dir, app, token)
 
