@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import socket
 import socketserver
 import threading
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 MAX_LINE_BYTES = 64 << 20  # one request (a deploy with its secrets, a call with its inputs)
 OPS = ("version", "check_placement", "deploy", "rollback", "call", "task", "tasks", "status", "logs", "stop",
        "lock_acquire", "lock_renew", "lock_release", "lock_break")
+
+TASK_ID_RE = re.compile(r"^t-[0-9a-f]{12}$")  # `call` takes the client's, so it can name a task cut off
+
+
+def new_task_id() -> str:
+    return "t-" + secrets.token_hex(6)
 
 
 def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +42,10 @@ def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": e.message, "hint": e.hint, "data": e.data}
     except TypeError as e:
         return {"ok": False, "error": f"bad arguments for {op}: {e}"}
+    except Exception as e:  # noqa: BLE001 - answered, never a dropped connection: a client reads EOF as death
+        traceback.print_exc()  # into agent.log
+        return {"ok": False, "error": f"the agent failed in {op}: {type(e).__name__}: {e}",
+                "hint": "see agent.log in the agent's data dir"}
     return {"ok": True, "result": result}
 
 
