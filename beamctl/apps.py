@@ -31,8 +31,9 @@ def stopped_message(op: str, app: str | None, task_id: str | None, host: str | N
     """What to say when the agent stopped during `op` (pure)."""
     agent = f"the agent on {host}" if host else "the agent"
     if task_id is not None:
-        return (f"{agent} stopped during task {task_id} of {app}; it will show as lost in: beamctl tasks {app}",
-                None)
+        where = f" --host {host}" if host else ""
+        return (f"{agent} stopped during task {task_id} of {app}; it will show as lost in: beamctl tasks {app}"
+                f"{where}", None)
     if op in ("deploy", "rollback"):
         return (f"{agent} stopped during the {op} of {app}",
                 f"{op} again: the agent starts again, and takes this {op}'s lock over as stale")

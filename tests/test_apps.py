@@ -21,8 +21,8 @@ from beamctl.fleet import query
     (("call", "hello", "t-0123456789ab", None),
      ("the agent stopped during task t-0123456789ab of hello; it will show as lost in: beamctl tasks hello", None)),
     (("call", "hello", "t-0123456789ab", "gpu1"),
-     ("the agent on gpu1 stopped during task t-0123456789ab of hello; it will show as lost in: beamctl tasks hello",
-      None)),
+     ("the agent on gpu1 stopped during task t-0123456789ab of hello; it will show as lost in: beamctl tasks hello "
+      "--host gpu1", None)),
     (("deploy", "hello", None, None),
      ("the agent stopped during the deploy of hello",
       "deploy again: the agent starts again, and takes this deploy's lock over as stale")),
@@ -111,7 +111,7 @@ def test_a_call_on_a_host_cut_off_names_the_host_and_the_task(monkeypatch, cli, 
     task_id = agent.calls[0]["task_id"]
     assert r.code == 3, r.err
     assert r.err.splitlines()[-1] == (f"error: the agent on gpu1 stopped during task {task_id} of hello; it will "
-                                      f"show as lost in: beamctl tasks hello")
+                                      f"show as lost in: beamctl tasks hello --host gpu1")
 
 
 def test_ask_one_marks_a_stream_that_ended_but_not_a_refusal_or_a_timeout():
