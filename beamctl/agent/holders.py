@@ -15,6 +15,7 @@ from typing import Any
 
 LEASE_S = 60.0  # a holder not seen for this long is gone: 4 renewals missed (an SSH hiccup is not death)
 RENEW_S = 15.0  # how often a holder renews its locks while it works
+UNSEEN = -1  # start_time of a pid that runs but whose /proc/PID/stat we may not read (hidepid): alive
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,14 @@ def gone(record: dict[str, Any], here: Machine, start_now: int | None, now: floa
     """Why the lock's holder is provably gone (a short reason), or None when it may be alive (pure).
 
     `here`: the judging agent's machine; `start_now`: the start time of the process that has the
-    record's pid here now (None: no such process); `now`: the agent's clock, as `renewed` is."""
+    record's pid here now (None: no such process; UNSEEN: one we may not look at); `now`: the agent's clock,
+    as `renewed` is."""
     pid = record.get("pid")
     if here.boot_id and here.pid_ns and record.get("boot_id") == here.boot_id \
             and record.get("pid_ns") == here.pid_ns and isinstance(pid, int) and not isinstance(pid, bool):
         if start_now is None:
             return f"pid {pid} has exited"
-        if isinstance(record.get("pid_start"), int) and record["pid_start"] != start_now:
+        if isinstance(record.get("pid_start"), int) and start_now != UNSEEN and record["pid_start"] != start_now:
             return f"pid {pid} is now another process"
         return None
     renewed = record.get("renewed")
@@ -56,10 +58,19 @@ def this_process() -> dict[str, Any]:
 
 
 def start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks after boot), or None when no process has it (a zombie has ended)."""
+    """When `pid` started (clock ticks after boot), or None when no process has it (a zombie has ended);
+    UNSEEN when it runs but its stat is hidden from us."""
+    if pid <= 0:
+        return None
     stat = _read(f"/proc/{int(pid)}/stat")
     if stat is None:
-        return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:  # EPERM: it exists, it is not ours
+            return UNSEEN
+        return UNSEEN
     fields = stat.rpartition(")")[2].split()  # the name (field 2) may hold spaces and parentheses
     if len(fields) < 20 or fields[0] in ("Z", "X"):
         return None

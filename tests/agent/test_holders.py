@@ -20,6 +20,7 @@ SAME = {"pid": 4242, "boot_id": "b-1", "pid_ns": "pid:[4026531836]", "pid_start"
     (SAME, None, "pid 4242 has exited"),
     (SAME, 778, "pid 4242 is now another process"),
     (SAME, 777, None),  # running here: respected however old its heartbeat
+    (SAME, holders.UNSEEN, None),  # running, its start time hidden from the agent (hidepid): respected
     ({**SAME, "pid_start": None}, 5, None),  # no start time recorded: a running pid counts as the holder
     ({**SAME, "boot_id": "b-0"}, None, "no heartbeat for 3600 s (lease 60 s)"),  # another boot: the lease
     ({**SAME, "pid_ns": "pid:[1]"}, None, "no heartbeat for 3600 s (lease 60 s)"),  # a container's pids
