@@ -152,3 +152,25 @@ def test_an_unexpected_exception_in_an_op_is_answered_never_a_dropped_connection
     assert answer == {"ok": False, "error": "the agent failed in status: KeyError: 'oops'",
                       "hint": "see agent.log in the agent's data dir"}
     assert "Traceback" in capsys.readouterr().err  # into agent.log
+
+
+def test_the_bridge_marks_an_agent_that_stopped_mid_request_as_the_fleet_call_reads_it(tmp_path):
+    import io
+
+    from beamctl.agent import bridge
+
+    out = io.BytesIO()
+    with dying_agent(tmp_path):
+        bridge.pump(io.BytesIO(b'{"op": "version"}\n{"op": "call", "args": {}}\n'), out, tmp_path / "agent.sock")
+    first, second = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert first["ok"] is True and "data" not in first
+    assert second == {"ok": False, "error": "the agent closed the connection (restarting?)",
+                      "hint": "retry in a few seconds", "data": {"kind": query.AGENT_STOPPED}}
+
+    class Bridged:
+        name = "gpu1"
+
+        def request(self, op, **args):
+            return second
+
+    assert query.ask_one(Bridged(), "call").stopped is True
