@@ -8,11 +8,36 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from beamctl.config.model import AppConfig
-from beamctl.errors import BeamctlError
+from beamctl.errors import BeamctlError, ExitCode
 
 
 class AgentFailed(BeamctlError):
     """The agent refused or failed an operation; its words are the message."""
+
+
+class AgentStopped(BeamctlError):
+    """The agent's stream ended before its answer: the agent stopped (killed, crashed) mid-request.
+    ENVIRONMENT, as for an engine that is not running: neither the app nor the request was wrong, and
+    the same command again (which starts the local agent; a host's supervisor restarts its) may work."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+    def __init__(self, op: str, app: str | None, task_id: str | None = None, host: str | None = None) -> None:
+        super().__init__(*stopped_message(op, app, task_id, host))
+        self.op, self.app, self.task_id, self.host = op, app, task_id, host
+
+
+def stopped_message(op: str, app: str | None, task_id: str | None, host: str | None) -> tuple[str, str | None]:
+    """What to say when the agent stopped during `op` (pure)."""
+    agent = f"the agent on {host}" if host else "the agent"
+    if task_id is not None:
+        where = f" --host {host}" if host else ""
+        return (f"{agent} stopped during task {task_id} of {app}; it will show as lost in: beamctl tasks {app}"
+                f"{where}", None)
+    if op in ("deploy", "rollback"):
+        return (f"{agent} stopped during the {op} of {app}",
+                f"{op} again: the agent starts again, and takes this {op}'s lock over as stale")
+    return f"{agent} stopped while answering {op}", "run the command again (that starts the agent)"
 
 
 def _agent(autostart: bool = False) -> Any:
@@ -24,8 +49,23 @@ def _agent(autostart: bool = False) -> Any:
 def request(op: str, autostart: bool = True, **args: Any) -> Any:
     from beamctl.agent.control import answer_or_raise
 
-    answer = _agent(autostart).request(op, **args)
+    client = _agent(autostart)
+    try:
+        answer = client.request(op, **args)
+    except (ConnectionError, EOFError):
+        raise AgentStopped(op, args.get("app")) from None
     return answer_or_raise(answer, lambda message, hint: AgentFailed(message, hint))
+
+
+def call(app: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """One task on the local agent. Its id is made here, so a call cut off by the agent's death names it."""
+    from beamctl.agent.control import new_task_id
+
+    task_id = new_task_id()
+    try:
+        return request("call", app=app, inputs=inputs, task_id=task_id)
+    except AgentStopped:
+        raise AgentStopped("call", app, task_id) from None
 
 
 def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: float | None = None,
@@ -52,8 +92,11 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
                     progress) as held:
         if "local" not in held:
             raise AgentFailed(f"no deploy lock from the local agent: {held.missing.get('local')}")
-        answer = client.request("deploy", spec_json=spec_from_config(config, image.image).to_json(),
-                                secret_values=secret_values, health_timeout=timeout)
+        try:
+            answer = client.request("deploy", spec_json=spec_from_config(config, image.image).to_json(),
+                                    secret_values=secret_values, health_timeout=timeout)
+        except (ConnectionError, EOFError):
+            raise AgentStopped("deploy", config.name) from None
     result = answer_or_raise(answer, lambda message, hint: AgentFailed(message, hint))
     return {"app": config.name, "version": result["version"], "image": image.image,
             "hosts": [{"host": "local", "status": result["status"], "reason": result["reason"],

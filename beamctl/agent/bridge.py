@@ -22,8 +22,9 @@ NO_AGENT = "no agent is running on this host"
 CONNECT_TIMEOUT_S = 5.0
 
 
-def _error(message: str, hint: str | None = None) -> bytes:
-    return json.dumps({"ok": False, "error": message, "hint": hint}).encode() + b"\n"
+def _error(message: str, hint: str | None = None, kind: str | None = None) -> bytes:
+    return json.dumps({"ok": False, "error": message, "hint": hint,
+                       **({"data": {"kind": kind}} if kind else {})}).encode() + b"\n"
 
 
 class Bridge:
@@ -68,7 +69,8 @@ class Bridge:
             answer = b""
         if not answer:
             self.close()
-            return _error("the agent closed the connection (restarting?)", "retry in a few seconds")
+            return _error("the agent closed the connection (restarting?)", "retry in a few seconds",
+                          kind="agent_stopped")  # fleet/query.py AGENT_STOPPED
         return answer
 
 

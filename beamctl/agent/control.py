@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import socket
 import socketserver
 import threading
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 MAX_LINE_BYTES = 64 << 20  # one request (a deploy with its secrets, a call with its inputs)
 OPS = ("version", "check_placement", "deploy", "rollback", "call", "task", "tasks", "status", "logs", "stop",
-       "lock_acquire", "lock_release", "lock_break")
+       "lock_acquire", "lock_renew", "lock_release", "lock_break")
+
+TASK_ID_RE = re.compile(r"^t-[0-9a-f]{12}$")  # `call` takes the client's, so it can name a task cut off
+
+
+def new_task_id() -> str:
+    return "t-" + secrets.token_hex(6)
 
 
 def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +42,10 @@ def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": e.message, "hint": e.hint, "data": e.data}
     except TypeError as e:
         return {"ok": False, "error": f"bad arguments for {op}: {e}"}
+    except Exception as e:  # noqa: BLE001 - answered, never a dropped connection: a client reads EOF as death
+        traceback.print_exc()  # into agent.log
+        return {"ok": False, "error": f"the agent failed in {op}: {type(e).__name__}: {e}",
+                "hint": "see agent.log in the agent's data dir"}
     return {"ok": True, "result": result}
 
 
@@ -78,23 +91,48 @@ class LocalTransport:
 
 
 class AgentClient:
-    """Requests to one agent over one kept-open stream."""
+    """Requests to one agent over one kept-open stream; a request made while another thread's is in
+    flight (a lock heartbeat during a deploy) goes over a stream of its own, closed after its answer."""
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self._io: tuple[Any, Any] | None = None
+        self._busy = threading.Lock()
 
     def request(self, op: str, **args: Any) -> dict[str, Any]:
-        if self._io is None:
-            self._io = self.transport.open()
-        reader, writer = self._io
-        writer.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
-        writer.flush()
-        line = reader.readline()
-        if not line:
-            self._io = None
-            raise ConnectionError("the agent closed the connection")
-        return json.loads(line)
+        if not self._busy.acquire(blocking=False):
+            reader, writer = self.transport.open()
+            try:
+                return _exchange(reader, writer, op, args)
+            finally:
+                for f in (writer, reader):
+                    _close(f)
+        try:
+            if self._io is None:
+                self._io = self.transport.open()
+            try:
+                return _exchange(*self._io, op, args)
+            except (OSError, ValueError):
+                self._io = None
+                raise
+        finally:
+            self._busy.release()
+
+
+def _exchange(reader: Any, writer: Any, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    writer.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
+    writer.flush()
+    line = reader.readline()
+    if not line:
+        raise ConnectionError("the agent closed the connection")
+    return json.loads(line)
+
+
+def _close(f: Any) -> None:
+    try:
+        f.close()
+    except OSError:
+        pass
 
 
 def answer_or_raise(answer: dict[str, Any], make_error: Callable[[str, str | None], Exception]) -> Any:

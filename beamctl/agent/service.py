@@ -16,6 +16,7 @@ from beamctl.agent import locks as _locks
 from beamctl.agent import logs as _logs
 from beamctl.agent import secret_files
 from beamctl.agent.checkpoint import args_hash
+from beamctl.agent.control import TASK_ID_RE, new_task_id
 from beamctl.agent.containers import Containers, create_args, volume_dir
 from beamctl.agent.paths import agent_id
 from beamctl.agent.pool import Live, Pool, StartFailed
@@ -413,6 +414,9 @@ class Agent:
     def lock_acquire(self, app: str, holder: dict[str, Any]) -> dict[str, Any]:
         return _lock_op(_locks.acquire, self.data_dir, app, holder)
 
+    def lock_renew(self, app: str, token: str) -> bool:
+        return _lock_op(_locks.renew, self.data_dir, app, token)
+
     def lock_release(self, app: str, token: str) -> bool:
         return _lock_op(_locks.release, self.data_dir, app, token)
 
@@ -420,14 +424,20 @@ class Agent:
         return _lock_op(_locks.break_, self.data_dir, app)
 
     # tasks ----------------------------------------------------------------------------------------
-    def call(self, app: str, inputs: Any) -> dict[str, Any]:
+    def call(self, app: str, inputs: Any, task_id: str | None = None) -> dict[str, Any]:
+        """Run one task. `task_id`: the client's (TASK_ID_RE), so that it can name the task even if the
+        agent dies before answering; else one is made here."""
         if not isinstance(inputs, dict):
             raise AgentError("a task's input must be a JSON object, like {\"name\": \"Ada\"}", kind="input")
+        if task_id is not None and (not isinstance(task_id, str) or not TASK_ID_RE.match(task_id)):
+            raise AgentError(f"not a task id: {str(task_id)[:40]!r} (t- and 12 hex digits)", kind="input")
+        if task_id is not None and self.store.task(task_id) is not None:
+            raise AgentError(f"task {task_id} exists already", kind="input")
         pool = self.pools.get(app)
         if pool is None or pool.version is None:
             raise AgentError(f"{app} is not deployed here", hint="run `beamctl deploy` first")
         received, received_wall = time.monotonic(), time.time()
-        task_id = "t-" + _secrets.token_hex(6)
+        task_id = task_id or new_task_id()
         self.store.task_started(task_id, app, received_wall)
         spec = self._spec(app, pool.version)
         version, live, payload = pool.version, None, {}

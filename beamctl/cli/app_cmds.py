@@ -115,7 +115,7 @@ def call(name: str = typer.Argument(..., help="The app."),
     data = _inputs(inputs)
     with _fleet(name, host, file) as agents:
         if agents is None:
-            task, where = apps.request("call", app=name, inputs=data), None
+            task, where = apps.call(name, data), None
         else:
             task, where = _call_fleet(agents, name, data)
     if json:
@@ -133,7 +133,8 @@ def call(name: str = typer.Argument(..., help="The app."),
 
 
 def _call_fleet(agents: list[Any], name: str, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    from beamctl.apps import AgentFailed
+    from beamctl.agent.control import new_task_id
+    from beamctl.apps import AgentFailed, AgentStopped
     from beamctl.fleet import query
 
     replies = query.ask_all(agents, "status", app=name)
@@ -143,7 +144,10 @@ def _call_fleet(agents: list[Any], name: str, data: dict[str, Any]) -> tuple[dic
         raise AgentFailed(f"no host serves {name} ({len(agents)} asked)", hint="run `beamctl deploy` first")
     console.say(f"[dim]calling {name} on {console.escape(where)}[/]")
     agent = next(a for a in agents if a.name == where)
-    reply = query.ask_one(agent, "call", timeout=query.CALL_TIMEOUT_S, app=name, inputs=data)
+    task_id = new_task_id()  # ours, so that a call cut off by the agent's death can name its task
+    reply = query.ask_one(agent, "call", timeout=query.CALL_TIMEOUT_S, app=name, inputs=data, task_id=task_id)
+    if reply.stopped:
+        raise AgentStopped("call", name, task_id, where)
     if reply.error is not None:
         raise AgentFailed(reply.error)
     return reply.result, where

@@ -6,6 +6,8 @@ Hosts are locked one after the other in sorted name order, so two deploys to ove
 hold one half each and wait for the other: the one that loses on some host gives back what it took,
 then waits (`--lock-wait`) or is refused with the holder (DeployLocked). A host that does not answer
 is not a lock failure: it is left out of the locked set (with its reason) for the caller to report.
+While the body runs, a heartbeat thread renews every lock held (agent/holders.py: the lease), so a
+holder that died is told from a live one; a host's agent takes a gone holder's lock over, and says so.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import getpass
 import os
 import secrets
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
+from beamctl.agent.holders import LEASE_S
 from beamctl.errors import BeamctlError, ExitCode
 
 POLL_S = 0.5  # how often a waiting deploy tries again
@@ -32,7 +36,8 @@ class DeployLocked(BeamctlError):
     def __init__(self, host: str, app: str, holder: dict[str, Any], waited_s: float = 0.0) -> None:
         waited = f" (waited {waited_s:.{0 if waited_s >= 10 else 1}f} s)" if waited_s else ""
         super().__init__(f"{host}: {app} is locked by {describe(holder)}{waited}",
-                         f"wait with --lock-wait SECONDS, or if that deploy is dead: beamctl unlock {app}")
+                         f"wait with --lock-wait SECONDS (a dead holder's lock is taken over after {LEASE_S:.0f} s "
+                         f"without its heartbeat), or if that deploy is dead: beamctl unlock {app}")
         self.host, self.app, self.holder = host, app, holder
 
 
@@ -45,13 +50,15 @@ class Held(dict):
 
 
 def holder_here(app: str, image: str | None, op: str = "deploy") -> dict[str, Any]:
-    """Who is deploying: user@this-machine, this process, now, what."""
+    """Who is deploying: user@this-machine, this process (with what tells when it is gone), now, what."""
+    from beamctl.agent.holders import this_process
+
     try:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001 - no name for this uid (a container): the uid will do
         user = str(os.getuid())
     return {"who": f"{user}@{socket.gethostname()}", "pid": os.getpid(), "at": time.time(),
-            "image": image, "op": op}
+            "image": image, "op": op, **this_process()}
 
 
 def describe(holder: dict[str, Any] | None, now: float | None = None) -> str:
@@ -95,10 +102,14 @@ def hold(agents: dict[str, Any], app: str, holder: dict[str, Any], wait_s: float
     unsure: set[str] = set()  # asked, answer not seen (cut off, timed out): maybe locked
     token = secrets.token_hex(16)  # ours, known before asking: a request cut off can still be undone
     mine = {**holder, "token": token}
+    beat = threading.Event()
     try:
         _acquire_all(agents, app, mine, wait_s, progress, held, unsure)
+        threading.Thread(target=_heartbeat, args=(agents, app, token, dict(held), beat, progress), daemon=True,
+                         name="lock-heartbeat").start()
         yield held
     finally:
+        beat.set()
         _release(agents, app, token, sorted(held), progress)
         _release(agents, app, token, sorted(unsure - set(held)), None)
 
@@ -129,6 +140,8 @@ def _acquire_all(agents: dict[str, Any], app: str, holder: dict[str, Any], wait_
             result = answer.get("result") or {}
             if result.get("acquired"):
                 held[name] = result.get("token")
+                if result.get("took_over"):
+                    progress(took_over_line(name, app, result["took_over"]))
                 continue
             refused = (name, result.get("holder") or {})
             break
@@ -145,6 +158,45 @@ def _acquire_all(agents: dict[str, Any], app: str, holder: dict[str, Any], wait_
         time.sleep(min(POLL_S, max(0.0, wait_s - waited)))
 
 
+def took_over_line(host: str, app: str, took_over: dict[str, Any], now: float | None = None) -> str:
+    """`local: took over the deploy lock of app from ada@laptop (pid 4242) since ...: deploy of IMAGE;
+    its holder is gone: pid 4242 has exited` (pure)."""
+    return (f"{host}: took over the deploy lock of {app} from {describe(took_over.get('holder'), now)}; "
+            f"its holder is gone: {took_over.get('reason') or 'no reason given'}")
+
+
+def unreleased_line(host: str, app: str, e: BaseException) -> str:
+    """A release that got no answer (the agent died, the host went away): no stack-trace words (pure)."""
+    if isinstance(e, BeamctlError):
+        why = e.message.removeprefix(f"{host}: ")
+    elif isinstance(e, socket.timeout):
+        why = "no answer from the agent in time"
+    else:
+        why = "the agent is not answering"
+    return f"{host}: could not release the deploy lock of {app} ({why}); the next deploy will take it over as stale"
+
+
+def _heartbeat(agents: dict[str, Any], app: str, token: str, held: dict[str, str], stop: threading.Event,
+               progress: Callable[[Any], None]) -> None:
+    """Renew every held lock each RENEW_S until `stop`; a lock found taken over is said once per host.
+    A renewal that gets no answer is skipped: the next one may get through within the lease."""
+    from beamctl.agent.holders import RENEW_S
+
+    lost: set[str] = set()
+    while not stop.wait(RENEW_S):
+        for name in sorted(set(held) - lost):
+            try:
+                answer = _request(agents[name], "lock_renew", app=app, token=token)
+            except Exception:  # noqa: BLE001 - no answer now; the lease allows for a few
+                continue
+            if stop.is_set():
+                return
+            if answer.get("ok") and answer.get("result") is False:
+                lost.add(name)
+                progress(f"{name}: the deploy lock of {app} is no longer ours (taken over or removed while "
+                         f"no heartbeat reached it)")
+
+
 def _release(agents: dict[str, Any], app: str, token: str, names: Iterable[str],
              progress: Callable[[Any], None] | None) -> None:
     """Best effort, host by host; failures are progress lines (none when `progress` is None)."""
@@ -153,8 +205,7 @@ def _release(agents: dict[str, Any], app: str, token: str, names: Iterable[str],
             answer = _request(agents[name], "lock_release", app=app, token=token)
         except Exception as e:  # noqa: BLE001 - best effort: the real error (if any) must stay visible
             if progress is not None:
-                progress(f"{name}: could not release the deploy lock of {app}: {_why(name, e)} "
-                         f"(if it stays: beamctl unlock {app} --host {name})")
+                progress(unreleased_line(name, app, e))
             continue
         if not answer.get("ok") and progress is not None:
             progress(f"{name}: could not release the deploy lock of {app}: {answer.get('error')}")

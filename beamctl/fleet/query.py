@@ -17,6 +17,7 @@ from typing import Any, Iterator, NamedTuple
 from beamctl.errors import BeamctlError, ExitCode
 
 QUERY_TIMEOUT_S = 60.0  # no answer from a host's agent for this long: that host failed
+AGENT_STOPPED = "agent_stopped"  # the bridge's answer's data.kind when the agent's socket closed mid-request
 CALL_TIMEOUT_S = 3600.0  # a task may run long (and start cold)
 
 
@@ -24,6 +25,7 @@ class Reply(NamedTuple):
     host: str
     result: Any = None
     error: str | None = None
+    stopped: bool = False  # the stream to the agent ended mid-request: it stopped (or the bridge saw it go)
 
 
 class HostAgent:
@@ -111,13 +113,15 @@ def ask_one(agent: Any, op: str, **args: Any) -> Reply:
     except socket.timeout:
         return Reply(label, error=f"{label}: no answer from the agent in time")
     except (ConnectionError, OSError, EOFError) as e:
-        return Reply(label, error=f"{label}: unreachable: the connection broke: {e or type(e).__name__}")
+        return Reply(label, error=f"{label}: unreachable: the connection broke: {e or type(e).__name__}",
+                     stopped=isinstance(e, (ConnectionError, EOFError)))
     except Exception as e:  # noqa: BLE001 - one host's surprise must not hide the others' answers
         return Reply(label, error=f"{label}: internal error: {type(e).__name__}: {e}")
     if answer.get("ok"):
         return Reply(label, answer.get("result"))
     hint = answer.get("hint")
-    return Reply(label, error=(answer.get("error") or "the agent failed") + (f" ({hint})" if hint else ""))
+    return Reply(label, error=(answer.get("error") or "the agent failed") + (f" ({hint})" if hint else ""),
+                 stopped=(answer.get("data") or {}).get("kind") == AGENT_STOPPED)
 
 
 def ask_all(agents: list[Any], op: str, **args: Any) -> list[Reply]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+import socket
+import subprocess
 import time
 from contextlib import contextmanager
 
@@ -32,6 +36,8 @@ class Host:
             return {"ok": True, "result": host_locks.acquire(self.dir, args["app"], args["holder"])}
         if op == "lock_release":
             return {"ok": True, "result": host_locks.release(self.dir, args["app"], args["token"])}
+        if op == "lock_renew":
+            return {"ok": True, "result": host_locks.renew(self.dir, args["app"], args["token"])}
         if op == "lock_break":
             return {"ok": True, "result": host_locks.break_(self.dir, args["app"])}
         raise AssertionError(op)
@@ -70,7 +76,8 @@ def test_a_held_lock_refuses_with_the_holder_and_gives_back_what_was_taken(hosts
     assert e.value.host == "b" and e.value.holder == other
     assert e.value.message.startswith("b: app is locked by bob@desk (pid 7) since ")
     assert "2 min ago: rollback of beamctl/app:old" in e.value.message
-    assert e.value.hint == "wait with --lock-wait SECONDS, or if that deploy is dead: beamctl unlock app"
+    assert e.value.hint == ("wait with --lock-wait SECONDS (a dead holder's lock is taken over after 60 s without "
+                            "its heartbeat), or if that deploy is dead: beamctl unlock app")
     assert agents["a"].locked() is None  # taken before b refused, given back
     assert agents["c"].locked() is None and ("c", "lock_acquire") not in log  # never asked past b
     assert agents["b"].locked() == other  # someone else's: untouched
@@ -179,17 +186,92 @@ def test_a_release_failure_of_a_held_lock_is_a_progress_line(hosts):
     lines = []
     with locks.hold(agents, "app", ME, 0, lines.append):
         agents["a"].fail = ConnectionError("reset")
-    assert len(lines) == 1 and lines[0].startswith("a: could not release the deploy lock of app: a: unreachable")
-    assert "beamctl unlock app --host a" in lines[0]
+    assert lines == ["a: could not release the deploy lock of app (the agent is not answering); "
+                     "the next deploy will take it over as stale"]
 
 
 def test_holder_here_and_describe():
     h = locks.holder_here("app", "beamctl/app:1", "rollback")
-    assert set(h) == {"who", "pid", "at", "image", "op"} and "@" in h["who"] and h["op"] == "rollback"
+    assert set(h) == {"who", "pid", "at", "image", "op", "boot_id", "pid_ns", "pid_start"}
+    assert "@" in h["who"] and h["op"] == "rollback" and h["pid_start"] > 0 and h["pid_ns"].startswith("pid:[")
     at = time.mktime((2026, 1, 2, 14, 3, 22, 0, 0, -1))
     assert locks.describe({**OTHER, "at": at}, now=at + 12 * 60) == \
         "bob@desk (pid 7) since 14:03:22, 12 min ago: rollback of beamctl/app:old"
     assert locks.describe({**OTHER, "at": at}, now=at + 3 * 86400).startswith("bob@desk (pid 7) since 2026-01-02 14:03:22")
+
+
+def test_a_gone_holders_lock_is_taken_over_with_a_line_that_names_it_and_why(hosts):
+    agents, _ = hosts
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    gone = {**locks.holder_here("app", "beamctl/app:old"), "who": "root@vm", "pid": proc.pid}  # this machine
+    host_locks.acquire(agents["b"].dir, "app", gone)
+    lines = []
+    with locks.hold(agents, "app", locks.holder_here("app", "beamctl/app:new"), 0, lines.append) as held:
+        assert sorted(held) == ["a", "b", "c"]
+    assert len(lines) == 1
+    assert re.fullmatch(rf"b: took over the deploy lock of app from root@vm \(pid {proc.pid}\) since [0-9:]+, "
+                        rf"0 s ago: deploy of beamctl/app:old; its holder is gone: pid {proc.pid} has exited",
+                        lines[0]), lines[0]
+    assert all(h.locked() is None for h in agents.values())
+
+
+def test_a_live_holder_elsewhere_keeps_its_lock_by_its_heartbeat(hosts, monkeypatch):
+    from beamctl.agent import holders
+
+    agents, log = hosts
+    monkeypatch.setattr(holders, "RENEW_S", 0.02)
+    elsewhere = {**ME, "boot_id": "another-machine", "pid_ns": "pid:[1]"}
+    with locks.hold(agents, "app", elsewhere, 0, lambda m: None):
+        record = agents["a"].dir / "locks" / "app.json"
+        stale = {**json.loads(record.read_text()), "renewed": time.time() - 3600}
+        record.write_text(json.dumps(stale))  # as if unseen for an hour ...
+        deadline = time.monotonic() + 10
+        while json.loads(record.read_text())["renewed"] == stale["renewed"]:  # ... until the next renewal
+            assert time.monotonic() < deadline, "no heartbeat"
+            time.sleep(0.01)
+        with pytest.raises(locks.DeployLocked):
+            with locks.hold(agents, "app", locks.holder_here("app", "beamctl/app:2"), 0, lambda m: None):
+                pass
+    assert {op for _, op in log} >= {"lock_renew"}
+    assert all(h.locked() is None for h in agents.values())
+
+
+def test_a_holder_whose_lock_was_taken_over_is_told_once(hosts, monkeypatch):
+    from beamctl.agent import holders
+
+    agents, _ = hosts
+    monkeypatch.setattr(holders, "RENEW_S", 0.02)
+    lines = []
+    with locks.hold({"a": agents["a"]}, "app", ME, 0, lines.append):
+        host_locks.break_(agents["a"].dir, "app")
+        host_locks.acquire(agents["a"].dir, "app", OTHER)
+        deadline = time.monotonic() + 10
+        while not lines:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.1)
+    assert lines == ["a: the deploy lock of app is no longer ours (taken over or removed while no heartbeat "
+                     "reached it)"]
+    assert agents["a"].locked() == OTHER  # someone else's: not released by us
+
+
+def test_the_lines_about_locks_word_for_word():
+    at = time.mktime((2026, 1, 2, 14, 3, 22, 0, 0, -1))
+    holder = {"who": "root@vm", "pid": 9865, "at": at, "image": "beamctl/rt-basic:abc", "op": "deploy"}
+    assert locks.took_over_line("local", "rt-basic", {"holder": holder, "reason": "pid 9865 has exited"},
+                                now=at + 120) == (
+        "local: took over the deploy lock of rt-basic from root@vm (pid 9865) since 14:03:22, 2 min ago: deploy "
+        "of beamctl/rt-basic:abc; its holder is gone: pid 9865 has exited")
+    assert locks.unreleased_line("local", "rt-basic", ConnectionRefusedError(111, "Connection refused")) == (
+        "local: could not release the deploy lock of rt-basic (the agent is not answering); "
+        "the next deploy will take it over as stale")
+    assert locks.unreleased_line("b", "app", HostUnreachable("b", "connection refused")) == (
+        "b: could not release the deploy lock of app (unreachable: connection refused); "
+        "the next deploy will take it over as stale")
+    assert locks.unreleased_line("b", "app", socket.timeout()) == (
+        "b: could not release the deploy lock of app (no answer from the agent in time); "
+        "the next deploy will take it over as stale")
 
 
 def test_break_locks_answers_per_host(hosts):
