@@ -384,7 +384,7 @@ def test_a_hanging_restore_is_stopped(engine: Engine, captured: tuple[str, str, 
     pages = snap / "pages-1.img"
     os.truncate(pages, pages.stat().st_size // 2)
     manifest = json.loads((snap / cp.MANIFEST).read_text())
-    manifest["files"]["pages-1.img"] = pages.stat().st_size
+    manifest["files"]["pages-1.img"]["size"] = pages.stat().st_size
     (snap / cp.MANIFEST).write_text(json.dumps(manifest))
     started = time.monotonic()
     err = _fails_cleanly(engine, snap, "timed out after 5 s", timeout_s=5)
