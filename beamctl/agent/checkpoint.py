@@ -39,15 +39,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from beamctl.agent import digests
+
 RUNC_ROOT = "/run/docker/runtime-runc/moby"  # dockerd 20.10's runc state for its containers
 CTRD_TMP = "/tmp/ctrd-checkpoint*"  # containerd 1.6 unpacks a start's checkpoint here (and leaves it)
 UP = "../" * 32  # a relative link climbs to / from wherever containerd unpacks it
-MANIFEST = "manifest.json"  # {"files": {image file: size}}, written by capture, checked by restore
+MANIFEST = "manifest.json"  # each image file's size and digest (digests.py): written by capture, checked by restore
 MARKER = ".beamctl-restore-"  # + token: a file in the link folder, so our ctrd-checkpoint folder is known
 HARMLESS = ("RLIMIT_NOFILE", "interrupted system call")  # printed on every CRIU run / every 4.2 dump
 # 2: app containers join a network sandbox (agent/sandboxes.py). A format-1 snapshot was taken in Docker's
 # own network: it is `incompatible` (the next cold boot captures again), not a failed restore.
-KEY_FORMAT = 2
+# 3: the manifest holds a digest of every file (issue 13); a format-2 snapshot has sizes only: recaptured.
+KEY_FORMAT = 3
 KEY_FIELDS = ("format", "image_id", "create_args_hash", "kernel", "cpu_model", "cpu_flags_hash",
               "criu_version", "gpu")
 TAIL_LINES = 6
@@ -92,8 +95,9 @@ class RestoreFailed(CheckpointError):
 class CaptureResult:
     snapshot_dir: Path
     size_bytes: int
-    seconds: float
+    seconds: float  # runc checkpoint (the tries included)
     attempts: int
+    digest_s: float = 0.0  # then the files' digests, for the manifest
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class RestoreResult:
 def capture(container_id: str, snapshot_dir: Path, timeout_s: float, *, runc: str = "runc",
             runc_root: str = RUNC_ROOT, attempts: int = 3) -> CaptureResult:
     """CRIU images of the running container (full id) into snapshot_dir (absent or empty), CRIU's log
-    into snapshot_dir/work, and MANIFEST (the images' sizes). On failure the folder is the caller's."""
+    into snapshot_dir/work, and MANIFEST (the images' sizes and digests). On failure the folder is the caller's."""
     if not (Path(runc_root) / container_id / "state.json").exists():
         raise CheckpointFailed(f"no runc state for container {container_id[:12]} in {runc_root} (not running?)")
     snapshot_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -131,13 +135,15 @@ def capture(container_id: str, snapshot_dir: Path, timeout_s: float, *, runc: st
         why = "timed out after %.0f s" % timeout_s if rc is None else f"failed (exit {rc})"
         raise CheckpointFailed(*criu_reason(f"checkpoint of {container_id[:12]} {why}", lines, out))
     seconds = time.monotonic() - started
-    sizes = {p.name: p.stat().st_size for p in sorted(snapshot_dir.iterdir()) if p.is_file()}
-    (snapshot_dir / MANIFEST).write_text(json.dumps({"files": sizes}, indent=1))
+    names = sorted(p.name for p in snapshot_dir.iterdir() if p.is_file())
+    (snapshot_dir / MANIFEST).write_text(digests.manifest_text(snapshot_dir, names))  # from the page cache
+    digest_s = time.monotonic() - started - seconds
     for folder, _dirs, files in os.walk(snapshot_dir):
         os.chmod(folder, 0o700)
         for name in files:
             os.chmod(os.path.join(folder, name), 0o600)
-    return CaptureResult(snapshot_dir, sum(sizes.values()), seconds, attempt)
+    return CaptureResult(snapshot_dir, sum((snapshot_dir / n).stat().st_size for n in names), seconds, attempt,
+                         digest_s)
 
 
 def restore(docker: Any, new_container_id: str, snapshot_dir: Path, name: str, *,
@@ -189,10 +195,11 @@ def restore(docker: Any, new_container_id: str, snapshot_dir: Path, name: str, *
 
 def _verified(snapshot_dir: Path) -> list[Path]:
     """The snapshot's image files, each present with the size capture() recorded. CRIU 4.2.1 does not
-    check: given a short pages-N.img its restorer retries preadv at EOF forever, logging each try."""
+    check: given a short pages-N.img its restorer retries preadv at EOF forever, logging each try.
+    (Their digests are the caller's to check: the agent knows which files it holds verified in memory.)"""
     try:
-        sizes = json.loads((snapshot_dir / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        sizes = digests.parse_manifest((snapshot_dir / MANIFEST).read_text()).sizes()
+    except (OSError, ValueError) as e:
         raise RestoreFailed(f"no readable {MANIFEST} in {snapshot_dir}: {e}") from None
     check_sizes(snapshot_dir, sizes)
     return [snapshot_dir / file for file in sorted(sizes)]

@@ -215,6 +215,7 @@ class Pool:
         folder, timeout_s = found
         began = time.monotonic()
         try:
+            self.snapshots.verify(live.version)  # digests (issue 13): a damaged file is never restored
             self.containers.restore(live.id, folder, timeout_s)
             live.address = self.containers.address(live.id)
             self._release(live, restored=True)

@@ -5,7 +5,8 @@ The CRIU work is agent/checkpoint.py's, reached through Containers.capture/resto
 
     (none) --cold boot, paused after on_start--> capturing --> ready | checkpoint_failed
     ready --key differs (kernel, CPU, CRIU, image, args)--> incompatible (deleted; the next cold boot recaptures)
-    ready --restore fails--> restore_failed (deleted; cold boots until a redeploy retries)
+    ready --restore fails, or a file does not match its digest--> restore_failed (deleted; cold boots
+          until a redeploy retries)
 
 A snapshot holds the process's memory, secrets included: DATA/snapshots/APP/vN is 0700, its files 0600,
 written as vN.partial and renamed when whole (with key.json, the facts it may be restored under), and
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from beamctl.agent import checkpoint, gpu_snapshots
+from beamctl.agent import checkpoint, digests, gpu_snapshots
 from beamctl.agent.containers import GPU_FILE
 from beamctl.agent.gpu_snapshots import GpuStateLost
 from beamctl.agent.resident import Resident
@@ -55,6 +56,8 @@ class Snapshots:
         self._facts: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self._capturing: set[tuple[str, int]] = set()  # one capture per version at a time (one .partial)
+        self._hashed: dict[tuple[str, int], dict[str, tuple[int, ...]]] = {}  # held in memory and verified:
+        # each file's digests.identity() when it was hashed (see verify)
         for partial in self.root.glob("*/*.partial"):  # an agent that died during a capture
             shutil.rmtree(partial, ignore_errors=True)
         for app, version in store.snapshots_in("capturing"):
@@ -119,6 +122,7 @@ class Snapshots:
         _write_private(partial / KEY_FILE, json.dumps(key, indent=1))
         if key["gpu"]:
             _write_private(partial / GPU_FILE, json.dumps(key["gpu"]))
+        self._forget(app, version)  # whatever was known of an earlier snapshot of this version
         shutil.rmtree(final, ignore_errors=True)
         os.rename(partial, final)
         self.store.set_snapshot(app, version, state="ready", reason=None, size_bytes=result.size_bytes,
@@ -127,7 +131,7 @@ class Snapshots:
             threading.Thread(target=self._hold, args=(app, version), daemon=True, name="hold-snapshot").start()
         tries = f", {attempt} tries" if attempt > 1 else ""
         self.on_event(app, f"checkpoint of v{version} ready: {_size(result.size_bytes)} in "
-                           f"{result.seconds:.2f} s{tries}")
+                           f"{result.seconds:.2f} s{tries} + digests {result.digest_s:.2f} s")
         return True
 
     def _hold(self, app: str, version: int) -> None:
@@ -136,10 +140,57 @@ class Snapshots:
             return row is not None and row["state"] == "ready" and self.folder(app, version).is_dir()
 
         try:
-            if ready() and self.resident.keep(app, version, self.folder(app, version)) and not ready():
-                self.resident.release(app, version)  # deleted while its files were being locked
+            if ready() and self.resident.keep(app, version, self.folder(app, version)):
+                if not ready():
+                    self.resident.release(app, version)  # deleted while its files were being locked
+                else:
+                    self._hash_held(app, version)
         except OSError:  # deleted meanwhile
             self.resident.release(app, version)
+
+    def _hash_held(self, app: str, version: int) -> None:
+        """Check the files just locked in memory against their digests (one thread: the app's first tasks
+        may be running); a match is remembered with each file's identity, so restores need not hash them."""
+        folder = self.folder(app, version)
+        try:
+            manifest = digests.parse_manifest((folder / checkpoint.MANIFEST).read_text())
+        except ValueError:
+            manifest = None
+        before = {name: digests.identity(folder / name) for name in manifest.files} if manifest else {}
+        why = digests.damage(folder, manifest, workers=1) if manifest else "damaged: unreadable manifest"
+        if why is None and before == {name: digests.identity(folder / name) for name in before}:
+            with self._lock:
+                self._hashed[(app, version)] = before
+            return
+        self.resident.release(app, version)  # the next start's own check finds it and falls back to cold
+        self.on_event(app, f"checkpoint of v{version} not held in memory: {why or 'changed while hashed'}")
+
+    def verify(self, app: str, version: int) -> None:
+        """Raise checkpoint.RestoreFailed("damaged: ...") unless every image file of the snapshot has the size
+        and digest its capture recorded. A restore reads the files on disk, through the page cache (the
+        links that docker start --checkpoint hands CRIU point at them). Of a snapshot held in memory every
+        page of those files is locked in the page cache (resident.py: MAP_SHARED + mlock) and was hashed
+        after it was locked (_hash_held); CRIU reads exactly those pages, and any write to a file through
+        the file system since changes its size, mtime or ctime (digests.identity). So a held file whose
+        identity is unchanged since it was hashed is not hashed again; any other file is, every time."""
+        folder = self.folder(app, version)
+        try:
+            manifest = digests.parse_manifest((folder / checkpoint.MANIFEST).read_text())
+        except (OSError, ValueError) as e:
+            raise checkpoint.RestoreFailed(f"damaged: no readable {checkpoint.MANIFEST} ({type(e).__name__})") \
+                from None
+        with self._lock:
+            seen = dict(self._hashed.get((app, version), {})) if self.resident.held(app, version) else {}
+        skip = frozenset(name for name, ident in seen.items() if _identity(folder / name) == ident)
+        why = digests.damage(folder, manifest, skip)
+        if why is not None:
+            raise checkpoint.RestoreFailed(why)
+
+    def _forget(self, app: str, version: int) -> None:
+        """Out of memory, and no longer known verified."""
+        with self._lock:
+            self._hashed.pop((app, version), None)
+        self.resident.release(app, version)
 
     def _failed(self, app: str, version: int, reason: str, spec: dict[str, Any]) -> bool:
         reason = reason + cache_dir_note(spec)
@@ -179,7 +230,7 @@ class Snapshots:
             self.restorable(app, version, args_hash, image, devices) is None
 
     def _incompatible(self, app: str, version: int, why: str) -> None:
-        self.resident.release(app, version)
+        self._forget(app, version)
         shutil.rmtree(self.folder(app, version), ignore_errors=True)
         self.store.set_snapshot(app, version, state="incompatible", reason=why, size_bytes=None)
         self.on_event(app, f"checkpoint of v{version} incompatible: {why}; cold boot, then a new capture")
@@ -190,8 +241,8 @@ class Snapshots:
                            f"in {seconds:.2f} s")
 
     def restore_failed(self, app: str, version: int, reason: str, spec: dict[str, Any]) -> None:
-        reason = reason + cache_dir_note(spec)
-        self.resident.release(app, version)
+        reason = reason + ("" if reason.startswith("damaged:") else cache_dir_note(spec))
+        self._forget(app, version)
         shutil.rmtree(self.folder(app, version), ignore_errors=True)
         row = self.store.snapshot(app, version)
         if row is None:  # deleted meanwhile (its version stopped serving): nothing to mark
@@ -214,9 +265,13 @@ class Snapshots:
         """The version stopped serving: its snapshot goes (it holds memory, secrets included, and disk)."""
         folder = self.folder(app, version)
         existed = folder.exists()
-        self.resident.release(app, version)
+        self._forget(app, version)
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(folder.with_suffix(".partial"), ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # the app's folder, when this was its last snapshot (`stop`)
+        except OSError:
+            pass  # another version's snapshot is in it, or it is gone already
         self.store.delete_snapshot(app, version)
         if existed:
             self.on_event(app, f"checkpoint of v{version} deleted (v{version} no longer serves)")
@@ -289,6 +344,13 @@ def cache_dir_note(spec: dict[str, Any]) -> str:
             f"snapshot, and a new container does not have them; mount a volume there)")
 
 
+def _identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        return digests.identity(path)
+    except OSError:
+        return None
+
+
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -324,6 +386,9 @@ class AppSnapshots:
         spec = self.spec_of(version)
         return self.enabled(version) and self.snapshots.outdated(self.app, version, args_hash, spec["image"],
                                                                  spec.get("gpu_devices") or ())
+
+    def verify(self, version: int) -> None:
+        self.snapshots.verify(self.app, version)
 
     def restored(self, version: int, container_id: str, seconds: float) -> None:
         self.snapshots.restored(self.app, version, container_id, seconds)

@@ -114,7 +114,10 @@ def test_capture_modes_size_and_retry(tmp_path: Path, runc_root: Path, monkeypat
     snap = tmp_path / "snaps/v1"
     res = cp.capture("CID", snap, 10, runc=runc, runc_root=str(runc_root))
     assert (res.attempts, res.size_bytes, res.snapshot_dir) == (2, 1002, snap)
-    assert json.loads((snap / cp.MANIFEST).read_text()) == {"files": {"inventory.img": 2, "pages-1.img": 1000}}
+    assert json.loads((snap / cp.MANIFEST).read_text()) == {"digest": "sha256-of-64MiB-chunks", "files": {
+        "inventory.img": {"size": 2, "digest": "af783de711a03d4e784d3cd52d07738e879f8e3004e6bab584d4f5986f26ef1f"},
+        "pages-1.img": {"size": 1000, "digest": "3fa2b684fa9d80f04b70187e6c9ff1c8dd422ce1846beb79cf5e1546c7062d41"}}}
+    assert res.digest_s >= 0
     assert stat.S_IMODE(snap.stat().st_mode) == 0o700 and stat.S_IMODE((snap / "work").stat().st_mode) == 0o700
     for f in (snap / "pages-1.img", snap / "inventory.img", snap / "work/dump.log", snap / cp.MANIFEST):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
@@ -381,7 +384,7 @@ def test_a_hanging_restore_is_stopped(engine: Engine, captured: tuple[str, str, 
     pages = snap / "pages-1.img"
     os.truncate(pages, pages.stat().st_size // 2)
     manifest = json.loads((snap / cp.MANIFEST).read_text())
-    manifest["files"]["pages-1.img"] = pages.stat().st_size
+    manifest["files"]["pages-1.img"]["size"] = pages.stat().st_size
     (snap / cp.MANIFEST).write_text(json.dumps(manifest))
     started = time.monotonic()
     err = _fails_cleanly(engine, snap, "timed out after 5 s", timeout_s=5)

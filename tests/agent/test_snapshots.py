@@ -9,12 +9,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from beamctl.agent import digests
 from beamctl.agent import snapshots as snap_mod
-from beamctl.agent.checkpoint import CheckpointFailed, RestoreFailed
+from beamctl.agent.checkpoint import CaptureResult, CheckpointFailed, RestoreFailed
 from beamctl.agent.pool import Pool
 from beamctl.agent.snapshots import Snapshots, cache_dir_note, refuse
 from beamctl.agent.store import Store
@@ -38,7 +38,8 @@ class Engine:
         if self.fail:
             raise CheckpointFailed(self.fail.pop(0))
         (folder / "pages-1.img").write_bytes(b"x" * 1000)
-        return SimpleNamespace(size_bytes=1000, seconds=0.25)
+        (folder / "manifest.json").write_text(digests.manifest_text(folder, ["pages-1.img"]))
+        return CaptureResult(folder, 1000, 0.25, 1, 0.01)
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_a_capture_lands_whole_root_only_with_its_key(book) -> None:
     assert snaps.describe("app") == {1: {"state": "ready", "reason": None, "size_bytes": 1000, "capture_s": 0.25,
                                          "in_memory": False}}  # the book's default budget: none held
     assert not snaps.wants_capture("app", 1)
-    assert events[-1] == "checkpoint of v1 ready: 0.0 MB in 0.25 s"
+    assert events[-1] == "checkpoint of v1 ready: 0.0 MB in 0.25 s + digests 0.01 s"
 
 
 def test_transient_failures_are_retried_inside_one_start(book) -> None:
@@ -201,9 +202,80 @@ def test_a_capture_cut_by_an_agent_restart_is_cleaned_and_captured_again(book, t
 def test_delete_goes_with_the_version(book) -> None:
     snaps, engine, store, events = book
     snaps.capture("app", 1, "c", "h", SPEC)
+    snaps.capture("app", 2, "c", "h", SPEC)
     snaps.delete("app", 1)
     assert not snaps.folder("app", 1).exists() and store.snapshot("app", 1) is None
     assert events[-1] == "checkpoint of v1 deleted (v1 no longer serves)"
+    assert snaps.folder("app", 2).exists()
+    snaps.delete("app", 2)  # the app's last snapshot (`stop`): no empty snapshots/app/ left
+    assert not (snaps.root / "app").exists() and snaps.root.exists()
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_damaged_file_fails_the_check_and_its_restore_is_marked_damaged(book) -> None:
+    snaps, engine, store, events = book
+    snaps.capture("app", 1, "c", "h", SPEC)
+    snaps.verify("app", 1)  # whole
+    _flip(snaps.folder("app", 1) / "pages-1.img", 500)
+    with pytest.raises(RestoreFailed) as e:
+        snaps.verify("app", 1)
+    assert e.value.reason == "damaged: pages-1.img does not match its digest"
+    snaps.restore_failed("app", 1, e.value.reason, SPEC)  # what the pool does with it
+    row = store.snapshot("app", 1)
+    assert (row["state"], row["reason"]) == ("restore_failed", "damaged: pages-1.img does not match its digest")
+    assert not snaps.folder("app", 1).exists()
+    (snaps.folder("app", 2) / "x").mkdir(parents=True)  # a folder without a manifest
+    with pytest.raises(RestoreFailed, match=r"^damaged: no readable manifest.json \(FileNotFoundError\)$"):
+        snaps.verify("app", 2)
+
+
+def test_files_held_in_memory_are_hashed_once_until_they_change(book, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from beamctl.agent.resident import Resident
+    from tests.agent.test_resident import FakeLibc
+
+    _, engine, store, _ = book
+    events: list[str] = []
+    snaps = Snapshots(tmp_path, store, engine, lambda app, m: events.append(m),
+                      resident=Resident(10_000, libc=FakeLibc()))
+    snaps.capture("app", 1, "c", "h", SPEC)
+    assert _waited(lambda: ("app", 1) in snaps._hashed)  # hashed after it was locked, in the background
+    hashed: list[list[str]] = []
+    real = digests.digest_files
+    monkeypatch.setattr(digests, "digest_files", lambda folder, names, workers=None: hashed.append(names) or
+                        real(folder, names, workers))
+    snaps.verify("app", 1)
+    assert hashed == [[]]  # held and unchanged: sizes only
+    _flip(snaps.folder("app", 1) / "pages-1.img", 0)  # a write in place: same size, new mtime/ctime
+    with pytest.raises(RestoreFailed, match="pages-1.img does not match its digest"):
+        snaps.verify("app", 1)
+    assert hashed[-1] == ["pages-1.img"]
+    snaps.resident.release("app", 1)  # not held (evicted): hashed every time, changed or not
+    _flip(snaps.folder("app", 1) / "pages-1.img", 0)
+    snaps.verify("app", 1)
+    assert hashed[-1] == ["pages-1.img"]
+
+
+def test_a_snapshot_damaged_on_disk_is_not_held(book, tmp_path: Path) -> None:
+    from beamctl.agent.resident import Resident
+    from tests.agent.test_resident import FakeLibc
+
+    _, engine, store, _ = book
+    Snapshots(tmp_path, store, engine, lambda app, m: None).capture("app", 1, "c", "h", SPEC)  # budget 0
+    _flip(tmp_path / "snapshots/app/v1/pages-1.img", 3)
+    events: list[str] = []
+    libc = FakeLibc()
+    again = Snapshots(tmp_path, store, engine, lambda app, m: events.append(m), resident=Resident(10_000, libc=libc))
+    assert _waited(lambda: bool(events))  # the agent restarts and reads it in: found, let go
+    assert events == ["checkpoint of v1 not held in memory: damaged: pages-1.img does not match its digest"]
+    assert libc.locked == {} and ("app", 1) not in again._hashed
 
 
 # the pool's handshake with a fake runtime ------------------------------------------------------------
@@ -278,8 +350,8 @@ class Containers:
 
 
 class Hooks:
-    def __init__(self, capture_error: Exception | None = None, restorable=None) -> None:
-        self.capture_error, self.found, self.calls = capture_error, restorable, []
+    def __init__(self, capture_error: Exception | None = None, restorable=None, damaged: str = "") -> None:
+        self.capture_error, self.found, self.calls, self.damaged = capture_error, restorable, [], damaged
 
     def wants_capture(self, version):
         return True
@@ -292,6 +364,11 @@ class Hooks:
 
     def restorable(self, version, args_hash):
         return self.found
+
+    def verify(self, version):
+        self.calls.append(("verify",))
+        if self.damaged:
+            raise RestoreFailed(self.damaged)
 
     def restore_failed(self, version, reason):
         self.calls.append(("restore_failed", reason))
@@ -357,6 +434,20 @@ def test_a_failed_restore_removes_the_container_and_boots_a_fresh_one_cold(tmp_p
         runtime.shutdown()
 
 
+def test_a_file_that_fails_its_digest_is_never_restored(tmp_path: Path) -> None:
+    runtime = Runtime()
+    try:
+        hooks = Hooks(restorable=(tmp_path, 5.0), damaged="damaged: pages-1.img does not match its digest")
+        pool, containers, _ = pool_with(hooks, runtime)
+        live = pool.start(1)
+        wait_started(pool, live)
+        assert containers.restores == [] and containers.removed == ["c1"] and live.id == "c2"
+        assert hooks.calls[:2] == [("verify",), ("restore_failed", "damaged: pages-1.img does not match its digest")]
+        assert live.state == "ready" and not live.timeline.restored and runtime.released == [{"restored": False}]
+    finally:
+        runtime.shutdown()
+
+
 def _waited(check, seconds: float = 5.0) -> bool:
     deadline = time.monotonic() + seconds
     while not check() and time.monotonic() < deadline:
@@ -373,7 +464,7 @@ def test_ready_snapshots_are_held_in_memory_until_they_go(book, tmp_path: Path) 
     snaps = Snapshots(tmp_path, store, engine, lambda app, m: None, resident=Resident(10_000, libc=libc))
     snaps.capture("app", 1, "c", "h", SPEC)
     assert _waited(lambda: snaps.describe("app")[1]["in_memory"])  # held in the background after the capture
-    assert sorted(Path(p).name for p, _ in libc.locked.values()) == ["key.json", "pages-1.img"]
+    assert sorted(Path(p).name for p, _ in libc.locked.values()) == ["key.json", "manifest.json", "pages-1.img"]
     snaps.delete("app", 1)
     assert libc.locked == {} and snaps.describe("app") == {}
 
@@ -385,4 +476,4 @@ def test_ready_snapshots_are_held_in_memory_until_they_go(book, tmp_path: Path) 
     snaps.capture("app", 3, "c", "h", SPEC)
     restarted = FakeLibc()  # the agent starts again: its ready snapshots are held again
     again = Snapshots(tmp_path, store, engine, lambda app, m: None, resident=Resident(10_000, libc=restarted))
-    assert _waited(lambda: again.resident.held("app", 3)) and len(restarted.locked) == 2
+    assert _waited(lambda: again.resident.held("app", 3)) and len(restarted.locked) == 3
