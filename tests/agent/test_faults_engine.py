@@ -128,7 +128,9 @@ def test_a_burst_from_zero_starts_one_container(host):
     assert [r["status"] for r in results] == ["succeeded"] * 6, results
     started = (host.volume(app) / "starts.txt").read_text().splitlines()[len(before):]
     assert len(started) == 1, started  # on_start ran once: one container served the whole burst
-    assert len({r["container"] for r in results}) == 1, results  # the others waited for it
+    ids = {r["task_id"] for r in results}
+    tasks = [t for t in host.ok("tasks", app, "--json", "-n", "100").json() if t["task_id"] in ids]
+    assert len(tasks) == 6 and len({t["container"] for t in tasks}) == 1, tasks  # the others waited for it
 
 
 SLOW_START = "\n\ndef slow():\n    import time\n    time.sleep(60)\n"
