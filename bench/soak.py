@@ -77,12 +77,15 @@ class Call:
     ended: float
     ok: bool
     error: str = ""
+    task_id: str = ""
+    container: str = ""  # the one that served it (12 hex digits; from the task records after the run)
 
 
 @dataclass
 class Fault:
     kind: str
-    at: float
+    at: float = 0.0  # when the destructive step happened
+    victim: str = ""  # the container it took down (recovery: the first success served by another)
     recovered: float | None = None
     note: str = ""
 
@@ -135,49 +138,60 @@ class Soak:
             ok = response.status == 200 and answer.get("status") == "succeeded"
             error = "" if ok else str(answer.get("error") or answer)[:300]
         except (OSError, http.client.HTTPException, ValueError) as e:
-            ok, error = False, f"{type(e).__name__}: {e}"
-        return Call(started, time.monotonic(), ok, error)
+            ok, error, answer = False, f"{type(e).__name__}: {e}", {}
+        return Call(started, time.monotonic(), ok, error, answer.get("task_id") or "")
 
     # faults ---------------------------------------------------------------------------------------
-    def inject(self, kind: str) -> str:
-        cid = self.container()
+    def inject(self, fault: Fault) -> None:
+        """Do the fault; stamps fault.at just before its destructive step, fault.victim, fault.note."""
+        kind, cid = fault.kind, self.container()
+        if kind == "snapshot_damage" and not self.pages():
+            sh(BEAMCTL, "deploy", "-f", str(self.root / APP), env=self.env)  # unchanged: recaptures
+            cid = self.container()
+        fault.victim, fault.at = cid or "", time.monotonic()
         if kind == "container_kill":
             if cid is None:
-                return "no container running"
+                fault.note = "no container running"
+                return
             sh("docker", "kill", cid, check=False)
-            return cid
-        if kind == "sandbox_remove":
+            fault.note = cid
+        elif kind == "sandbox_remove":
             if cid is None:
-                return "no container running"
+                fault.note = "no container running"
+                return
             mode = sh("docker", "inspect", "--format", "{{.HostConfig.NetworkMode}}", cid, check=False).strip()
-            if not mode.startswith("container:"):
-                return f"no sandbox ({mode})"
+            fault.at = time.monotonic()
             sh("docker", "rm", "-f", mode.removeprefix("container:"), check=False)
-            return mode.removeprefix("container:")[:12]
-        if kind == "agent_kill":
+            fault.note = mode.removeprefix("container:")[:12] if mode.startswith("container:") else f"no sandbox ({mode})"
+        elif kind == "agent_kill":
             assert self.agent is not None
+            fault.victim = ""  # the containers live on: any success after the restart counts
             os.kill(self.agent.pid, signal.SIGKILL)
             self.agent.wait()
             time.sleep(RESTART_S)
             self.start_agent()
-            return f"pid {self.agent.pid}"
-        if kind == "oom":
+            fault.note = f"restarted as pid {self.agent.pid}"
+        elif kind == "oom":
             call = self.call({"eat": True})
-            return "the call failed as it should" if not call.ok else "the call did not fail"
-        if kind == "snapshot_damage":
-            pages = sorted(self.data.glob(f"snapshots/{APP}/v*/**/pages-*.img"), key=lambda p: p.stat().st_size)
-            if not pages:
-                return "no snapshot"
-            target = pages[-1]
+            fault.note = "the call failed as it should" if not call.ok else "the call did not fail"
+        elif kind == "snapshot_damage":
+            pages = self.pages()
+            if not pages or cid is None:
+                fault.note = "no snapshot" if not pages else "no container running"
+                return
+            target, middle = pages[-1], pages[-1].stat().st_size // 2
             with target.open("r+b") as f:
-                f.seek(target.stat().st_size // 2)
+                f.seek(middle)
                 chunk = f.read(64)
-                f.seek(target.stat().st_size // 2)
+                f.seek(middle)
                 f.write(bytes(b ^ 0xFF for b in chunk))
-            if cid is not None:
-                sh("docker", "kill", cid, check=False)
-            return f"{target.name} at {target.stat().st_size // 2}"
-        raise ValueError(kind)
+            sh("docker", "kill", cid, check=False)
+            fault.note = f"{target.name} at {middle}, then {cid} killed"
+        else:
+            raise ValueError(kind)
+
+    def pages(self) -> list[Path]:
+        return sorted(self.data.glob(f"snapshots/{APP}/v*/**/pages-*.img"), key=lambda p: p.stat().st_size)
 
     # the stream of calls --------------------------------------------------------------------------
     def stream(self, stop: threading.Event, pause: float) -> None:
@@ -235,10 +249,9 @@ def main() -> int:
         end = time.monotonic() + args.minutes * 60
         while time.monotonic() + args.every < end:
             time.sleep(args.every)
-            kind = rng.choice(FAULTS)
-            fault = Fault(kind, time.monotonic())
-            fault.note = soak.inject(kind)
-            print(f"soak: {time.strftime('%H:%M:%S')} {kind}: {fault.note}", file=sys.stderr)
+            fault = Fault(rng.choice(FAULTS))
+            soak.inject(fault)
+            print(f"soak: {time.strftime('%H:%M:%S')} {fault.kind}: {fault.note}", file=sys.stderr)
             faults.append(fault)
         time.sleep(max(0.0, end - time.monotonic()))
         stop.set()
@@ -261,8 +274,11 @@ def main() -> int:
 
     # what happened -----------------------------------------------------------------------------------
     calls = sorted(soak.calls, key=lambda c: c.started)
+    served_by = {t["task_id"]: t.get("container") or "" for t in tasks}
+    for c in calls:
+        c.container = served_by.get(c.task_id, "")
     for f in faults:
-        after = next((c for c in calls if c.started >= f.at and c.ok), None)
+        after = next((c for c in calls if c.started >= f.at and c.ok and c.container != f.victim), None)
         f.recovered = after.ended - f.at if after else None
     windows = [(f.at - 0.5, f.at + (f.recovered or 0) + 0.5) for f in faults]
     failed = [c for c in calls if not c.ok]
@@ -275,7 +291,9 @@ def main() -> int:
              f"others: {len(failed) - len(on_fault)})",
              f"- tasks lost (cut off by the agent's death): {len(lost)}",
              f"- left behind at the end: {', '.join(left) if left else 'nothing'}", "",
-             "| fault | n | recovered (first successful call after it): median | max |", "|---|---|---|---|"]
+             "Recovered: from the fault to the first call after it that succeeded on another container (for"
+             f" agent_kill: any container; it includes the {RESTART_S:g} s restart delay).", "",
+             "| fault | n | recovered: median | max |", "|---|---|---|---|"]
     for kind in FAULTS:
         times = [f.recovered for f in faults if f.kind == kind and f.recovered is not None]
         never = sum(1 for f in faults if f.kind == kind and f.recovered is None)
