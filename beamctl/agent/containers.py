@@ -34,7 +34,7 @@ def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
            "BEAMCTL_WORKERS": str(spec.workers), "BEAMCTL_TIMEOUT": str(spec.timeout_s),
            "BEAMCTL_PORT": str(RUNTIME_PORT)}
     if spec.cache_dir:
-        env["BEAMCTL_CACHE_DIR"] = spec.cache_dir
+        env["BEAMCTL_MODEL_CACHE"] = spec.cache_dir  # the client's build cache is BEAMCTL_CACHE_DIR
     if spec.checkpoint_enabled:  # the runtime pauses after on_start until the agent releases it
         env["BEAMCTL_CHECKPOINT"] = "1"
     args: dict[str, Any] = {

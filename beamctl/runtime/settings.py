@@ -30,7 +30,7 @@ class Settings:
         self.port = _number(env, "BEAMCTL_PORT", int, DEFAULT_PORT, 1, 65535)
         self.workers = _number(env, "BEAMCTL_WORKERS", int, DEFAULT_WORKERS, 1, MAX_WORKERS)
         self.timeout_s = _number(env, "BEAMCTL_TIMEOUT", float, DEFAULT_TIMEOUT_S, 0.001, 86400 * 7)
-        self.cache_dir: Optional[str] = env.get("BEAMCTL_CACHE_DIR") or None
+        self.cache_dir: Optional[str] = env.get("BEAMCTL_MODEL_CACHE") or None  # beam.yaml cache_dir
         # checkpoint_enabled: after on_start, pause for the agent's snapshot until it releases us
         self.checkpoint = env.get("BEAMCTL_CHECKPOINT", "") == "1"
         self.checkpoint_wait_s = _number(env, "BEAMCTL_CHECKPOINT_WAIT", float, DEFAULT_CHECKPOINT_WAIT_S,

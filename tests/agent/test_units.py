@@ -33,7 +33,7 @@ def test_create_args_whole_value(monkeypatch):
     assert args == {
         "image": "beamctl/demo:1", "command": ["serve"], "name": "beamctl-demo-v3-abcdef",
         "environment": {"A": "1", "KEY": "s3cret", "BEAMCTL_WORKERS": "2", "BEAMCTL_TIMEOUT": "30",
-                        "BEAMCTL_PORT": "8000", "BEAMCTL_CACHE_DIR": "/models/cache"},
+                        "BEAMCTL_PORT": "8000", "BEAMCTL_MODEL_CACHE": "/models/cache"},
         "labels": {"dev.beamctl.app": "demo", "dev.beamctl.version": "3", "dev.beamctl.agent": "agent1"},
         "volumes": {"/var/lib/beamctl/volumes/demo/models": {"bind": "/models", "mode": "rw"}},
         "nano_cpus": 500_000_000, "mem_limit": 256 << 20, "stop_signal": "SIGTERM",

@@ -48,7 +48,7 @@ def hello_image():
 
 def test_hello_serves_a_task_and_stops_on_sigterm(hello_image):
     name = f"beamctl-itest-{uuid.uuid4().hex[:8]}"
-    docker("run", "-d", "--name", name, "-e", "BEAMCTL_CACHE_DIR=/cache/models", hello_image, "serve")
+    docker("run", "-d", "--name", name, "-e", "BEAMCTL_MODEL_CACHE=/cache/models", hello_image, "serve")
     try:
         ip = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
         deadline, health = time.monotonic() + READY_TIMEOUT_S, {}
@@ -63,7 +63,7 @@ def test_hello_serves_a_task_and_stops_on_sigterm(hello_image):
         status, doc = request(ip, "POST", "/tasks", {"task_id": task_id, "inputs": {"name": "Ada"}})
         assert (status, doc["status"], doc["result"]) == (200, "succeeded",
                                                           {"message": "hello, Ada", "task": task_id})
-        docker("exec", name, "test", "-d", "/cache/models")  # BEAMCTL_CACHE_DIR was created
+        docker("exec", name, "test", "-d", "/cache/models")  # BEAMCTL_MODEL_CACHE was created
     finally:
         stopped = time.monotonic()
         subprocess.run([need("docker"), "stop", "-t", "10", name], capture_output=True, timeout=60)

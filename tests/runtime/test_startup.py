@@ -95,7 +95,7 @@ def test_cache_dir_is_exported_before_the_app_imports_and_created(serve, tmp_pat
         SEEN = {v: os.environ.get(v) for v in ("HF_HOME", "TRANSFORMERS_CACHE", "TORCH_HOME")}
         def handler():
             return {"seen": SEEN, "made": os.path.isdir(SEEN["HF_HOME"])}
-    """, BEAMCTL_CACHE_DIR=str(cache))
+    """, BEAMCTL_MODEL_CACHE=str(cache))
     rt.wait_for("READY")
     assert rt.task()["result"] == {"seen": dict.fromkeys(("HF_HOME", "TRANSFORMERS_CACHE", "TORCH_HOME"),
                                                          str(cache)), "made": True}
