@@ -27,7 +27,8 @@ class Agent:
         self.state = state = AgentState(data_dir, containers, gpus, snapshot_ram)
         self.data_dir, self.store, self.containers, self.gpus = data_dir, state.store, containers, state.gpus
         self.snapshots, self.agent_id, self.pools = state.snapshots, state.agent_id, state.pools
-        self._deployments, self._deaths, self._housekeeping = Deployments(state), Deaths(state), Housekeeping(state)
+        self._deployments, self._housekeeping = Deployments(state), Housekeeping(state)
+        self._deaths = Deaths(state)
         self._tasks = Tasks(state, self._deaths)
 
     @property
