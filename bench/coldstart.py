@@ -247,13 +247,13 @@ def main() -> int:
         on_start_runs = logs.count("on_start complete")
         restored_lines = logs.count("restored from a checkpoint")
         scale_to_zero(agent, app)
-        create = agent._create_args(app, version)
+        create = agent.state.create_args(app, version)
         binds = {bind["bind"]: outside for outside, bind in create["volumes"].items()}
         raw = raw_criu(image, create["environment"], binds, data, max(args.captures, args.rounds), inputs,
                        args.drop_caches)
     finally:
         for live in agent.pools.get(app).drain() if app in agent.pools else []:
-            agent._retire(app, live)
+            agent.state.retire(app, live)
         agent.containers.forget(app)  # its network sandboxes
         shutil.rmtree(data, ignore_errors=True)
 

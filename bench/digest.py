@@ -112,7 +112,7 @@ def main() -> int:
         pool.snapshots.verify = real_verify
     finally:
         for live in agent.pools.get(app).drain() if app in agent.pools else []:
-            agent._retire(app, live)
+            agent.state.retire(app, live)
         agent.containers.forget(app)
         shutil.rmtree(data, ignore_errors=True)
 

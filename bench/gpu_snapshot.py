@@ -37,7 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from beamctl.agent import cuda_ckpt, process_snapshot as ps  # noqa: E402
+from beamctl.agent import cuda_ckpt  # noqa: E402
+import process_snapshot as ps  # noqa: E402  bench/process_snapshot.py (scripts run from bench/)
 from beamctl.agent.resident import Resident  # noqa: E402
 
 ROWS = 16384  # every weight is ROWS x cols fp16; the app multiplies a 64 x ROWS input through all of them

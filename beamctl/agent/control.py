@@ -31,7 +31,7 @@ def new_task_id() -> str:
 
 
 def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:
-    from beamctl.agent.service import AgentError
+    from beamctl.agent.state import AgentError
 
     op, args = request.get("op"), request.get("args") or {}
     if op not in OPS:

@@ -7,7 +7,7 @@ unlock), with --leave-running. After `docker start --checkpoint`, the restored p
 the driver's `checkpointed` state: they are restored and unlocked before the runtime is released.
 
 EXPERIMENTAL: tested against a fake driver only; no GPU has been lent to this project yet. The agent
-uses it only with BEAMCTL_GPU_CHECKPOINTS=1 in its environment (snapshots.refuse says so otherwise).
+uses it only with BEAMCTL_GPU_CHECKPOINTS=1 in its environment (snapshot_compat.refuse says so otherwise).
 """
 
 from __future__ import annotations

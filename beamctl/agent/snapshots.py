@@ -9,10 +9,10 @@ The CRIU work is agent/checkpoint.py's, reached through Containers.capture/resto
           until a redeploy retries)
 
 A snapshot holds the process's memory, secrets included: DATA/snapshots/APP/vN is 0700, its files 0600,
-written as vN.partial and renamed when whole (with key.json, the facts it may be restored under), and
-deleted when its version stops serving. Nothing here raises into a start (a failed optimisation only
-costs the app its fast cold starts, never a container) but GpuStateLost: a container whose GPU state
-could not be brought back after a capture must not serve.
+written as vN.partial and renamed when whole (with key.json, the facts it may be restored under, made by
+snapshot_compat.py), and deleted when its version stops serving. Nothing here raises into a start (a failed
+optimisation only costs the app its fast cold starts, never a container) but GpuStateLost: a container
+whose GPU state could not be brought back after a capture must not serve.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from beamctl.agent import checkpoint, digests, gpu_snapshots
+from beamctl.agent import checkpoint, digests
 from beamctl.agent.containers import GPU_FILE
 from beamctl.agent.gpu_snapshots import GpuStateLost
 from beamctl.agent.resident import Resident
+from beamctl.agent.snapshot_compat import SnapshotKeys, cache_dir_note, explain, refuse
 from beamctl.agent.store import Store
 
 CAPTURE_TIMEOUT_S = 300.0  # one runc checkpoint; ~1 s per GB here
@@ -36,7 +37,6 @@ CAPTURE_TRIES = 3  # inside one start (the runtime stays paused between tries), 
 BACKOFF_S = (0.5, 1.5)
 RESTORE_BASE_S = 20.0  # a restore's timeout: this plus the snapshot read at a slow disk's pace
 RESTORE_BYTES_PER_S = 150e6
-FACTS_TTL_S = 60.0  # host facts (kernel, CPU, CRIU version) are re-read this often
 KEY_FILE = "key.json"
 # no retry helps (an app's open TCP connection was already retried by checkpoint.capture, for the agent's own
 # just-closed ones)
@@ -52,8 +52,7 @@ class Snapshots:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.store, self.containers, self.on_event = store, containers, on_event
-        self.gpus = gpus or []  # the agent's inventory (gpus.Gpu): a GPU snapshot's key names the models
-        self._facts: tuple[float, dict[str, Any]] | None = None
+        self.keys = SnapshotKeys(containers, gpus or [])
         self._lock = threading.Lock()
         self._capturing: set[tuple[str, int]] = set()  # one capture per version at a time (one .partial)
         self._hashed: dict[tuple[str, int], dict[str, tuple[int, ...]]] = {}  # held in memory and verified:
@@ -98,8 +97,8 @@ class Snapshots:
         final, partial = self.folder(app, version), self.folder(app, version).with_suffix(".partial")
         final.parent.mkdir(mode=0o700, exist_ok=True)
         try:
-            too_old = self._criu_too_old()
-            key = self._key(spec["image"], args_hash, spec.get("gpu_devices") or ())
+            too_old = self.keys.criu_too_old()
+            key = self.keys.key(spec["image"], args_hash, spec.get("gpu_devices") or ())
         except Exception as e:  # noqa: BLE001 - the image gone, CRIU unreadable: no capture, no harm
             return self._failed(app, version, explain(f"{type(e).__name__}: {e}"), spec)
         if too_old:  # no tries: each would keep the runtime paused and end in CRIU's error
@@ -214,7 +213,7 @@ class Snapshots:
         except (OSError, ValueError) as e:
             self._incompatible(app, version, f"its key cannot be read ({type(e).__name__})")
             return None
-        differ = checkpoint.key_differences(key, self._key(image, args_hash, devices))
+        differ = checkpoint.key_differences(key, self.keys.key(image, args_hash, devices))
         if differ:
             names = ["beamctl's snapshot format" if f == "format" else f for f in differ]
             self._incompatible(app, version, f"{', '.join(names)} changed since it was captured")
@@ -280,68 +279,6 @@ class Snapshots:
         return {v: {"state": r["state"], "reason": r["reason"], "size_bytes": r["size_bytes"],
                     "capture_s": r["capture_s"], "in_memory": self.resident.held(app, v)}
                 for v, r in self.store.snapshots(app).items()}
-
-    # the key ---------------------------------------------------------------------------------------
-    def _criu_too_old(self) -> str | None:
-        """Read CRIU's version now (`hosts install` may have just replaced it: the cached facts go too)."""
-        version = checkpoint.criu_version()
-        with self._lock:
-            if self._facts is not None and self._facts[1].get("criu_version") != version:
-                self._facts = None
-        return checkpoint.criu_too_old(version)
-
-    def _key(self, image: str, args_hash: str, devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
-        with self._lock:
-            now = time.monotonic()
-            if self._facts is None or now - self._facts[0] > FACTS_TTL_S:
-                base = checkpoint.snapshot_key("", "")
-                self._facts = now, {k: base[k] for k in ("format", "kernel", "cpu_model", "cpu_flags_hash",
-                                                         "criu_version", "gpu")}
-            facts = dict(self._facts[1])
-        gpu = None
-        if devices:  # the pinned GPUs' models and the driver: device memory is restored onto the same kind
-            by_index = {g.index: g for g in self.gpus}
-            gpu = {"models": [by_index[i].canonical if i in by_index else "?" for i in devices],
-                   "driver": next((by_index[i].driver for i in devices if i in by_index), "?")}
-        return {**facts, "image_id": self.containers.image_id(image), "create_args_hash": args_hash, "gpu": gpu}
-
-
-def refuse(spec: dict[str, Any]) -> str | None:
-    """Why this version cannot be snapshotted at all, or None."""
-    from beamctl.agent.cuda_ckpt import gpu_refusal
-
-    gpus = spec.get("gpu_count") or 0
-    if gpus == 1 and not gpu_snapshots.enabled():
-        return (f"GPU checkpoints are experimental and off on this host (the driver's checkpoint API has not "
-                f"been run on a GPU by beamctl's tests yet): set {gpu_snapshots.ENABLE}=1 in the agent's "
-                f"environment to try them; this version boots cold")
-    return gpu_refusal(gpus)
-
-
-def explain(reason: str) -> str:
-    """runc's and CRIU's words for the failures a user can fix, said so that they can."""
-    if '"criu": executable file not found' in reason or "No such file or directory: 'criu'" in reason:
-        return ("CRIU is not installed on this host (runc found no `criu` in PATH): `beamctl hosts install` "
-                "brings CRIU >= 4.2 to a host; then deploy again")
-    if "Connected TCP socket" in reason:  # CRIU's own hint (--tcp-established) is not for the user
-        return ("the app held an open TCP connection when on_start returned, and CRIU cannot snapshot one: "
-                "close connections (database, HTTP keep-alive, ...) before on_start returns, or open them in "
-                "the handler on first use; then deploy again (CRIU: Connected TCP socket)")
-    if "No such file or directory: 'runc'" in reason:
-        return "runc is not installed on this host (Docker's runtime is needed for checkpoints); deploy again after"
-    return reason
-
-
-def cache_dir_note(spec: dict[str, Any]) -> str:
-    """The usual cause of big or failing snapshots: a model cache inside the container, not on a volume."""
-    cache = spec.get("cache_dir")
-    if not cache:
-        return ""
-    mounts = [v["mount_path"].rstrip("/") + "/" for v in spec.get("volumes") or ()]
-    if any((cache.rstrip("/") + "/").startswith(m) for m in mounts):
-        return ""
-    return (f" (cache_dir {cache} is not on a volume: the weights live inside the container and the "
-            f"snapshot, and a new container does not have them; mount a volume there)")
 
 
 def _identity(path: Path) -> tuple[int, ...] | None:

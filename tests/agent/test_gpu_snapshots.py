@@ -15,7 +15,8 @@ from beamctl.agent import gpu_snapshots as gs
 from beamctl.agent import snapshots as snap_mod
 from beamctl.agent.checkpoint import CheckpointFailed, RestoreFailed
 from beamctl.agent.gpus import Gpu
-from beamctl.agent.snapshots import Snapshots, refuse
+from beamctl.agent.snapshot_compat import refuse
+from beamctl.agent.snapshots import Snapshots
 from beamctl.agent.store import Store
 from tests.agent.test_cuda_ckpt import CHECKPOINTED, FakeDriver, _proc
 

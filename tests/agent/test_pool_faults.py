@@ -14,7 +14,8 @@ import pytest
 
 from beamctl.agent.containers import death_reason, size_text
 from beamctl.agent.pool import Pool, StartFailed
-from beamctl.agent.service import STARTING_AT_DEATH, Agent
+from beamctl.agent.housekeeping import STARTING_AT_DEATH
+from beamctl.agent.service import Agent
 from beamctl.agent.store import Store
 
 
@@ -185,7 +186,7 @@ def test_versions_starting_when_the_agent_died_are_failed_at_its_start_and_free_
     agent.recover()
     row = agent.store.version("demo", v1)
     assert (row["state"], row["reason"]) == ("failed", STARTING_AT_DEATH)
-    assert agent._taken(None) == {}
+    assert agent.state.taken(None) == {}
 
 
 def test_a_container_that_died_during_a_task_fails_it_with_the_reason_and_the_next_task_succeeds(tmp_path):
@@ -195,7 +196,7 @@ def test_a_container_that_died_during_a_task_fails_it_with_the_reason_and_the_ne
     version = agent.store.new_version("demo", "img", {"workers": 1, "keep_warm_s": 60, "timeout_s": 5,
                                                        "spec_version": 1})
     agent.store.set_active("demo", version)
-    pool = agent._pool("demo")
+    pool = agent.state.pool("demo")
     pool.make_args = lambda v: {"image": "img", "name": "n"}
     first = agent.call("demo", {"n": 1})
     assert first["status"] == "succeeded"
@@ -218,7 +219,7 @@ def test_an_engine_die_event_takes_the_container_out_before_any_task_hits_it(tmp
     agent.store.ensure_app("demo", "tok")
     version = agent.store.new_version("demo", "img", {"workers": 1, "keep_warm_s": 60, "timeout_s": 5})
     agent.store.set_active("demo", version)
-    agent._pool("demo").make_args = lambda v: {"image": "img", "name": "n"}
+    agent.state.pool("demo").make_args = lambda v: {"image": "img", "name": "n"}
     assert agent.call("demo", {"n": 1})["status"] == "succeeded"
     cid = containers.created[0]
     containers.kill(cid, "killed by SIGKILL (exit code 137)")

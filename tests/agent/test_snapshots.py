@@ -16,7 +16,8 @@ from beamctl.agent import digests
 from beamctl.agent import snapshots as snap_mod
 from beamctl.agent.checkpoint import CaptureResult, CheckpointFailed, RestoreFailed
 from beamctl.agent.pool import Pool
-from beamctl.agent.snapshots import Snapshots, cache_dir_note, refuse
+from beamctl.agent.snapshot_compat import cache_dir_note, refuse
+from beamctl.agent.snapshots import Snapshots
 from beamctl.agent.store import Store
 
 SPEC = {"image": "beamctl/app:1", "gpu_count": 0, "cache_dir": "/data/cache",

@@ -1,4 +1,4 @@
-"""beamctl.agent.process_snapshot with the real CRIU: a Python process holding 50 MB of random bytes and a
+"""bench/process_snapshot.py with the real CRIU: a Python process holding 50 MB of random bytes and a
 counter is dumped, restored (same PID, same memory, same counter) and asked for its checksum by SIGUSR1;
 the GPU steps are driven through a fake driver (test_cuda_ckpt.FakeDriver) around the real CRIU."""
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from beamctl.agent import cuda_ckpt as cc
-from beamctl.agent import process_snapshot as ps
+from bench import process_snapshot as ps
 from tests.agent.test_cuda_ckpt import FakeDriver
 
 

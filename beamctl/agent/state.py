@@ -1,0 +1,94 @@
+"""What every part of the agent shares (deployments, tasks, deaths, housekeeping): the store, the engine,
+the GPUs, the snapshots and one Pool per app, with the few helpers they all use. One object, handed to each."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from beamctl.agent import gpus as _gpus
+from beamctl.agent import logs as _logs
+from beamctl.agent import secret_files
+from beamctl.agent.containers import Containers, create_args
+from beamctl.agent.paths import agent_id
+from beamctl.agent.pool import Live, Pool
+from beamctl.agent.resident import Resident
+from beamctl.agent.snapshots import AppSnapshots, Snapshots
+from beamctl.agent.spec import AppSpec
+from beamctl.agent.store import Store
+
+
+class AgentError(Exception):
+    def __init__(self, message: str, hint: str | None = None, **data: Any) -> None:
+        super().__init__(message)
+        self.message, self.hint, self.data = message, hint, data  # data["kind"]: "input" for bad inputs
+
+
+class AgentState:
+    def __init__(self, data_dir: Path, containers: Containers, gpus: list[_gpus.Gpu] | None,
+                 snapshot_ram: int) -> None:
+        self.data_dir = data_dir
+        for sub in ("volumes", "logs"):
+            (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        (data_dir / "secrets").mkdir(mode=0o700, exist_ok=True)
+        self.store = Store(data_dir / "agent.db")
+        self.containers = containers
+        self.gpus = _gpus.inventory() if gpus is None else gpus
+        self.snapshots = Snapshots(data_dir, self.store, containers, self.store.event, self.gpus,
+                                   Resident(snapshot_ram, self.store.event))
+        self.agent_id = agent_id(data_dir)
+        self.pools: dict[str, Pool] = {}
+        self.endpoint = ""  # set by the HTTP server: http://host:port
+        self.stopping = threading.Event()  # the agent's background loops end
+        self._lock = threading.Lock()
+
+    def pool(self, app: str) -> Pool:
+        """The app's Pool, made on first use (serving its active version, if any)."""
+        with self._lock:
+            pool = self.pools.get(app)
+            if pool is None:
+                active = self.store.active_version(app)
+                spec = self.spec(app, active) if active else {"workers": 1, "keep_warm_s": 180}
+                pool = Pool(app, self.containers, lambda v: self.create_args(app, v), spec["workers"],
+                            spec["keep_warm_s"], lambda m: self.store.event(app, m),
+                            lambda live: self.retire(app, live),
+                            AppSnapshots(self.snapshots, app, lambda v: self.spec(app, v)))
+                pool.version = active
+                self.pools[app] = pool
+            return pool
+
+    def spec(self, app: str, version: int) -> dict[str, Any]:
+        row = self.store.version(app, version)
+        if row is None:
+            raise AgentError(f"{app} has no version {version}")
+        return row["spec"]
+
+    def create_args(self, app: str, version: int) -> dict[str, Any]:
+        spec_json = self.spec(app, version)
+        secret_values = secret_files.read(self.secrets_path(app, version))
+        return create_args(AppSpec.from_json(spec_json), version, self.agent_id, self.data_dir, secret_values,
+                           spec_json.get("gpu_count", 0), spec_json.get("gpu_devices") or ())
+
+    def secrets_path(self, app: str, version: int) -> Path:
+        return self.data_dir / "secrets" / f"{app}-v{version}.json"
+
+    def retire(self, app: str, live: Live) -> None:
+        """A container out of service: stopped, its output kept in logs/<app>.log, removed."""
+        live.close()
+        self.containers.stop(live.id)
+        _logs.save(self.data_dir, app, live.id, self.containers.logs(live.id))
+        self.containers.remove(live.id)
+
+    def taken(self, app: str | None) -> dict[int, str]:
+        """GPU index -> the app whose starting or active version holds it (`app`'s own count as free)."""
+        return _gpus.taken(self.store.versions_in(_gpus.HOLDING), app)
+
+    def assign(self, gpu: tuple[str, ...], app: str | None) -> tuple[str, tuple[int, ...]]:
+        got = _gpus.assign(gpu, self.gpus, self.taken(app))
+        if isinstance(got, str):
+            raise AgentError(got, hint="deploy to a host with a free GPU of that kind, or change gpu in beam.yaml")
+        return got
+
+    def app_endpoint(self, app: str) -> str | None:
+        return f"{self.endpoint}/apps/{app}" if self.endpoint else None
