@@ -110,7 +110,7 @@ def deploy_ssh(config: AppConfig, progress: Callable[[Any], None], health_timeou
     from beamctl import secrets
     from beamctl.agent.spec import spec_from_config
     from beamctl.fleet import rollout
-    from beamctl.fleet.inventory import which_hosts
+    from beamctl.hosts.inventory import which_hosts
     from beamctl.image import build_app
 
     entries, _ = which_hosts(config.hosts)

@@ -20,7 +20,7 @@ AppFileOpt = typer.Option(None, "-f", "--file", help="Also the hosts of this bea
 
 
 def _ssh():  # type: ignore[no-untyped-def]
-    from beamctl.fleet.ssh import Ssh
+    from beamctl.transport.ssh import Ssh
 
     return Ssh(prompt=console.ask_secret)
 
@@ -40,7 +40,7 @@ def _app_hosts(file: Optional[Path]):  # type: ignore[no-untyped-def]
 def ls(file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
     """List the inventory (~/.config/beamctl/hosts.yaml), and beam.yaml's hosts with -f."""
     from beamctl.cli.host_views import inventory_lines
-    from beamctl.fleet import inventory
+    from beamctl.hosts import inventory
 
     entries, path = inventory.load(), inventory.inventory_file()
     app_hosts = _app_hosts(file)
@@ -66,8 +66,8 @@ def check(hosts: list[str] = typer.Argument(None, help="Inventory names or targe
           file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
     """Connect to each host at once: its prerequisites (each with a fix), GPUs, agent, and whether it can checkpoint."""
     from beamctl.cli.host_views import check_lines, summary
-    from beamctl.fleet import inventory
-    from beamctl.fleet.check import check_hosts
+    from beamctl.hosts import inventory
+    from beamctl.hosts.check import check_hosts
 
     entries = inventory.lookup(hosts) if hosts else inventory.which_hosts(_app_hosts(file))[0]
     if not entries:
@@ -87,8 +87,9 @@ def check(hosts: list[str] = typer.Argument(None, help="Inventory names or targe
 def trust(host: str = typer.Argument(..., help="An inventory name or a target."),
           yes: bool = typer.Option(False, "--yes", "-y", help="Accept the key offered now (for scripts).")) -> int:
     """Show a host's key fingerprint and, once you confirm, add it to ~/.ssh/known_hosts."""
-    from beamctl.fleet import hostkeys, inventory
-    from beamctl.fleet.ssh import scan_host_key
+    from beamctl.hosts import inventory
+    from beamctl.transport import hostkeys
+    from beamctl.transport.ssh import scan_host_key
 
     entry = inventory.lookup([host])[0]
     target, key, known = scan_host_key(_ssh(), entry.host, entry.name)
@@ -117,7 +118,7 @@ def add(name: str = typer.Argument(..., help="A short name, like gpu1."),
         target: str = typer.Argument(..., help="user@host[:port], [ipv6]:port, or an ~/.ssh/config alias."),
         label: list[str] = typer.Option(None, "--label", "-l", help="KEY=VALUE (repeatable).")) -> int:
     """Add a host to the inventory (no connection is made; trust it next)."""
-    from beamctl.fleet import inventory
+    from beamctl.hosts import inventory
 
     labels = {}
     for item in label or []:
@@ -134,7 +135,7 @@ def add(name: str = typer.Argument(..., help="A short name, like gpu1."),
 @hosts_app.command()
 def remove(name: str = typer.Argument(..., help="The inventory name.")) -> int:
     """Remove a host from the inventory (its known_hosts line stays)."""
-    from beamctl.fleet import inventory
+    from beamctl.hosts import inventory
 
     path = inventory.remove(name)
     console.say(console.escape(f"removed {name} from {path}"))
@@ -149,8 +150,8 @@ def install(hosts: list[str] = typer.Argument(None, help="Inventory names or tar
     """Install or upgrade this beamctl's agent on each host at once (no network needed there), and CRIU for
     checkpoints where the host has no CRIU >= 4.2 (this machine's, from BEAMCTL_CRIU_PREFIX or /opt/beamctl/criu)."""
     from beamctl.cli.host_views import install_lines
-    from beamctl.fleet import inventory
-    from beamctl.fleet.install import install_hosts
+    from beamctl.hosts import inventory
+    from beamctl.hosts.install import install_hosts
 
     entries = inventory.lookup(hosts) if hosts else inventory.which_hosts(_app_hosts(file))[0]
     if not entries:

@@ -1,3 +1,2 @@
-"""The fleet: hosts reached over SSH (issue 5). This package holds the trust layer so far:
-ssh config resolution, host keys, client keys, connections and remote commands, the inventory,
-and `hosts check`'s probe."""
+"""Operations across hosts: deploy (placement, the deploy lock, shipping images, the rollout) and the
+app commands' queries. The top of the three layers: imports `beamctl.hosts` and `beamctl.transport`."""

@@ -38,8 +38,8 @@ class HostAgent:
 
     def request(self, op: str, timeout: float = QUERY_TIMEOUT_S, **args: Any) -> dict[str, Any]:
         from beamctl.agent.control import AgentClient
-        from beamctl.fleet.install import BRIDGE_ARGV
-        from beamctl.fleet.ssh import SshTransport
+        from beamctl.hosts.install import BRIDGE_ARGV
+        from beamctl.transport.ssh import SshTransport
 
         if self._client is None:
             target = self.ssh.resolve(self.entry.host, self.name)
@@ -72,7 +72,7 @@ def _app_config(file: Path | None, name: str | None) -> Any:
 
 def host_entries(name: str | None, hosts: list[str] | None, file: Path | None) -> list[Any] | None:
     """The hosts to ask, or None for the local agent only."""
-    from beamctl.fleet import inventory
+    from beamctl.hosts import inventory
 
     if hosts:
         return inventory.lookup(list(hosts))
@@ -87,7 +87,7 @@ def agents_for(name: str | None, hosts: list[str] | None, file: Path | None, ssh
     entries = host_entries(name, hosts, file)
     if entries is None:
         return None
-    from beamctl.fleet.ssh import Ssh
+    from beamctl.transport.ssh import Ssh
 
     ssh = ssh or Ssh()
     return [HostAgent(e, ssh) for e in entries]

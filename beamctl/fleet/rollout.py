@@ -57,7 +57,7 @@ def _each(entries: list[Any], fn: Callable[[Any], Any], workers: int | None = No
 
 def install_all(ssh: Any, entries: list[Any], progress: Progress) -> dict[str, Any]:
     """name -> InstallResult, or a failed result for hosts whose agent could not be made current."""
-    from beamctl.fleet.install import install_agent
+    from beamctl.hosts.install import install_agent
 
     def one(entry: Any) -> Any:
         return _guard(entry.name, lambda: install_agent(ssh, ssh.resolve(entry.host, entry.name), progress,
@@ -87,8 +87,8 @@ def deploy_request(ssh: Any, entry: Any, spec_json: dict[str, Any], secret_value
                    health_timeout: float, progress: Progress) -> dict[str, Any]:
     """The agent's `deploy` on one host (the image is there): its result as a per-host result."""
     from beamctl.agent.control import AgentClient
-    from beamctl.fleet.install import BRIDGE_ARGV
-    from beamctl.fleet.ssh import SshTransport
+    from beamctl.hosts.install import BRIDGE_ARGV
+    from beamctl.transport.ssh import SshTransport
 
     name = entry.name
     progress(f"{name}: starting the new version")
@@ -134,7 +134,7 @@ def rollout(entries: list[Any], app: str, prefs: tuple[str, ...], build: Callabl
     from beamctl.fleet import locks
     from beamctl.fleet.query import HostAgent
     from beamctl.fleet.ship import ship_images
-    from beamctl.fleet.ssh import Ssh
+    from beamctl.transport.ssh import Ssh
 
     ssh = ssh or Ssh()
     results: dict[str, dict[str, Any]] = {}

@@ -32,9 +32,10 @@ from typing import Any, Callable
 
 from beamctl.agent.load_image import STEP_PREFIX
 from beamctl.errors import BeamctlError, EnvironmentProblem
-from beamctl.fleet import bulk, layers, sources
-from beamctl.fleet.errors import HostUnreachable, RemoteEnded, RemoteError, tail
-from beamctl.fleet.install import PYTHON as AGENT_PYTHON
+from beamctl.fleet import layers, sources
+from beamctl.hosts.install import PYTHON as AGENT_PYTHON
+from beamctl.transport import bulk
+from beamctl.transport.errors import HostUnreachable, RemoteEnded, RemoteError, tail
 
 CHUNK = 1 << 20
 QUEUE_CHUNKS = 16  # per host: at most this many MiB wait for a slow host

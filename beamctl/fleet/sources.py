@@ -11,7 +11,7 @@ import subprocess
 from typing import Any
 
 from beamctl.fleet import layers
-from beamctl.fleet.errors import tail
+from beamctl.transport.errors import tail
 
 SAVE_ARGV = ["docker", "save"]
 

@@ -1,4 +1,4 @@
-"""`hosts install`'s CRIU step (beamctl/fleet/criu.py): the plan and results (pure), the remote script run
+"""`hosts install`'s CRIU step (beamctl/hosts/criu.py): the plan and results (pure), the remote script run
 here against this machine's real CRIU prefix in a scratch folder, and a test-fleet host whose CRIU is too
 old getting a working one."""
 
@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 
 from beamctl.cli.host_views import criu_phrase, install_lines
-from beamctl.fleet import criu
-from beamctl.fleet.criu import CriuResult
-from beamctl.fleet.install import InstallResult, parse_probe
+from beamctl.hosts import criu
+from beamctl.hosts.criu import CriuResult
+from beamctl.hosts.install import InstallResult, parse_probe
 
 OLD = "CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels >= 6.16)"
 PREFIX = Path("/opt/beamctl/criu")  # scripts/setup.sh puts this machine's there

@@ -15,7 +15,7 @@ import pytest
 
 from beamctl.errors import ExitCode
 from beamctl.fleet import rollout, ship
-from beamctl.fleet.remote import command_line
+from beamctl.transport.remote import command_line
 from tests.fleet.conftest import hello_on_two_hosts
 
 
@@ -85,7 +85,7 @@ def fake_fleet(tmp_path, monkeypatch):
                          else SimpleNamespace(action="current")) for e in entries}
 
     def ship_images(ssh, hosts, ref, image_id, progress):
-        from beamctl.fleet.errors import HostUnreachable
+        from beamctl.transport.errors import HostUnreachable
 
         calls.ship.append(sorted(hosts))
         return {h: HostUnreachable(h, calls.ship_fail[h]) if h in calls.ship_fail else

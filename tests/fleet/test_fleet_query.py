@@ -107,7 +107,7 @@ class Fake:
 
 
 def test_ask_all_keeps_every_hosts_answer_or_error():
-    from beamctl.fleet.errors import HostUnreachable
+    from beamctl.transport.errors import HostUnreachable
 
     replies = query.ask_all([Fake("a", {"ok": True, "result": 1}),
                              Fake("b", exc=HostUnreachable("b", "no SSH banner")),

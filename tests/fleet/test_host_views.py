@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from beamctl.cli.host_views import check_lines, gpu_text, inventory_lines, summary
-from beamctl.fleet.check import HostCheck
-from beamctl.fleet.inventory import Entry
-from beamctl.fleet.prereqs import Prereq, checkpoint_problem, prerequisites
-from beamctl.fleet.probe import Disk, Gpu, HostFacts
+from beamctl.hosts.check import HostCheck
+from beamctl.hosts.inventory import Entry
+from beamctl.hosts.prereqs import Prereq, checkpoint_problem, prerequisites
+from beamctl.hosts.probe import Disk, Gpu, HostFacts
 
 FACTS = HostFacts(hostname="gpu1", kernel="6.8.0", arch="x86_64", cpus=64, memory_bytes=512 << 30,
                   docker_version="27.3.1", docker_root="/data/docker",

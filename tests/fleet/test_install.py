@@ -1,4 +1,4 @@
-"""`hosts install` (beamctl/fleet/install.py) and the bridge (beamctl/agent/bridge.py).
+"""`hosts install` (beamctl/hosts/install.py) and the bridge (beamctl/agent/bridge.py).
 
 Unit tests for the pure parts, then a real host of the test fleet: install, current, forced and
 version upgrades, and a killed agent answered for by the bridge.
@@ -14,8 +14,8 @@ import pytest
 
 from beamctl import __version__
 from beamctl.agent import bridge, control
-from beamctl.fleet import criu, install
-from beamctl.fleet.remote import command_line
+from beamctl.hosts import criu, install
+from beamctl.transport.remote import command_line
 
 NO_AGENT = {"ok": False, "error": "no agent is running on this host"}
 
@@ -105,7 +105,7 @@ def installed(cli, *args):
 
 def ask(host, op="version"):
     from beamctl.agent.control import AgentClient
-    from beamctl.fleet.ssh import Ssh, SshTransport
+    from beamctl.transport.ssh import Ssh, SshTransport
 
     transport = SshTransport(host.name, list(install.BRIDGE_ARGV), Ssh())
     try:

@@ -6,8 +6,8 @@ import pytest
 
 from beamctl.config.hosts import parse_host
 from beamctl.errors import ExitCode
-from beamctl.fleet import inventory
-from beamctl.fleet.inventory import Entry, InventoryError
+from beamctl.hosts import inventory
+from beamctl.hosts.inventory import Entry, InventoryError
 
 
 @pytest.fixture

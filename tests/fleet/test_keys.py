@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from beamctl.fleet.keys import KeyRing, _Locked
-from beamctl.fleet.sshconfig import load_config, resolve
+from beamctl.transport.keys import KeyRing, _Locked
+from beamctl.transport.sshconfig import load_config, resolve
 from tests.fleet.conftest import keygen
 
 

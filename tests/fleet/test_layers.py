@@ -1,4 +1,4 @@
-"""fleet/layers.py (which layers a host lacks; the archive without the held ones) and fleet/bulk.py's ssh argv."""
+"""fleet/layers.py (which layers a host lacks; the archive without the held ones) and transport/bulk.py's ssh argv."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from beamctl.fleet import bulk, layers
-from beamctl.fleet.sshconfig import Target
+from beamctl.fleet import layers
+from beamctl.transport import bulk
+from beamctl.transport.sshconfig import Target
 
 
 def digest(data: bytes) -> str:

@@ -16,8 +16,9 @@ import pytest
 import zstandard
 
 from beamctl.agent import load_image
-from beamctl.fleet import bulk, ship
-from beamctl.fleet.errors import HostUnreachable, RemoteEnded
+from beamctl.fleet import ship
+from beamctl.transport import bulk
+from beamctl.transport.errors import HostUnreachable, RemoteEnded
 
 PY = "/opt/beamctl/agent/venv/bin/python"
 

@@ -15,7 +15,7 @@ from beamctl.agent import control
 from beamctl.agent import locks as host_locks
 from beamctl.errors import ExitCode
 from beamctl.fleet import locks
-from beamctl.fleet.errors import HostUnreachable
+from beamctl.transport.errors import HostUnreachable
 
 ME = {"who": "ada@laptop", "pid": 1, "at": 1_700_000_000.0, "image": "beamctl/app:new", "op": "deploy"}
 OTHER = {"who": "bob@desk", "pid": 7, "at": time.time() - 120, "image": "beamctl/app:old", "op": "rollback"}

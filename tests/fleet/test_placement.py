@@ -12,7 +12,7 @@ import pytest
 from beamctl.agent import gpus
 from beamctl.agent.gpus import Gpu
 from beamctl.errors import ExitCode
-from beamctl.fleet.errors import HostUnreachable
+from beamctl.transport.errors import HostUnreachable
 from beamctl.fleet.placement import (HostGpus, NoGpuPlacement, Placement, describe_gpus, fleet_summary,
                                      gather, gpus_from_about, place)
 

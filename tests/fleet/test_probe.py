@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from beamctl.fleet.probe import PROBE_ARGV, Disk, Gpu, parse_probe, sections
+from beamctl.hosts.probe import PROBE_ARGV, Disk, Gpu, parse_probe, sections
 
 SAMPLES = Path(__file__).parent / "samples"
 CPU_HOST = (SAMPLES / "probe-cpu-host.txt").read_text()

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from beamctl.fleet.ssh import SshTransport, command_line
+from beamctl.transport.ssh import SshTransport, command_line
 
 WORDS = ["printf", "%s\\n", "a b", "$HOME", "; id", "it's", "`id`", "-oProxyCommand=x", "*", "", "new\nline",
          "ünï"]

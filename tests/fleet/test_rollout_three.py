@@ -158,7 +158,7 @@ def test_a_held_lock_refuses_then_waits_then_unlock_breaks_it(cli, three, app_di
     from beamctl.fleet import locks, query
     from types import SimpleNamespace
 
-    from beamctl.fleet.ssh import Ssh
+    from beamctl.transport.ssh import Ssh
 
     three.apply_env(monkeypatch)
     agents = {"testhost-2": query.HostAgent(SimpleNamespace(name="testhost-2", host="testhost-2"), Ssh())}
@@ -235,7 +235,7 @@ def test_hosts_down_before_and_during_then_a_rerun_converges(cli, three, app_dir
 
 def test_a_stream_cut_mid_layer_is_retried_and_the_disk_full_host_keeps_its_version(cli, three, app_dir,
                                                                                       monkeypatch):
-    from beamctl.fleet import bulk
+    from beamctl.transport import bulk
 
     three.apply_env(monkeypatch)
     real_open = bulk.open_sink

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from beamctl.agent.control import AgentClient
-from beamctl.fleet.errors import AuthFailed, HostKeyUnknown, HostUnreachable, KeyNeedsPassphrase, RemoteError
-from beamctl.fleet.ssh import Ssh, SshTransport, run
+from beamctl.transport.errors import AuthFailed, HostKeyUnknown, HostUnreachable, KeyNeedsPassphrase, RemoteError
+from beamctl.transport.ssh import Ssh, SshTransport, run
 from tests.fleet.conftest import free_port, keygen
 
 pytestmark = pytest.mark.integration
@@ -252,8 +252,8 @@ def test_keys_from_ssh_agent(home, sshd_factory, tmp_path, monkeypatch):
 
 def trust_directly(name: str) -> None:
     """What `hosts trust NAME --yes` does, through the API."""
-    from beamctl.fleet import hostkeys
-    from beamctl.fleet.ssh import scan_host_key
+    from beamctl.transport import hostkeys
+    from beamctl.transport.ssh import scan_host_key
 
     target, key, known = scan_host_key(Ssh(), name)
     assert not known

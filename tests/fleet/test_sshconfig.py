@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from beamctl.errors import ExitCode, UsageError
-from beamctl.fleet.errors import SshConfigError
-from beamctl.fleet.sshconfig import CONNECT_TIMEOUT_S, load_config, resolve
+from beamctl.transport.errors import SshConfigError
+from beamctl.transport.sshconfig import CONNECT_TIMEOUT_S, load_config, resolve
 
 
 def config(home, text: str):

@@ -15,8 +15,8 @@ from typing import Any
 
 import paramiko
 
-from beamctl.fleet.errors import AuthFailed, KeyNeedsPassphrase
-from beamctl.fleet.sshconfig import Target
+from beamctl.transport.errors import AuthFailed, KeyNeedsPassphrase
+from beamctl.transport.sshconfig import Target
 
 DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")  # what ssh tries when no IdentityFile is given
 PASSPHRASE_TRIES = 3  # as ssh

@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import beamctl
 from beamctl.errors import BeamctlError
-from beamctl.fleet import criu
-from beamctl.fleet.errors import RemoteError, SshError, tail
+from beamctl.hosts import criu
+from beamctl.transport.errors import RemoteError, SshError, tail
 
 ROOT = "/opt/beamctl/agent"
 PYTHON = f"{ROOT}/venv/bin/python"
@@ -186,9 +186,9 @@ def install_agent(ssh: Any, host: Any, progress: Progress, force: bool = False, 
                   ) -> InstallResult:
     """Install, upgrade or just check the agent on one host; raises BeamctlError when it cannot."""
     from beamctl.agent.control import AgentClient
-    from beamctl.fleet.ssh import SshTransport
     from beamctl.image import wheels
     from beamctl.paths import cache_dir
+    from beamctl.transport.ssh import SshTransport
 
     start, target = time.monotonic(), ssh.resolve(host, name)
     label, version = name or target.name, beamctl.__version__

@@ -13,8 +13,8 @@ from typing import Any
 
 import paramiko
 
-from beamctl.fleet.errors import HostKeyChanged, HostKeyUnknown
-from beamctl.fleet.sshconfig import Target
+from beamctl.transport.errors import HostKeyChanged, HostKeyUnknown
+from beamctl.transport.sshconfig import Target
 
 
 def load_known_hosts(keys: paramiko.HostKeys, target: Target) -> None:

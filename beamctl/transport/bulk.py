@@ -20,9 +20,9 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from beamctl.fleet.errors import HostUnreachable, RemoteEnded
-from beamctl.fleet.remote import command_line, read_into
-from beamctl.fleet.sshconfig import Target
+from beamctl.transport.errors import HostUnreachable, RemoteEnded
+from beamctl.transport.remote import command_line, read_into
+from beamctl.transport.sshconfig import Target
 
 DEFAULT_KEY_FILES = ("id_ed25519", "id_ecdsa", "id_rsa")
 PROBE_TIMEOUT_S = 20.0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from beamctl.agent.checkpoint import MIN_CRIU, criu_too_old
-from beamctl.fleet.prereqs import criu_problem
+from beamctl.hosts.prereqs import criu_problem
 
 PREFIX = "/opt/beamctl/criu"  # on the host, as on this machine
 WRAPPER = "/usr/local/bin/criu"  # early on PATH: runc (through dockerd) finds `criu` there

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from beamctl.agent.checkpoint import MIN_CRIU, criu_too_old, version_parts
-from beamctl.fleet.probe import HostFacts
+from beamctl.hosts.probe import HostFacts
 
 MIN_DOCKER = (20, 10)  # the oldest Engine the agent's calls (checkpoint start, device requests) ran on
 DOCKER_FREE_MIN_BYTES = 10 << 30  # a CUDA + torch image is 5-10 GB, and a deploy loads the new one beside the old

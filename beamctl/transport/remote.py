@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import paramiko
 
-from beamctl.fleet.errors import HostUnreachable, RemoteError, tail
-from beamctl.fleet.sshconfig import Target
+from beamctl.transport.errors import HostUnreachable, RemoteError, tail
+from beamctl.transport.sshconfig import Target
 
 COMMAND_IDLE_TIMEOUT_S = 120.0  # no output for this long: the host is gone or the command hangs
 READ_CHUNK = 1 << 16

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from beamctl.errors import BeamctlError
-from beamctl.fleet.inventory import Entry
-from beamctl.fleet.prereqs import Prereq, checkpoint_problem, prerequisites
-from beamctl.fleet.probe import PROBE_ARGV, HostFacts, parse_probe
-from beamctl.fleet.ssh import Ssh
+from beamctl.hosts.inventory import Entry
+from beamctl.hosts.prereqs import Prereq, checkpoint_problem, prerequisites
+from beamctl.hosts.probe import PROBE_ARGV, HostFacts, parse_probe
+from beamctl.transport.ssh import Ssh
 
 MAX_PARALLEL = 16  # connections at once; each is mostly waiting on the network
 PROBE_IDLE_TIMEOUT_S = 30.0  # a wedged docker daemon makes `docker info` hang; don't wait longer

@@ -17,11 +17,11 @@ from typing import Any
 import paramiko
 
 from beamctl.config.hosts import Host
-from beamctl.fleet import hostkeys
-from beamctl.fleet.errors import HostKeyUnknown, HostUnreachable
-from beamctl.fleet.keys import KeyAuth, KeyRing, Prompt
-from beamctl.fleet.remote import Completed, Connection, command_line
-from beamctl.fleet.sshconfig import Target, load_config, resolve
+from beamctl.transport import hostkeys
+from beamctl.transport.errors import HostKeyUnknown, HostUnreachable
+from beamctl.transport.keys import KeyAuth, KeyRing, Prompt
+from beamctl.transport.remote import Completed, Connection, command_line
+from beamctl.transport.sshconfig import Target, load_config, resolve
 
 # paramiko logs a paused host's banner timeout as ERROR with a traceback; with no handler of ours, Python
 # would print that on stderr. Our errors say what happened; its records stay available to handlers users add.

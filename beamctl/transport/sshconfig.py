@@ -20,7 +20,7 @@ from typing import Any
 
 from beamctl.config.hosts import Host, parse_host
 from beamctl.errors import UsageError
-from beamctl.fleet.errors import SshConfigError
+from beamctl.transport.errors import SshConfigError
 
 CONNECT_TIMEOUT_S = 10.0  # TCP connect and SSH banner each: a paused host fails in seconds (ConnectTimeout)
 MAX_HOPS = 8  # ProxyJump chains longer than this are a loop
