@@ -68,6 +68,30 @@ def call(app: str, inputs: dict[str, Any]) -> dict[str, Any]:
         raise AgentStopped("call", app, task_id) from None
 
 
+def call_on_hosts(agents: list[Any], app: str, inputs: dict[str, Any], chosen: Callable[[str], None],
+                  unanswered: Callable[[str], None]) -> tuple[dict[str, Any], str]:
+    """One task on the least busy of these hosts' agents: (task, host). `chosen` hears the host picked;
+    `unanswered`, one line per host that did not answer, when none serves the app."""
+    from beamctl.agent.control import new_task_id
+    from beamctl.fleet import query
+
+    replies = query.ask_all(agents, "status", app=app)
+    where = query.pick_host(replies, app)
+    if where is None:
+        for line in query.error_lines(replies):
+            unanswered(line)
+        raise AgentFailed(f"no host serves {app} ({len(agents)} asked)", hint="run `beamctl deploy` first")
+    chosen(where)
+    agent = next(a for a in agents if a.name == where)
+    task_id = new_task_id()  # ours, so that a call cut off by the agent's death can name its task
+    reply = query.ask_one(agent, "call", timeout=query.CALL_TIMEOUT_S, app=app, inputs=inputs, task_id=task_id)
+    if reply.stopped:
+        raise AgentStopped("call", app, task_id, where)
+    if reply.error is not None:
+        raise AgentFailed(reply.error)
+    return reply.result, where
+
+
 def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: float | None = None,
            lock_wait: float = 0.0) -> dict[str, Any]:
     """Build, hand the image and secrets to the agent(s), wait for READY; per-host results.

@@ -99,9 +99,9 @@ def _fleet(name: str | None, host: list[str] | None, file: Path | None) -> Any:
 
 
 def _report_errors(replies: list[Any]) -> None:
-    from beamctl.cli import views
+    from beamctl.fleet.query import error_lines
 
-    for line in views.host_errors(replies):
+    for line in error_lines(replies):
         console.error(line)
 
 
@@ -117,7 +117,9 @@ def call(name: str = typer.Argument(..., help="The app."),
         if agents is None:
             task, where = apps.call(name, data), None
         else:
-            task, where = _call_fleet(agents, name, data)
+            task, where = apps.call_on_hosts(
+                agents, name, data, lambda host: console.say(f"[dim]calling {name} on {console.escape(host)}[/]"),
+                console.error)
     if json:
         console.emit_json({**{k: task[k] for k in ("task_id", "status", "start", "result", "error")},
                            **({"host": where} if where else {})})
@@ -130,27 +132,6 @@ def call(name: str = typer.Argument(..., help="The app."),
         return ExitCode.OK
     console.error(f"task {task['task_id']}{on} failed: {task['error']}")
     return ExitCode.FAILURE
-
-
-def _call_fleet(agents: list[Any], name: str, data: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    from beamctl.agent.control import new_task_id
-    from beamctl.apps import AgentFailed, AgentStopped
-    from beamctl.fleet import query
-
-    replies = query.ask_all(agents, "status", app=name)
-    where = query.pick_host(replies, name)
-    if where is None:
-        _report_errors(replies)
-        raise AgentFailed(f"no host serves {name} ({len(agents)} asked)", hint="run `beamctl deploy` first")
-    console.say(f"[dim]calling {name} on {console.escape(where)}[/]")
-    agent = next(a for a in agents if a.name == where)
-    task_id = new_task_id()  # ours, so that a call cut off by the agent's death can name its task
-    reply = query.ask_one(agent, "call", timeout=query.CALL_TIMEOUT_S, app=name, inputs=data, task_id=task_id)
-    if reply.stopped:
-        raise AgentStopped("call", name, task_id, where)
-    if reply.error is not None:
-        raise AgentFailed(reply.error)
-    return reply.result, where
 
 
 def _inputs(text: str | None) -> dict[str, Any]:

@@ -20,9 +20,9 @@ AppFileOpt = typer.Option(None, "-f", "--file", help="Also the hosts of this bea
 
 
 def _ssh():  # type: ignore[no-untyped-def]
-    from beamctl.transport.ssh import Ssh
+    from beamctl.hosts.trust import session
 
-    return Ssh(prompt=console.ask_secret)
+    return session(console.ask_secret)
 
 
 def _app_hosts(file: Optional[Path]):  # type: ignore[no-untyped-def]
@@ -87,15 +87,13 @@ def check(hosts: list[str] = typer.Argument(None, help="Inventory names or targe
 def trust(host: str = typer.Argument(..., help="An inventory name or a target."),
           yes: bool = typer.Option(False, "--yes", "-y", help="Accept the key offered now (for scripts).")) -> int:
     """Show a host's key fingerprint and, once you confirm, add it to ~/.ssh/known_hosts."""
-    from beamctl.hosts import inventory
-    from beamctl.transport import hostkeys
-    from beamctl.transport.ssh import scan_host_key
+    from beamctl.hosts import inventory, trust as trusting
 
     entry = inventory.lookup([host])[0]
-    target, key, known = scan_host_key(_ssh(), entry.host, entry.name)
-    offer = f"{key.get_name()} {key.fingerprint}"
-    who = console.escape(f"{entry.name} ({target.known_as})")
-    if known:
+    offered = trusting.offer(_ssh(), entry.host, entry.name)
+    offer = offered.text
+    who = console.escape(f"{entry.name} ({offered.target.known_as})")
+    if offered.known:
         console.say(f"{who} is already trusted: {offer}")
         return ExitCode.OK
     console.say(f"{who} offers the host key {offer}")
@@ -108,7 +106,7 @@ def trust(host: str = typer.Argument(..., help="An inventory name or a target.")
         if not answer:
             console.say("not trusted; nothing was written")
             return ExitCode.FAILURE
-    path = hostkeys.add_known_host(target, key)
+    path = trusting.accept(offered)
     console.say(f"[green]trusted[/] {who}: accepted {offer}; added to {console.escape(str(path))}")
     return ExitCode.OK
 

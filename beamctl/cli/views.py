@@ -126,12 +126,6 @@ def host_status(replies: list[Any]) -> list[str]:
     return lines
 
 
-def host_errors(replies: list[Any]) -> list[str]:
-    """One line per host that did not answer: `HOST: error`."""
-    return [r.error if r.error.startswith(f"{r.host}:") else f"{r.host}: {r.error}"
-            for r in replies if r.error is not None]
-
-
 def escape(text: str) -> str:
     return text.replace("[", "\\[")
 

@@ -28,6 +28,12 @@ class Reply(NamedTuple):
     stopped: bool = False  # the stream to the agent ended mid-request: it stopped (or the bridge saw it go)
 
 
+def error_lines(replies: list[Reply]) -> list[str]:
+    """One line per host that did not answer: `HOST: error`."""
+    return [r.error if r.error.startswith(f"{r.host}:") else f"{r.host}: {r.error}"
+            for r in replies if r.error is not None]
+
+
 class HostAgent:
     """One host's agent through the SSH bridge; connects at the first request."""
 

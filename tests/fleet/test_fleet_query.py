@@ -84,7 +84,7 @@ def test_status_view_prefixes_each_host_and_shows_errors():
     assert all(line.startswith("[bold]a[/]") for line in lines[:-1])
     assert "active: v1" in lines[0]
     assert lines[-1].startswith("[bold]b[/]  [red]error:[/]") and "\\[x]" in lines[-1]
-    assert views.host_errors([Reply("b", error="down"), Reply("c", error="c: unreachable")]) == \
+    assert query.error_lines([Reply("b", error="down"), Reply("c", error="c: unreachable")]) == \
         ["b: down", "c: unreachable"]
 
 
