@@ -1,6 +1,6 @@
 """What long work shows while it runs: build steps, lines, and a bar per host while images ship.
 
-On a terminal, ship events (fleet.ship.ShipProgress, from several threads) drive one rich progress
+On a terminal, ship events (fleet.stream.ShipProgress, from several threads) drive one rich progress
 bar per host with bytes sent and speed, and the other events print above the bars; elsewhere (CI logs,
 pipes) each host gets a plain line at most every LOG_EVERY_S seconds, then its final line.
 """

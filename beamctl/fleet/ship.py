@@ -6,11 +6,8 @@ chain it already has (layers.present_prefix). Hosts that lack the same layers fo
 group one archive is made here: from image.assemble's layer cache when it holds every layer the group
 lacks (an app image beamctl assembled: a code change costs no `docker save`, which reads the whole
 image at ~20 ms per MB), else `docker save` once with layers.filter_archive leaving out the layers
-the group holds; zstd compresses once (in process, the zstandard package), and every host of the group
-gets the same bytes on its own stream (bulk.open_sink: OpenSSH where it can, else paramiko) into the
-agent's own `python -m beamctl.agent.load_image` (decompress with the agent venv's zstandard, then
-`docker load`: a host needs no zstd binary). A failed load names its step and docker's words. A slow host
-slows its group only by a bounded queue. On arrival the host's id for the tag must equal ours: the id
+the group holds; stream.py compresses it once and every host of the group gets the same bytes on its
+own stream (bulk.open_sink: OpenSSH where it can, else paramiko) into its agent's loader. On arrival the host's id for the tag must equal ours: the id
 is the digest of the config, which names every layer's digest, and the engine checks each layer it
 reads against it, so that is the digest check; `docker load` unpacks the whole archive before it
 registers anything, so a cut stream leaves nothing half-loaded. A stream that broke is retried once
@@ -21,41 +18,18 @@ image.
 from __future__ import annotations
 
 import json
-import queue
 import shlex
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
-from beamctl.agent.load_image import STEP_PREFIX
 from beamctl.errors import BeamctlError, EnvironmentProblem
 from beamctl.fleet import layers, sources
-from beamctl.hosts.install import PYTHON as AGENT_PYTHON
+from beamctl.fleet.stream import CHUNK, AllGone, Fanout, Feeder, Progress, compressor, load_argv
 from beamctl.transport import bulk
-from beamctl.transport.errors import HostUnreachable, RemoteEnded, RemoteError, tail
-
-CHUNK = 1 << 20
-QUEUE_CHUNKS = 16  # per host: at most this many MiB wait for a slow host
-LOAD_TIMEOUT_S = 600.0  # after the last byte: the host's docker load must end within this
-PROGRESS_EVERY_S = 0.5
-LOAD_ARGV = [AGENT_PYTHON, "-m", "beamctl.agent.load_image"]  # a cut or corrupt stream fails the load
-ZSTD_LEVEL = 3  # zstd's own default: ~3x smaller images at hundreds of MB/s
-Progress = Callable[[Any], None]
-
-
-@dataclass(frozen=True)
-class ShipProgress:
-    """Bytes on the wire to one host so far (an event for progress bars)."""
-
-    host: str
-    sent: int
-    done: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.host}: {self.sent / 1e6:.1f} MB sent{' (done)' if self.done else ''}"
+from beamctl.transport.errors import HostUnreachable, RemoteError, tail
 
 
 @dataclass(frozen=True)
@@ -75,26 +49,6 @@ class ShipResult:
 
 def inspect_argv(image_ref: str) -> list[str]:
     return ["docker", "image", "inspect", "--format", "{{.Id}}", image_ref]
-
-
-def load_argv() -> list[str]:
-    """The remote side of the stream: the agent's Python decompresses into `docker load`."""
-    return list(LOAD_ARGV)
-
-
-def load_failure(host: str, code: int, stderr: str) -> RemoteError:
-    """A failed load on `host`, by the step that failed (beamctl.agent.load_image says it on stderr)."""
-    steps = [line[len(STEP_PREFIX):].split(":", 1)[0] for line in stderr.splitlines() if line.startswith(STEP_PREFIX)]
-    text = "\n".join(line[len(STEP_PREFIX):] if line.startswith(STEP_PREFIX) else line
-                     for line in stderr.strip().splitlines())
-    if code == 127 or (not steps and AGENT_PYTHON in stderr):
-        return RemoteError(host, "load the image: start the loader", code, tail(text),
-                           f"the agent is not installed there ({AGENT_PYTHON} is missing): "
-                           f"beamctl hosts install {host}")
-    step = steps[-1] if steps else "load"
-    hint = f"beamctl hosts install {host} (the agent there is older than this beamctl)" \
-        if step == "decompress" and "zstandard" in text else None
-    return RemoteError(host, f"load the image: {step}", code, tail(text), hint)
 
 
 def held_argv() -> list[str]:
@@ -237,16 +191,16 @@ def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str]
     live = [s for s in group if s.name in sinks]
     if not live:
         return
-    feeders = {s.name: _Feeder(s, sinks[s.name], progress) for s in live}
+    feeders = {s.name: Feeder(s, sinks[s.name], progress) for s in live}
     problem, ended = None, False
     try:
         source.start()
-        with _compressor().stream_writer(_Fanout(list(feeders.values())), write_size=CHUNK,
+        with compressor().stream_writer(Fanout(list(feeders.values())), write_size=CHUNK,
                                          closefd=False) as packed:
             source.write(packed)
         ended = True
         problem = source.failure()
-    except _AllGone:
+    except AllGone:
         return  # each host's error is recorded
     except FileNotFoundError as e:
         raise EnvironmentProblem(f"{e.filename} is not installed here", "install Docker Engine's CLI") from None
@@ -263,94 +217,6 @@ def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str]
         raise EnvironmentProblem(f"reading {image_ref} here failed ({source.what}): {problem}")
     for f in feeders.values():
         f.finish()
-
-
-def _compressor() -> Any:
-    import zstandard
-
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
-
-
-class _AllGone(Exception):
-    """Every host of the group failed: stop reading and compressing."""
-
-
-class _Fanout:
-    """The compressor's output: each chunk to every live host's queue."""
-
-    def __init__(self, feeders: list[_Feeder]) -> None:
-        self.feeders = feeders
-
-    def write(self, chunk: bytes) -> int:
-        alive = [f for f in self.feeders if f.alive]
-        if not alive:
-            raise _AllGone()
-        data = bytes(chunk)
-        for f in alive:
-            f.put(data)
-        return len(chunk)
-
-    def flush(self) -> None:
-        pass
-
-
-class _Feeder:
-    """One host's side of the fan-out: a bounded queue and a thread writing it into the sink."""
-
-    def __init__(self, state: _Host, sink: Any, progress: Progress) -> None:
-        self.state, self.sink, self.progress = state, sink, progress
-        self.q: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
-        self.alive = True
-        self._last = 0.0
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"ship-{state.name}")
-        self.thread.start()
-
-    def put(self, chunk: bytes) -> None:
-        while self.alive:
-            try:
-                self.q.put(chunk, timeout=1.0)
-                return
-            except queue.Full:
-                continue
-
-    def close(self) -> None:
-        self.q.put(None)  # the thread reads until this, even after its sink failed
-        self.thread.join()
-
-    def _run(self) -> None:
-        s = self.state
-        while True:
-            chunk = self.q.get()
-            if chunk is None:
-                return
-            try:
-                self.sink.write(chunk)
-            except BeamctlError as e:
-                s.error = load_failure(s.name, e.exit_code, e.stderr) if isinstance(e, RemoteEnded) else e
-                self.alive = False
-                self.sink.abort()
-                while self.q.get() is not None:  # let the producer go on for the others
-                    pass
-                return
-            s.sent += len(chunk)
-            now = time.monotonic()
-            if now - self._last >= PROGRESS_EVERY_S:
-                self._last = now
-                self.progress(ShipProgress(s.name, s.sent))
-
-    def finish(self) -> None:
-        s = self.state
-        if s.error is not None:
-            return
-        try:
-            code, out, err = self.sink.finish(LOAD_TIMEOUT_S)
-        except BeamctlError as e:
-            s.error = e
-            return
-        self.progress(ShipProgress(s.name, s.sent, done=True))
-        if code != 0:
-            s.error = load_failure(s.name, code, err or out) if code > 0 else \
-                RemoteError(s.name, "load the image", None, tail(err or out))
 
 
 def _verify(s: _Host, image_ref: str, image_id: str, diff_ids: list[str], progress: Progress) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from beamctl.cli import progress
-from beamctl.fleet.ship import ShipProgress
+from beamctl.fleet.stream import ShipProgress
 
 
 def test_ship_progress_is_a_line_per_host_at_most_every_few_seconds_then_the_last(capsys, monkeypatch):

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from beamctl.errors import ExitCode
-from beamctl.fleet import rollout, ship
+from beamctl.fleet import rollout, ship, stream
 from beamctl.transport.remote import command_line
 from tests.fleet.conftest import hello_on_two_hosts
 
@@ -27,8 +27,8 @@ def test_ship_commands_are_quoted_lists():
                                                       "beamctl/hello:abc"]
     assert command_line(ship.inspect_argv("beamctl/hello:abc")) == \
         "docker image inspect --format '{{.Id}}' beamctl/hello:abc"
-    assert ship.load_argv() == ["/opt/beamctl/agent/venv/bin/python", "-m", "beamctl.agent.load_image"]
-    assert command_line(ship.load_argv()) == "/opt/beamctl/agent/venv/bin/python -m beamctl.agent.load_image"
+    assert stream.load_argv() == ["/opt/beamctl/agent/venv/bin/python", "-m", "beamctl.agent.load_image"]
+    assert command_line(stream.load_argv()) == "/opt/beamctl/agent/venv/bin/python -m beamctl.agent.load_image"
 
 
 def test_the_exit_code_says_all_some_or_none():

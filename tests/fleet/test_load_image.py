@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from beamctl.agent import load_image
-from beamctl.fleet import ship
+from beamctl.fleet import stream
 from beamctl.transport import bulk
 from beamctl.transport.errors import HostUnreachable, RemoteEnded
 
@@ -66,14 +66,14 @@ def test_a_missing_docker_is_said(capsys):
 # --- the client's words for a failed load ----------------------------------------------------------------
 
 def test_a_host_without_the_agent_is_told_to_install_it():
-    e = ship.load_failure("gpu-1", 127, f"bash: line 1: {PY}: No such file or directory\n")
+    e = stream.load_failure("gpu-1", 127, f"bash: line 1: {PY}: No such file or directory\n")
     assert e.message == f"gpu-1: `load the image: start the loader` exited with 127: " \
                         f"bash: line 1: {PY}: No such file or directory"
     assert e.hint == f"the agent is not installed there ({PY} is missing): beamctl hosts install gpu-1"
 
 
 def test_an_old_agent_without_zstandard_is_told_to_upgrade():
-    e = ship.load_failure("gpu-1", 3, "beamctl-load: decompress: the agent's Python has no zstandard package "
+    e = stream.load_failure("gpu-1", 3, "beamctl-load: decompress: the agent's Python has no zstandard package "
                                       "(an agent older than this beamctl)\n")
     assert e.message == "gpu-1: `load the image: decompress` exited with 3: decompress: the agent's Python has " \
                         "no zstandard package (an agent older than this beamctl)"
@@ -83,7 +83,7 @@ def test_an_old_agent_without_zstandard_is_told_to_upgrade():
 def test_docker_loads_own_words_come_with_the_step():
     stderr = ("beamctl-load: docker load: exited with 1\n"
               "write /var/lib/docker/tmp/docker-import-1/abc/layer.tar: no space left on device\n")
-    e = ship.load_failure("gpu-2", 1, stderr)
+    e = stream.load_failure("gpu-2", 1, stderr)
     assert e.message == "gpu-2: `load the image: docker load` exited with 1: docker load: exited with 1\n" \
                         "write /var/lib/docker/tmp/docker-import-1/abc/layer.tar: no space left on device"
     assert e.hint is None
