@@ -18,7 +18,6 @@ from beamctl.agent.spec import AppSpec
 from beamctl.agent.state import AgentError, AgentState
 from beamctl.agent.versions import rollback_target, unchanged
 
-HEALTH_TIMEOUT_S = 300  # on_start of a big model (weights from disk, CUDA init) can take minutes
 
 
 class Deployments:
@@ -35,8 +34,10 @@ class Deployments:
         return {"gpu": choice, "devices": list(devices)}
 
     def deploy(self, spec_json: dict[str, Any], secret_values: dict[str, str],
-               health_timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+               health_timeout: float | None = None) -> dict[str, Any]:
+        """health_timeout: None is the spec's (its rollout.health_timeout)."""
         spec = AppSpec.from_json(spec_json)
+        health_timeout = spec.health_timeout if health_timeout is None else health_timeout
         missing = [n for n in spec.secret_names if n not in secret_values]
         if missing:
             raise AgentError(f"no value for secret(s) {', '.join(missing)}")
@@ -171,9 +172,10 @@ class Deployments:
 
     # rollback -------------------------------------------------------------------------------------
     def rollback(self, app: str, version: int | None = None,
-                 health_timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+                 health_timeout: float | None = None) -> dict[str, Any]:
         """Bring an earlier version back: `version`, else the newest retired one before the active one.
-        Started like a deploy (its stored spec and secrets); the replaced one becomes "rolled_back"."""
+        Started like a deploy (its stored spec and secrets; health_timeout None: the one it was deployed
+        with); the replaced one becomes "rolled_back"."""
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise AgentError(f"a version is a number, like 2, not {version!r}", kind="input")
         rows = self.store.versions(app)
@@ -186,8 +188,9 @@ class Deployments:
         with self._app_lock(app, "rollback", row["image"]):
             return self._rollback(app, row, health_timeout)
 
-    def _rollback(self, app: str, row: dict[str, Any], health_timeout: float) -> dict[str, Any]:
+    def _rollback(self, app: str, row: dict[str, Any], health_timeout: float | None) -> dict[str, Any]:
         target, spec = row["version"], AppSpec.from_json(row["spec"])
+        health_timeout = spec.health_timeout if health_timeout is None else health_timeout
         active = self.store.active_version(app)  # again, under the lock
         if active == target:
             raise AgentError(f"v{target} of {app} is already serving")

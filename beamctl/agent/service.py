@@ -15,7 +15,7 @@ from beamctl.agent import locks as _locks
 from beamctl.agent import logs as _logs
 from beamctl.agent.containers import Containers
 from beamctl.agent.deaths import Deaths
-from beamctl.agent.deployments import HEALTH_TIMEOUT_S, Deployments
+from beamctl.agent.deployments import Deployments
 from beamctl.agent.housekeeping import Housekeeping
 from beamctl.agent.state import AgentError, AgentState
 from beamctl.agent.tasks import Tasks
@@ -70,11 +70,11 @@ class Agent:
         return self._deployments.check_placement(gpu, app)
 
     def deploy(self, spec_json: dict[str, Any], secret_values: dict[str, str],
-               health_timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+               health_timeout: float | None = None) -> dict[str, Any]:
         return self._deployments.deploy(spec_json, secret_values, health_timeout)
 
     def rollback(self, app: str, version: int | None = None,
-                 health_timeout: float = HEALTH_TIMEOUT_S) -> dict[str, Any]:
+                 health_timeout: float | None = None) -> dict[str, Any]:
         return self._deployments.rollback(app, version, health_timeout)
 
     # deploy locks (held across a whole fleet deploy by the client; agent/locks.py) -------------------

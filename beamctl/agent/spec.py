@@ -33,6 +33,11 @@ class AppSpec:
     checkpoint_enabled: bool = False
     env: dict[str, str] = field(default_factory=dict)
     secret_names: tuple[str, ...] = ()
+    health_timeout_s: float | None = None  # rollout.health_timeout at its deploy (None: a record from before)
+
+    @property
+    def health_timeout(self) -> float:
+        return health_timeout(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +51,16 @@ class AppSpec:
         return cls(**known)
 
 
+def health_timeout(spec_json: dict[str, Any]) -> float:
+    """Seconds a start of this version (its stored spec) may take to READY: its deploy's, else the schema's
+    default (a record from before the spec carried it)."""
+    if spec_json.get("health_timeout_s") is not None:
+        return float(spec_json["health_timeout_s"])
+    from beamctl.config.schema import field_of
+
+    return float(field_of("rollout", "health_timeout")["default"])
+
+
 def spec_from_config(config: AppConfig, image: str) -> AppSpec:
     return AppSpec(
         app=config.name, image=image, workers=config.workers, timeout_s=config.timeout_s,
@@ -53,5 +68,5 @@ def spec_from_config(config: AppConfig, image: str) -> AppSpec:
         gpu=tuple(str(g) for g in config.gpu),
         volumes=tuple(VolumeSpec(v.name, v.mount_path) for v in config.volumes),
         cache_dir=config.cache_dir, checkpoint_enabled=config.checkpoint_enabled,
-        env=dict(config.env), secret_names=config.secrets,
+        env=dict(config.env), secret_names=config.secrets, health_timeout_s=config.rollout.health_timeout_s,
     )

@@ -7,9 +7,9 @@ from typing import Any
 
 from beamctl.agent.control import TASK_ID_RE, new_task_id
 from beamctl.agent.deaths import Deaths
-from beamctl.agent.deployments import HEALTH_TIMEOUT_S
 from beamctl.agent.pool import StartFailed
 from beamctl.agent.profile import phases
+from beamctl.agent.spec import health_timeout
 from beamctl.agent.state import AgentError, AgentState
 
 HTTP_SLACK_S = 10  # beyond the task timeout, for the runtime to answer
@@ -38,7 +38,7 @@ class Tasks:
         spec = self.state.spec(app, pool.version)
         version, live, payload = pool.version, None, {}
         try:
-            live = pool.acquire(timeout=HEALTH_TIMEOUT_S + spec["timeout_s"])
+            live = pool.acquire(timeout=health_timeout(spec) + spec["timeout_s"])
             version = live.version
             _, payload = live.request("POST", "/tasks", {"task_id": task_id, "inputs": inputs},
                                       timeout=spec["timeout_s"] + HTTP_SLACK_S)

@@ -30,7 +30,14 @@ def rollback_target(app: str, rows: list[dict[str, Any]], active: int | None, ve
     return max(earlier)
 
 
+NOT_RUNTIME = ("health_timeout_s",)  # how long a deploy waits is not what runs: a change is no new version
+
+
 def unchanged(active_row: dict[str, Any], spec: dict[str, Any], secrets_then: dict[str, str],
               secrets_now: dict[str, str]) -> bool:
-    """A deploy of exactly what serves: same spec (image included; compared as stored, JSON) and secrets."""
-    return active_row.get("spec") == json.loads(json.dumps(spec)) and secrets_then == secrets_now
+    """A deploy of exactly what serves: same spec (image included; compared as stored, JSON, but for how
+    long a start may take) and secrets."""
+    def running(s: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in s.items() if k not in NOT_RUNTIME}
+    return running(active_row.get("spec") or {}) == running(json.loads(json.dumps(spec))) and \
+        secrets_then == secrets_now

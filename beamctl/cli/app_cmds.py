@@ -17,7 +17,6 @@ from beamctl.cli import app
 from beamctl.cli.config_cmds import FileOpt, JsonOpt
 from beamctl.errors import ExitCode, UsageError
 
-HEALTH_TIMEOUT_S = 300  # on_start of big models; --health-timeout overrides
 FOLLOW_POLL_S = 0.5
 
 

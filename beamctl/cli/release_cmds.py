@@ -11,7 +11,7 @@ import typer
 from beamctl import console
 from beamctl.cli import app
 from beamctl.cli import app_cmds
-from beamctl.cli.app_cmds import HEALTH_TIMEOUT_S, AppFileOpt, HostOpt
+from beamctl.cli.app_cmds import AppFileOpt, HostOpt
 from beamctl.cli.config_cmds import JsonOpt
 from beamctl.errors import ExitCode
 
@@ -21,12 +21,16 @@ def rollback(name: str = typer.Argument(..., help="The app."),
              version: Optional[int] = typer.Argument(None, help="The version to bring back; default: the "
                                                                 "one before the active one."),
              json: bool = JsonOpt, host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt,
-             health_timeout: float = typer.Option(HEALTH_TIMEOUT_S, help="Seconds to wait for READY.")) -> int:
+             health_timeout: Optional[float] = typer.Option(
+                 None, min=1, help="Seconds to wait for READY (default: the rollout.health_timeout that version "
+                                   "was deployed with).")) -> int:
     """Bring an earlier version back (on every host of the app): start it, wait READY, switch; volumes stay."""
     from beamctl import apps
+    from beamctl.config.schema import field_of
     from beamctl.fleet import locks, query
 
     holder = locks.holder_here(name, None, "rollback")
+    longest = health_timeout or field_of("rollout", "health_timeout")["maximum"]  # the agent waits its own
     with app_cmds._fleet(name, host, file) as agents:
         if agents is None:
             try:
@@ -43,7 +47,7 @@ def rollback(name: str = typer.Argument(..., help="The app."),
         else:
             with locks.hold({a.name: a for a in agents}, name, holder, 0, _say) as held:
                 got = query.ask_all([a for a in agents if a.name in held], "rollback",
-                                    timeout=health_timeout + query.QUERY_TIMEOUT_S, app=name, version=version,
+                                    timeout=longest + query.QUERY_TIMEOUT_S, app=name, version=version,
                                     health_timeout=health_timeout)
             answers = {r.host: r for r in got}
             replies = [answers.get(a.name) or query.Reply(a.name, error=f"no deploy lock: {held.missing.get(a.name)}")

@@ -51,6 +51,15 @@ def load_schema() -> dict[str, Any]:
 
 
 @cache
+def field_of(*path: str) -> dict[str, Any]:
+    """One field's schema, e.g. field_of("rollout", "health_timeout")["default"] -> 300: the one source of
+    defaults and bounds (config/model.py builds from it; the agent and the CLI read what they need)."""
+    node = load_schema()
+    for key in path:
+        node = node["properties"][key]
+    return node
+
+
 def _validator() -> Any:
     from jsonschema import Draft202012Validator  # ~90 ms to import: only when validating
 

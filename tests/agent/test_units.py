@@ -157,3 +157,19 @@ def test_log_lines_redrawn_with_carriage_returns_keep_their_time_and_last_text()
 
     ts, text = _stamped(_shown("2026-11-28T21:00:00.5Z Loading 10%\rLoading 50%\rLoading 100%\r"))
     assert text == "Loading 100%" and ts == 1795899600.5
+
+
+def test_a_versions_health_timeout_travels_in_its_spec_and_older_records_take_the_schemas_default():
+    from beamctl.agent.spec import health_timeout
+    from beamctl.agent.versions import unchanged
+
+    config, _ = load(FIXTURES / "good" / "full.yaml")
+    spec = spec_from_config(config, "beamctl/sentiment:abc")
+    assert spec.health_timeout_s == config.rollout.health_timeout_s and spec.health_timeout == spec.health_timeout_s
+    older = {k: v for k, v in spec.to_json().items() if k != "health_timeout_s"}
+    assert health_timeout(older) == 300.0  # schemas/beam.schema.json rollout.health_timeout's default
+    assert AppSpec.from_json(older).health_timeout == 300.0
+    # waiting longer is no new version; anything that runs is
+    row = {"spec": json.loads(json.dumps(spec.to_json()))}  # as stored
+    assert unchanged(row, {**spec.to_json(), "health_timeout_s": 5.0}, {}, {})
+    assert not unchanged(row, {**spec.to_json(), "workers": spec.workers + 1}, {}, {})
