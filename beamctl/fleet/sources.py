@@ -25,11 +25,11 @@ def v1_cache() -> layers.V1Ids:
 def pick(image_ref: str, image_id: str, diff_ids: list[str], keep_from: int) -> Any:
     """Where the group's archive comes from: beamctl's own layer cache when it holds every layer the
     group lacks (an assembled app image: no `docker save` at all), else `docker save`, filtered."""
-    from beamctl.image import assemble
+    from beamctl.image import layer_cache
 
-    config = assemble.config_bytes(image_id)
+    config = layer_cache.config_bytes(image_id)
     if config is not None:
-        paths = {d: assemble.layer_path(d) for d in diff_ids[keep_from:]}
+        paths = {d: layer_cache.layer_path(d) for d in diff_ids[keep_from:]}
         if all(p is not None for p in paths.values()):
             return CachedSource(config, paths, image_ref)  # type: ignore[arg-type]
     return SaveSource(image_ref, diff_ids, keep_from)

@@ -11,7 +11,7 @@ only: `docker load` never opens the tar of a layer whose chain the engine alread
 - a code change changes only the code layer's diffID (and the config, so the id);
 - the layer tars stay in a local cache (`layers/<diffid hex>.tar`) with each image's config
   (`configs/<id hex>.json`), so shipping to a host needs no `docker save` for them: see
-  `layer_path`, `config_bytes`, `own_layers` and `write_archive`.
+  layer_cache.py (`layer_path`, `config_bytes`, `own_layers`) and `write_archive`.
 """
 
 from __future__ import annotations
@@ -22,23 +22,18 @@ import os
 import re
 import tarfile
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Iterable, Sequence
 
+from beamctl.image import layer_cache
 from beamctl.image.context import ContextFile
+from beamctl.image.layer_cache import CONFIGS, LABEL_PARENT_LAYERS, LAYERS, hex_of, prune_cache
 from beamctl.image.render import AppImage
 
 EPOCH = "1970-01-01T00:00:00Z"
-LAYERS = "layers"  # under paths.cache_dir()
-CONFIGS = "configs"
-LABEL_PARENT_LAYERS = "dev.beamctl.parent-layers"  # how many of the image's layers are its deps image's
-KEEP_LAYER_BYTES = 4 << 30  # the layer cache is trimmed (oldest first) to this after each assembly
-KEEP_CONFIGS = 2000
 COPY_BUFFER = 1 << 20
-_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 # container settings an image inherits from its parent (OnBuild triggers do not: they run once)
 INHERITED = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
              "StopSignal", "StopTimeout", "Healthcheck", "Shell")
@@ -61,111 +56,6 @@ class Assembled:
     diff_ids: tuple[str, ...]  # the whole chain, the dependencies image's layers first
     own: tuple[Layer, ...]  # ours: the top of the chain
     archive_bytes: int
-
-
-# ---------------------------------------------------------------- the layer cache
-
-def cache_root() -> Path:
-    from beamctl.paths import cache_dir
-
-    return cache_dir()
-
-
-def _dir(name: str) -> Path:
-    d = cache_root() / name
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if d.stat().st_mode & 0o077:
-        d.chmod(0o700)
-    return d
-
-
-def _hex(digest: str) -> str:
-    m = _DIGEST.match(digest or "")
-    if not m:
-        raise ValueError(f"not a sha256 digest: {digest!r}")
-    return m.group(1)
-
-
-def layer_path(diff_id: str) -> Path | None:
-    """The cached tar of a layer beamctl wrote (an app image's own layers), or None."""
-    try:
-        path = cache_root() / LAYERS / f"{_hex(diff_id)}.tar"
-    except ValueError:
-        return None
-    return path if path.is_file() else None
-
-
-def config_bytes(image_id: str) -> bytes | None:
-    """The exact config JSON of an image beamctl assembled (its id is sha256 of these bytes), or None."""
-    try:
-        data = (cache_root() / CONFIGS / f"{_hex(image_id)}.json").read_bytes()
-    except (ValueError, OSError):
-        return None
-    return data if "sha256:" + hashlib.sha256(data).hexdigest() == image_id else None
-
-
-def own_layers(config: bytes) -> tuple[list[str], int]:
-    """(every diffID of the image, how many of them belong to its dependencies image)."""
-    doc = json.loads(config)
-    diff_ids = list(doc["rootfs"]["diff_ids"])
-    parent = int((doc.get("config", {}).get("Labels") or {}).get(LABEL_PARENT_LAYERS, len(diff_ids)))
-    return diff_ids, parent
-
-
-def _write_atomic(directory: Path, name: str, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, directory / name)
-    except BaseException:
-        _unlink(Path(tmp))
-        raise
-    return directory / name
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
-
-
-def prune_cache(keep_bytes: int = KEEP_LAYER_BYTES, protect: Iterable[str] = ()) -> list[str]:
-    """Trim the layer cache to keep_bytes, least recently written first (never `protect`); returns
-    the diffIDs removed. A removed layer only costs a `docker save` when it is shipped."""
-    root = cache_root()
-    keep = {f"{_hex(d)}.tar" for d in protect}
-    removed: list[str] = []
-    now = time.time()
-    layers = root / LAYERS
-    if layers.is_dir():
-        entries = []
-        for p in layers.iterdir():
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            if p.name.startswith(".tmp-"):
-                if now - st.st_mtime > 3600:  # left by a killed build
-                    _unlink(p)
-                continue
-            entries.append((st.st_mtime, st.st_size, p))
-        total = sum(size for _, size, _ in entries)
-        for _, size, p in sorted(entries, key=lambda e: (e[0], e[2].name)):
-            if total <= keep_bytes:
-                break
-            if p.name in keep:
-                continue
-            _unlink(p)
-            total -= size
-            removed.append("sha256:" + p.stem)
-    configs = root / CONFIGS
-    if configs.is_dir():
-        files = sorted(configs.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for p in files[KEEP_CONFIGS:]:
-            _unlink(p)
-    return removed
 
 
 # ---------------------------------------------------------------- layer tars
@@ -224,7 +114,7 @@ class _Hashing:
 def build_layer(files: Iterable[ContextFile], src_prefix: str, dest_dir: str) -> Layer:
     """Write one layer's tar into the cache (atomically) while hashing it."""
     entries = layer_entries(files, src_prefix, dest_dir)
-    layers = _dir(LAYERS)
+    layers = layer_cache.folder(LAYERS)
     fd, tmp = tempfile.mkstemp(dir=layers, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as raw:
@@ -235,7 +125,7 @@ def build_layer(files: Iterable[ContextFile], src_prefix: str, dest_dir: str) ->
         new = not final.is_file()
         os.replace(tmp, final)  # also when it was there: refreshes its age for prune_cache
     except BaseException:
-        _unlink(Path(tmp))
+        layer_cache.unlink(Path(tmp))
         raise
     return Layer(diff_id, final, out.size, sum(f is not None for _, f in entries),
                  f"COPY {src_prefix} {dest_dir}", new)
@@ -349,7 +239,7 @@ def write_archive(out: IO[bytes], config: bytes, send: dict[str, Path], tags: Se
         raise ValueError(f"layers not in the image: {sorted(unknown)}")
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     manifest = json.dumps([{"Config": config_name, "RepoTags": list(tags) or None,
-                            "Layers": [f"{_hex(d)}/layer.tar" for d in diff_ids]}]).encode()
+                            "Layers": [f"{hex_of(d)}/layer.tar" for d in diff_ids]}]).encode()
     counting = _Hashing(out)
     with tarfile.open(fileobj=counting, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for name, data in (("manifest.json", manifest), (config_name, config)):
@@ -357,10 +247,10 @@ def write_archive(out: IO[bytes], config: bytes, send: dict[str, Path], tags: Se
         for d in diff_ids:
             if d in send:
                 path = send[d]
-                tar.addfile(_info(_hex(d) + "/", tarfile.DIRTYPE, 0o755))
+                tar.addfile(_info(hex_of(d) + "/", tarfile.DIRTYPE, 0o755))
                 with path.open("rb") as fh:
                     size = os.fstat(fh.fileno()).st_size
-                    tar.addfile(_info(f"{_hex(d)}/layer.tar", tarfile.REGTYPE, 0o644, size), fh)
+                    tar.addfile(_info(f"{hex_of(d)}/layer.tar", tarfile.REGTYPE, 0o644, size), fh)
     return counting.size
 
 
@@ -381,7 +271,7 @@ def assemble(parent: dict[str, Any], spec: AppImage, runtime_files: Sequence[Con
     own = tuple(build_layer(groups[src], src, dst) for src, dst in spec.copies)
     config = image_config(parent, spec, own)
     image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-    _write_atomic(_dir(CONFIGS), f"{_hex(image_id)}.json", config)
+    layer_cache.write_atomic(layer_cache.folder(CONFIGS), f"{hex_of(image_id)}.json", config)
     size = write_archive(archive, config, {l.diff_id: l.path for l in own})
     try:
         prune_cache(protect=[l.diff_id for l in own])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from beamctl.config import load
-from beamctl.image import assemble, context, render
+from beamctl.image import assemble, context, layer_cache, render
 from beamctl.image.build import RUNTIME_SOURCE
 from beamctl.image.ignore import load_ignore
 from beamctl.paths import cache_dir
@@ -127,7 +127,7 @@ def test_config_merges_the_parents(app):
     assert len(made) == len(doc["rootfs"]["diff_ids"]) and doc["history"][:3] == PARENT["history"]
     assert [h.get("created_by") for h in made[-2:]] == ["COPY runtime/ /opt/beamctl/lib/beamctl_runtime/",
                                                         "COPY app/ /app/"]
-    assert assemble.own_layers(image.config) == (doc["rootfs"]["diff_ids"], 2)
+    assert layer_cache.own_layers(image.config) == (doc["rootfs"]["diff_ids"], 2)
 
 
 def test_the_archive_carries_only_our_layers(app):
@@ -153,12 +153,12 @@ def test_the_layer_cache(app):
         assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())
         assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
     for layer in image.own:
-        assert assemble.layer_path(layer.diff_id) == layer.path
-    assert assemble.layer_path(PARENT["rootfs"]["diff_ids"][0]) is None  # the deps image's: not ours
-    assert assemble.layer_path("../../etc/passwd") is None
-    assert assemble.config_bytes(image.id) == image.config and assemble.config_bytes("sha256:" + "0" * 64) is None
+        assert layer_cache.layer_path(layer.diff_id) == layer.path
+    assert layer_cache.layer_path(PARENT["rootfs"]["diff_ids"][0]) is None  # the deps image's: not ours
+    assert layer_cache.layer_path("../../etc/passwd") is None
+    assert layer_cache.config_bytes(image.id) == image.config and layer_cache.config_bytes("sha256:" + "0" * 64) is None
     out = io.BytesIO()  # what shipping does for a host that lacks only the code layer
-    assemble.write_archive(out, image.config, {image.own[1].diff_id: assemble.layer_path(image.own[1].diff_id)},
+    assemble.write_archive(out, image.config, {image.own[1].diff_id: layer_cache.layer_path(image.own[1].diff_id)},
                            tags=["beamctl/demo:0123"])
     files = _archive(out.getvalue())
     assert sorted(n for n in files if n.endswith(".tar")) == [image.own[1].diff_id.removeprefix("sha256:") + "/layer.tar"]
@@ -172,9 +172,9 @@ def test_prune_cache_drops_the_oldest_but_never_the_protected(app):
     (app / "app.py").write_text((app / "app.py").read_text() + "changed = 1\n")
     second, _ = _assemble(app)
     code_before = first.own[1]
-    removed = assemble.prune_cache(keep_bytes=0, protect=[second.own[1].diff_id])
+    removed = layer_cache.prune_cache(keep_bytes=0, protect=[second.own[1].diff_id])
     assert code_before.diff_id in removed and second.own[1].diff_id not in removed
-    assert assemble.layer_path(code_before.diff_id) is None and assemble.layer_path(second.own[1].diff_id)
+    assert layer_cache.layer_path(code_before.diff_id) is None and layer_cache.layer_path(second.own[1].diff_id)
 
 
 def test_config_from_inspect_rebuilds_history():
@@ -215,15 +215,15 @@ def test_hello_assembled_through_the_engine(tmp_path):
         config, _ = load(folder / "beam.yaml")
         first = build_app(config, lambda e: None)
         assert not first.reused and first.image.startswith(f"beamctl/{name}:")
-        assert assemble.config_bytes(first.id) is not None
-        assert first.id == "sha256:" + hashlib.sha256(assemble.config_bytes(first.id)).hexdigest()
+        assert layer_cache.config_bytes(first.id) is not None
+        assert first.id == "sha256:" + hashlib.sha256(layer_cache.config_bytes(first.id)).hexdigest()
         run = subprocess.run(["docker", "run", "--rm", first.image], capture_output=True, text=True, timeout=120)
         assert run.returncode == 0 and "beamctl-runtime: ok: handler app:handler" in run.stdout, run.stderr
         inspect = json.loads(subprocess.run(["docker", "image", "inspect", first.image], capture_output=True,
                                             text=True).stdout)[0]
-        diff_ids, parent = assemble.own_layers(assemble.config_bytes(first.id))
+        diff_ids, parent = layer_cache.own_layers(layer_cache.config_bytes(first.id))
         assert inspect["RootFS"]["Layers"] == diff_ids and len(diff_ids) == parent + 2
-        assert [assemble.layer_path(d) is not None for d in diff_ids] == [False] * parent + [True, True]
+        assert [layer_cache.layer_path(d) is not None for d in diff_ids] == [False] * parent + [True, True]
 
         # the same inputs, from scratch: the same id
         subprocess.run(["docker", "rmi", first.image], capture_output=True, check=True)
@@ -236,7 +236,7 @@ def test_hello_assembled_through_the_engine(tmp_path):
         seconds = time.monotonic() - started
         print(f"code-only rebuild (base, plan, assemble, load, check, tag): {seconds:.2f} s")
         assert changed.id != first.id and (changed.layers_built, changed.layers_cached) == (1, 1)
-        new_layers, _ = assemble.own_layers(assemble.config_bytes(changed.id))
+        new_layers, _ = layer_cache.own_layers(layer_cache.config_bytes(changed.id))
         assert new_layers[:-1] == diff_ids[:-1] and new_layers[-1] != diff_ids[-1]
         assert seconds < 30  # generous: the point is printed above
     finally:
