@@ -193,6 +193,26 @@ def restore(docker: Any, new_container_id: str, snapshot_dir: Path, name: str, *
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+def remove_unpacked(snapshots_root: Path, pattern: str = CTRD_TMP) -> list[str]:
+    """containerd's unpacked copies of restores from snapshots under `snapshots_root` that were never cleaned
+    up (restore() does it in its finally: the agent died during the start), removed; their paths. Ours hold a
+    MARKER file and links into `snapshots_root`; call it only when no restore of these snapshots runs (at the
+    agent's start), since a running start's copy looks the same."""
+    root = str(snapshots_root.resolve()).rstrip("/") + "/"
+    removed = []
+    for folder in glob.glob(pattern):
+        try:
+            names = os.listdir(folder)
+            targets = [os.readlink(os.path.join(folder, n)) for n in names if os.path.islink(os.path.join(folder, n))]
+        except OSError:
+            continue
+        if any(n.startswith(MARKER) for n in names) and \
+                any(re.sub(r"^(\.\./)+", "/", t).startswith(root) for t in targets):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _verified(snapshot_dir: Path) -> list[Path]:
     """The snapshot's image files, each present with the size capture() recorded. CRIU 4.2.1 does not
     check: given a short pages-N.img its restorer retries preadv at EOF forever, logging each try.

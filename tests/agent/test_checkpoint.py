@@ -180,6 +180,27 @@ def test_restore_links_climb_to_root_and_are_removed(tmp_path: Path) -> None:
         cp.restore(docker, "GONE", snap, "snap", docker_root=root)
 
 
+def test_unpacked_restore_links_left_by_a_dead_agent_are_removed_and_only_ours(tmp_path: Path) -> None:
+    root = tmp_path / "data/snapshots"
+    (root / "app/v1").mkdir(parents=True)
+
+    def unpacked(name: str, target: Path, marker: bool = True) -> Path:
+        folder = tmp_path / f"ctrd-checkpoint{name}"
+        folder.mkdir()
+        os.symlink(cp.UP + str(target / "pages-1.img").lstrip("/"), folder / "pages-1.img")
+        if marker:
+            (folder / (cp.MARKER + "0123")).touch()
+        return folder
+
+    ours = unpacked("111", root / "app/v1")
+    other_agent = unpacked("222", tmp_path / "other/snapshots/app/v1")
+    not_ours = unpacked("333", root / "app/v1", marker=False)  # not a restore of beamctl's
+    prefix = unpacked("444", tmp_path / "data/snapshots-old/app/v1")  # a sibling whose name starts the same
+    removed = cp.remove_unpacked(root, str(tmp_path / "ctrd-checkpoint*"))
+    assert removed == [str(ours)] and not ours.exists()
+    assert other_agent.exists() and not_ours.exists() and prefix.exists()
+
+
 def test_restore_refuses_a_damaged_snapshot_before_criu_sees_it(tmp_path: Path) -> None:
     snap = tmp_path / "snap"
     _fake_snapshot(snap)
