@@ -182,6 +182,8 @@ def test_the_agent_killed_mid_capture(host, app):
     call = start(host, "call", name)
     partial = snapshots_dir(host, name) / "v1.partial"
     wait_then_kill(host, call, partial.exists, "the capture's .partial folder")
+    dumping = holders(snapshots_dir(host, name), 0)  # the dead agent's runc and CRIU, still at it
+    assert dumping and not (partial / "manifest.json").exists()  # the kill came mid-capture
 
     task = lost_task(host, name, call)
     assert (task["status"], task["error"]) == ("lost", "the agent stopped while the task ran"), task
