@@ -45,6 +45,7 @@ HOSTS = ("testhost-1", "testhost-2", "testhost-3")
 FAULTS = ("stop", "pause", "restart")
 BEGIN, END = "<!-- bench/soak_fleet.py begin -->", "<!-- bench/soak_fleet.py end -->"
 AGENT_WAIT_S = 10  # a host back from a stop or restart whose agent does not answer by then has none
+PROBE_S = 180  # a host not serving a pinned call this long after its return: "never"
 CALL_TIMEOUT_S = 300  # one CLI call; a paused host holds a call sent to it until it is unpaused
 FILES = {
     "beam.yaml": f"name: {APP}\nhandler: app:handler\non_start: app:setup\ncpu: 0.5\nmemory: 256Mi\n"
@@ -133,6 +134,21 @@ class FleetSoak:
             fault.reinstalled = True
             done = self.beamctl("hosts", "install", host.name, timeout=300)
             fault.note += f"; no agent after it: `beamctl hosts install {host.name}` exit {done.returncode}"
+            if done.returncode != 0:
+                fault.note += f" ({(done.stderr.strip().splitlines() or [''])[-1][:200]})"
+        probe = self.probe(host.name)
+        fault.recovered = probe - fault.back if probe is not None else None
+
+    def probe(self, name: str) -> float | None:
+        """When a call pinned to the host (`--host`) first succeeded, or None within PROBE_S. (The stream's
+        own calls go where `call` picks: a host back with no ready container loses the ties to the others.)"""
+        deadline = time.monotonic() + PROBE_S
+        while time.monotonic() < deadline:
+            done = self.beamctl("call", APP, "{}", "--host", name, "--json", timeout=CALL_TIMEOUT_S)
+            if done.returncode == 0:
+                return time.monotonic()
+            time.sleep(0.5)
+        return None
 
     def agent_answers(self, name: str, wait_s: float = AGENT_WAIT_S) -> bool:
         deadline = time.monotonic() + wait_s
@@ -165,8 +181,8 @@ def attribute(calls: list[HostCall], faults: list[HostFault]) -> tuple[list[Host
     """Failed calls: (in flight on a faulted host while it was down or coming back, the others)."""
     on_fault, others = [], []
     for c in (c for c in calls if not c.ok):
-        hit = any(c.host == f.victim and f.at - 0.5 <= c.ended and c.started <= (f.back + (f.recovered or 0) + 0.5)
-                  for f in faults)
+        hit = any(c.host == f.victim and f.at - 0.5 <= c.ended
+                  and c.started <= f.back + (f.recovered or PROBE_S) + 0.5 for f in faults)
         (on_fault if hit else others).append(c)
     return on_fault, others
 
@@ -230,9 +246,6 @@ def main() -> int:
 
     # what happened ------------------------------------------------------------------------------------
     calls = sorted(soak.calls, key=lambda c: c.started)
-    for f in faults:  # back up: the first call that host served after it came back
-        after = next((c for c in calls if c.started >= f.back and c.ok and c.host == f.victim), None)
-        f.recovered = after.ended - f.back if after else None
     on_fault, others = attribute(calls, faults)
     failed = on_fault + others
     lost = [t for t in tasks if t.get("status") == "lost"]
@@ -250,8 +263,8 @@ def main() -> int:
              f"- hosts back from a stop or restart without their agent (`beamctl hosts install` started it): "
              f"{sum(f.reinstalled for f in faults)} of {sum(f.kind != 'pause' for f in faults)}",
              f"- left behind at the end: {', '.join(left) if left else 'nothing'}", "",
-             "Recovered: from the host's return (started, unpaused, restarted) to the first call after it that"
-             " the host served (with the `hosts install` where one was needed).", "",
+             "Recovered: from the host's return (started, unpaused, restarted) to the first success of a call"
+             " pinned to it (`call --host`; after the `hosts install` where one was needed).", "",
              "| fault | n | recovered: median | max |", "|---|---|---|---|", *recovery_rows(faults, FAULTS)]
     if on_fault:
         lines += ["", "Failures in flight on the faulted host (first 5):", *[f"- {c.error}" for c in on_fault[:5]]]

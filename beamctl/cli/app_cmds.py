@@ -148,8 +148,8 @@ def _call_fleet(agents: list[Any], name: str, data: dict[str, Any]) -> tuple[dic
     reply = query.ask_one(agent, "call", timeout=query.CALL_TIMEOUT_S, app=name, inputs=data, task_id=task_id)
     if reply.stopped:
         raise AgentStopped("call", name, task_id, where)
-    if reply.error is not None:
-        raise AgentFailed(reply.error)
+    if reply.error is not None:  # which host failed it (the agent's own words do not say)
+        raise AgentFailed(reply.error if reply.error.startswith(f"{where}:") else f"{where}: {reply.error}")
     return reply.result, where
 
 
