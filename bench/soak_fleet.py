@@ -253,8 +253,8 @@ def main() -> int:
     served = {h: sum(c.ok and c.host == h for c in calls) for h in HOSTS}
     lines = [f"seed {seed}, {args.minutes:g} min, a host fault every {args.every:g} s (down {args.down:g} s), "
              f"{args.threads} callers (pause {args.pause:g} s), {os.cpu_count()} cores", "",
-             f"- faults injected: {len(faults)} ({', '.join(f'{k} {sum(f.kind == k for f in faults)}' for k in FAULTS)})"
-             f"; on {', '.join(f'{h} {sum(f.victim == h for f in faults)}' for h in HOSTS)}",
+             f"- faults injected: {len(faults)} ({', '.join(f'{k} {sum(f.kind == k for f in faults)}' for k in FAULTS)}"
+             f"); on {', '.join(f'{h} {sum(f.victim == h for f in faults)}' for h in HOSTS)}",
              f"- calls: {len(calls)} (served: {', '.join(f'{h} {n}' for h, n in served.items())}), "
              f"failed: {len(failed)} (in flight on the faulted host: {len(on_fault)}; others: {len(others)})",
              f"- a successful call took: median {slow[len(slow) // 2]:.2f} s, max {slow[-1]:.2f} s" if slow else
