@@ -1,5 +1,6 @@
-"""The agent killed (kill -9, by the pid in DATA/agent.json) mid-capture and mid-restore of a checkpointed
-app, on the real engine, runc and CRIU, through the real CLI (issue 13's fault tier).
+"""The agent killed (kill -9, by the pid in DATA/agent.json) mid-capture (of a call's cold boot, and of a new
+version's deploy) and mid-restore of a checkpointed app, on the real engine, runc and CRIU, through the real
+CLI (issue 13's fault tier).
 
 One app whose on_start fills 400 MiB with random bytes, so that a capture (runc checkpoint + the digests)
 and a restore (docker start --checkpoint) each last long enough to be cut off: the test waits for the
@@ -223,4 +224,39 @@ def test_the_agent_killed_mid_restore(host, app):
         ("succeeded", "restored", {"boot": count, "intact": True}), after
     assert on_start_count(host, name) == count  # no boot ran on_start
     nothing_left(host, name)
+    assert (host.volume(name) / "keep.txt").read_text() == "the user's data\n"
+
+
+def test_the_agent_killed_mid_capture_of_a_new_versions_deploy(host, app):
+    """The deploy of v2 is cut off in v2's capture: v2 is `failed` (the agent stopped during its start),
+    v1 goes on serving and its snapshot stays `ready`, so the next call RESTORES v1; a redeploy then
+    brings the new code with a snapshot of its own."""
+    name, folder = app
+    host.wait_scaled_to_zero(name)
+    v1_boot = host.call(name)["result"]["boot"]  # restored: the boot its snapshot was taken after
+    (folder / "app.py").write_text(CODE + "\nNEW = True\n")
+    deploy = start(host, "deploy", "-f", str(folder))
+    partial = snapshots_dir(host, name) / "v2.partial"
+    wait_then_kill(host, deploy, partial.exists, "v2's .partial folder")
+    assert holders(snapshots_dir(host, name), 0) and not (partial / "manifest.json").exists()
+    _, err = deploy.communicate(timeout=60)
+    assert deploy.returncode == 3, err
+
+    status = host.status(name)  # starts the agent again
+    versions = {v["version"]: v for v in status["versions"]}
+    assert status["active_version"] == 1
+    assert (versions[2]["state"], versions[2]["reason"]) == ("failed", "the agent stopped during its start")
+    assert versions[1]["checkpoint"]["state"] == "ready"
+    nothing_left(host, name)
+    host.wait_scaled_to_zero(name)
+    after = host.call(name)
+    assert (after["status"], after["start"], after["result"]) == \
+        ("succeeded", "restored", {"boot": v1_boot, "intact": True}), after
+
+    out = host.ok("deploy", "-f", str(folder), "--json").json()  # the new code again: a version of its own
+    version = host.status(name)["active_version"]
+    assert version > 2 and out["hosts"][0]["checkpoint"]["state"] == "ready", out
+    nothing_left(host, name)
+    host.wait_scaled_to_zero(name)
+    assert host.call(name)["start"] == "restored"
     assert (host.volume(name) / "keep.txt").read_text() == "the user's data\n"
