@@ -87,8 +87,8 @@ def call_on_hosts(agents: list[Any], app: str, inputs: dict[str, Any], chosen: C
     reply = query.ask_one(agent, "call", timeout=query.CALL_TIMEOUT_S, app=app, inputs=inputs, task_id=task_id)
     if reply.stopped:
         raise AgentStopped("call", app, task_id, where)
-    if reply.error is not None:
-        raise AgentFailed(reply.error)
+    if reply.error is not None:  # which host failed it (the agent's own words do not say)
+        raise AgentFailed(reply.error if reply.error.startswith(f"{where}:") else f"{where}: {reply.error}")
     return reply.result, where
 
 

@@ -213,6 +213,18 @@ class Soak:
         return left
 
 
+def recovery_rows(faults: list[Fault], kinds: tuple[str, ...]) -> list[str]:
+    """One table row per fault kind that happened: how many, median and max time to recover."""
+    rows = []
+    for kind in kinds:
+        times = [f.recovered for f in faults if f.kind == kind and f.recovered is not None]
+        never = sum(1 for f in faults if f.kind == kind and f.recovered is None)
+        if times or never:
+            rows.append(f"| {kind} | {len(times) + never} | {statistics.median(times):.2f} s | {max(times):.2f} s"
+                        f"{f' ({never} never)' if never else ''} |" if times else f"| {kind} | {never} | never | - |")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10)
@@ -294,12 +306,7 @@ def main() -> int:
              "Recovered: from the fault to the first call after it that succeeded on another container (for"
              f" agent_kill: any container; it includes the {RESTART_S:g} s restart delay).", "",
              "| fault | n | recovered: median | max |", "|---|---|---|---|"]
-    for kind in FAULTS:
-        times = [f.recovered for f in faults if f.kind == kind and f.recovered is not None]
-        never = sum(1 for f in faults if f.kind == kind and f.recovered is None)
-        if times or never:
-            lines.append(f"| {kind} | {len(times) + never} | {statistics.median(times):.2f} s | {max(times):.2f} s"
-                         f"{f' ({never} never)' if never else ''} |" if times else f"| {kind} | {never} | never | - |")
+    lines += recovery_rows(faults, FAULTS)
     others = [c.error for c in failed if c not in on_fault][:5]
     if others:
         lines += ["", "Failures outside a fault's window (first 5):", *[f"- {e}" for e in others]]

@@ -57,8 +57,13 @@ class Snapshots:
         self._capturing: set[tuple[str, int]] = set()  # one capture per version at a time (one .partial)
         self._hashed: dict[tuple[str, int], dict[str, tuple[int, ...]]] = {}  # held in memory and verified:
         # each file's digests.identity() when it was hashed (see verify)
-        for partial in self.root.glob("*/*.partial"):  # an agent that died during a capture
+        for pid in checkpoint.stop_captures(self.root):  # an agent that died during a capture: its runc first
+            on_event("-", f"agent restarted: the capture it did not finish (runc pid {pid}) ended")
+        for partial in self.root.glob("*/*.partial"):
             shutil.rmtree(partial, ignore_errors=True)
+        for folder in checkpoint.remove_unpacked(self.root):  # ... or during a restore
+            on_event("-", f"agent restarted: removed {folder}, the unpacked snapshot links of a restore it "
+                          f"did not finish")
         for app, version in store.snapshots_in("capturing"):
             store.set_snapshot(app, version, state="incompatible", reason="the agent stopped during its capture")
         self.resident = resident or Resident(0)  # ready snapshots held in memory (resident.py)

@@ -72,6 +72,14 @@ while :; do
 done
 """
 
+# The supervisor a previous install started, stopped. Its pid file may be from before a reboot (or a restart of
+# a host container), when the pid may name any process now (this very shell, its sshd session): only a process
+# running supervise.sh is killed.
+STOP_SUPERVISOR = r"""p=$(cat "$D/supervisor.pid" 2>/dev/null || true)
+if [ -n "$p" ] && grep -q supervise.sh "/proc/$p/cmdline" 2>/dev/null; then kill "$p" 2>/dev/null || true; fi
+rm -f "$D/supervisor.pid"
+"""
+
 # $1 mode (systemd|background), $2 wheel file name or "" (start only), $3 unit text, $4 supervisor text.
 # stdin: a tar of the wheels when $2 is set. Containers keep running over a restart: the agent adopts them.
 INSTALL = rf"""set -eu
@@ -86,8 +94,7 @@ if [ -n "$2" ]; then
     rm -rf "$R/incoming"
 fi
 [ "$1" = systemd ] && systemctl stop {UNIT} 2>/dev/null || true
-if [ -f "$D/supervisor.pid" ]; then kill "$(cat "$D/supervisor.pid")" 2>/dev/null || true; rm -f "$D/supervisor.pid"; fi
-pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$D/agent.json" 2>/dev/null || true)
+{STOP_SUPERVISOR}pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$D/agent.json" 2>/dev/null || true)
 if [ -n "$pid" ] && grep -q beamctl.agent "/proc/$pid/cmdline" 2>/dev/null; then
     kill -TERM "$pid"; i=0
     while kill -0 "$pid" 2>/dev/null && [ $i -lt 150 ]; do sleep 0.1; i=$((i + 1)); done

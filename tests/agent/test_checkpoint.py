@@ -180,6 +180,52 @@ def test_restore_links_climb_to_root_and_are_removed(tmp_path: Path) -> None:
         cp.restore(docker, "GONE", snap, "snap", docker_root=root)
 
 
+def test_a_dead_agents_capture_is_waited_for_then_killed_and_only_ours(tmp_path: Path) -> None:
+    import subprocess
+
+    root = tmp_path / "snapshots"
+
+    def runc(seconds: float, image_path: Path) -> subprocess.Popen:  # argv as checkpoint.capture runs runc
+        return subprocess.Popen(["sh", "-c", f"sleep {seconds}", "runc", "--root", "r", "checkpoint", "--image-path",
+                                 str(image_path), "--work-path", "w", "--leave-running", "c" * 64],
+                                start_new_session=True)
+
+    quick, hung = runc(0.3, root / "app/v1.partial"), runc(60, root / "app/v2.partial")
+    other = runc(60, tmp_path / "other/snapshots/app/v1.partial")  # another agent's
+    try:
+        started = time.monotonic()
+        assert cp.stop_captures(root, wait_s=2) == sorted([quick.pid, hung.pid])
+        assert 2 <= time.monotonic() - started < 10
+        assert quick.wait(5) == 0  # it ended by itself, within the wait
+        assert hung.wait(5) == -9  # killed after it
+        assert other.poll() is None
+    finally:
+        for proc in (quick, hung, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_unpacked_restore_links_left_by_a_dead_agent_are_removed_and_only_ours(tmp_path: Path) -> None:
+    root = tmp_path / "data/snapshots"
+    (root / "app/v1").mkdir(parents=True)
+
+    def unpacked(name: str, target: Path, marker: bool = True) -> Path:
+        folder = tmp_path / f"ctrd-checkpoint{name}"
+        folder.mkdir()
+        os.symlink(cp.UP + str(target / "pages-1.img").lstrip("/"), folder / "pages-1.img")
+        if marker:
+            (folder / (cp.MARKER + "0123")).touch()
+        return folder
+
+    ours = unpacked("111", root / "app/v1")
+    other_agent = unpacked("222", tmp_path / "other/snapshots/app/v1")
+    not_ours = unpacked("333", root / "app/v1", marker=False)  # not a restore of beamctl's
+    prefix = unpacked("444", tmp_path / "data/snapshots-old/app/v1")  # a sibling whose name starts the same
+    removed = cp.remove_unpacked(root, str(tmp_path / "ctrd-checkpoint*"))
+    assert removed == [str(ours)] and not ours.exists()
+    assert other_agent.exists() and not_ours.exists() and prefix.exists()
+
+
 def test_restore_refuses_a_damaged_snapshot_before_criu_sees_it(tmp_path: Path) -> None:
     snap = tmp_path / "snap"
     _fake_snapshot(snap)

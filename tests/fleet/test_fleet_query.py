@@ -49,6 +49,28 @@ def test_no_host_serving_means_no_pick():
     assert query.pick_host([stopped, other, Reply("c", error="down")], "app") is None
 
 
+class Answers:
+    """An agent as _call_fleet sees it: a name, and one scripted answer per op."""
+
+    def __init__(self, name, **answers):
+        self.name, self.answers = name, answers
+
+    def request(self, op, timeout=None, **args):
+        return self.answers[op]
+
+
+def test_a_call_the_agent_fails_names_the_host_that_failed_it():
+    from beamctl.apps import AgentFailed
+    from beamctl.cli.app_cmds import _call_fleet
+
+    down = Answers("h1", status={"ok": False, "error": "no agent is running on this host"})
+    failing = Answers("h2", status={"ok": True, "result": status_of("app", busy=[0])},
+                      call={"ok": False, "error": "the agent failed in call: ConnectionError: docker.sock"})
+    with pytest.raises(AgentFailed) as e:
+        _call_fleet([down, failing], "app", {})
+    assert e.value.message == "h2: the agent failed in call: ConnectionError: docker.sock"
+
+
 def test_tasks_merge_newest_first_with_their_host_and_limit():
     a = Reply("a", [{"task_id": "t1", "received": 10}, {"task_id": "t3", "received": 30}])
     b = Reply("b", [{"task_id": "t2", "received": 20}])

@@ -43,6 +43,31 @@ def test_remote_commands_are_fixed_lists_with_quoted_arguments():
     assert "python3 -m venv --without-pip" in install.INSTALL  # no python3-venv (ensurepip) needed
 
 
+def test_a_stale_supervisor_pid_kills_no_other_process(tmp_path):
+    """After a reboot supervisor.pid names whatever process has that pid now: it must live on."""
+    import subprocess
+    import time
+
+    script = tmp_path / "supervise.sh"
+    script.write_text("#!/bin/sh\nsleep 30\n")
+    script.chmod(0o755)
+    stranger = subprocess.Popen(["sleep", "30"])
+    supervisor = subprocess.Popen([str(script)])
+    try:
+        for pid, dies in ((stranger.pid, False), (supervisor.pid, True)):
+            (tmp_path / "supervisor.pid").write_text(f"{pid}\n")
+            subprocess.run(["sh", "-c", f"D={tmp_path}\n" + install.STOP_SUPERVISOR], check=True, timeout=10)
+            proc = stranger if pid == stranger.pid else supervisor
+            deadline = time.monotonic() + 5
+            while dies and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert (proc.poll() is not None) == dies, pid
+            assert not (tmp_path / "supervisor.pid").exists()
+    finally:
+        stranger.kill()
+        supervisor.kill()
+
+
 def test_probe_output_is_read_into_facts():
     facts = install.parse_probe("uid 0\narch x86_64\npython 3.11\nsystemd yes\nagent 0.0.9\nrunning 42\n")
     assert facts == {"uid": "0", "arch": "x86_64", "python": "3.11", "systemd": "yes", "agent": "0.0.9",
