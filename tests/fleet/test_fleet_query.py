@@ -60,14 +60,15 @@ class Answers:
 
 
 def test_a_call_the_agent_fails_names_the_host_that_failed_it():
-    from beamctl.apps import AgentFailed
-    from beamctl.cli.app_cmds import _call_fleet
+    from beamctl.apps import AgentFailed, call_on_hosts
 
     down = Answers("h1", status={"ok": False, "error": "no agent is running on this host"})
     failing = Answers("h2", status={"ok": True, "result": status_of("app", busy=[0])},
                       call={"ok": False, "error": "the agent failed in call: ConnectionError: docker.sock"})
+    chosen: list[str] = []
     with pytest.raises(AgentFailed) as e:
-        _call_fleet([down, failing], "app", {})
+        call_on_hosts([down, failing], "app", {}, chosen.append, lambda line: None)
+    assert chosen == ["h2"]
     assert e.value.message == "h2: the agent failed in call: ConnectionError: docker.sock"
 
 
