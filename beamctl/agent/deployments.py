@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import secret_files
-from beamctl.agent.checkpoint import args_hash
+from beamctl.agent.snapshot_key import args_hash
 from beamctl.agent.containers import volume_dir
 from beamctl.agent.pool import Pool
 from beamctl.agent.spec import AppSpec

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from beamctl.agent.checkpoint import args_hash
+from beamctl.agent.snapshot_key import args_hash
 from beamctl.agent.containers import Containers
 from beamctl.agent.gpu_snapshots import GpuStateLost
 from beamctl.agent.profile import ContainerTimeline

@@ -1,6 +1,6 @@
 """Whether and under what a snapshot may exist: `refuse` (never, for this version), the key a snapshot is
 restored under (host facts: beamctl's format, kernel, CPU, CRIU; the image, the container's create args, the
-pinned GPUs' models and driver; compared field by field by checkpoint.key_differences), and runc's and CRIU's
+pinned GPUs' models and driver; compared field by field by snapshot_key.key_differences), and runc's and CRIU's
 failures in words a user can act on. snapshots.py keeps the book of states."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from beamctl.agent import checkpoint, gpu_snapshots
+from beamctl.agent import gpu_snapshots, snapshot_key
 
 FACTS_TTL_S = 60.0  # host facts (kernel, CPU, CRIU version) are re-read this often
 
@@ -23,17 +23,17 @@ class SnapshotKeys:
 
     def criu_too_old(self) -> str | None:
         """Read CRIU's version now (`hosts install` may have just replaced it: the cached facts go too)."""
-        version = checkpoint.criu_version()
+        version = snapshot_key.criu_version()
         with self._lock:
             if self._facts is not None and self._facts[1].get("criu_version") != version:
                 self._facts = None
-        return checkpoint.criu_too_old(version)
+        return snapshot_key.criu_too_old(version)
 
     def key(self, image: str, args_hash: str, devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
         with self._lock:
             now = time.monotonic()
             if self._facts is None or now - self._facts[0] > FACTS_TTL_S:
-                base = checkpoint.snapshot_key("", "")
+                base = snapshot_key.snapshot_key("", "")
                 self._facts = now, {k: base[k] for k in ("format", "kernel", "cpu_model", "cpu_flags_hash",
                                                          "criu_version", "gpu")}
             facts = dict(self._facts[1])

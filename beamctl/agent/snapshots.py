@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from beamctl.agent import checkpoint, digests
+from beamctl.agent import checkpoint, digests, snapshot_key
 from beamctl.agent.containers import GPU_FILE
 from beamctl.agent.gpu_snapshots import GpuStateLost
 from beamctl.agent.resident import Resident
@@ -218,7 +218,7 @@ class Snapshots:
         except (OSError, ValueError) as e:
             self._incompatible(app, version, f"its key cannot be read ({type(e).__name__})")
             return None
-        differ = checkpoint.key_differences(key, self.keys.key(image, args_hash, devices))
+        differ = snapshot_key.key_differences(key, self.keys.key(image, args_hash, devices))
         if differ:
             names = ["beamctl's snapshot format" if f == "format" else f for f in differ]
             self._incompatible(app, version, f"{', '.join(names)} changed since it was captured")

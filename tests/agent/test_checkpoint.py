@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from beamctl.agent import checkpoint as cp
+from beamctl.agent import snapshot_key as sk
 
 # ---- pure parts -----------------------------------------------------------------------------------
 
@@ -43,39 +44,39 @@ def test_the_real_offset_of_this_process_is_zero() -> None:
 
 
 def test_cpu_facts() -> None:
-    model, flags = cp.cpu_facts(CPUINFO)
+    model, flags = sk.cpu_facts(CPUINFO)
     assert model == "AMD EPYC"
-    assert cp.cpu_facts(CPUINFO.replace("sse2 avx fpu", "fpu sse2 avx"))[1] == flags  # order does not matter
-    assert cp.cpu_facts(CPUINFO.replace("avx ", ""))[1] != flags
+    assert sk.cpu_facts(CPUINFO.replace("sse2 avx fpu", "fpu sse2 avx"))[1] == flags  # order does not matter
+    assert sk.cpu_facts(CPUINFO.replace("avx ", ""))[1] != flags
 
 
 def test_snapshot_key_and_matching() -> None:
-    key = cp.snapshot_key("sha256:aa", "h1", kernel="6.18.44", cpuinfo=CPUINFO, criu="4.2.1")
-    assert set(key) == set(cp.KEY_FIELDS)
+    key = sk.snapshot_key("sha256:aa", "h1", kernel="6.18.44", cpuinfo=CPUINFO, criu="4.2.1")
+    assert set(key) == set(sk.KEY_FIELDS)
     assert key["gpu"] is None and key["criu_version"] == "4.2.1" and key["kernel"] == "6.18.44"
-    same = cp.snapshot_key("sha256:aa", "h1", kernel="6.18.44", cpuinfo=CPUINFO, criu="4.2.1")
-    assert cp.key_matches(key, same)
+    same = sk.snapshot_key("sha256:aa", "h1", kernel="6.18.44", cpuinfo=CPUINFO, criu="4.2.1")
+    assert sk.key_matches(key, same)
     for changed, field in ((dict(kernel="6.19.0"), "kernel"), (dict(criu="4.3"), "criu_version"),
                            (dict(cpuinfo=CPUINFO.replace("avx", "avx2")), "cpu_flags_hash"),
                            (dict(gpu={"model": "H200", "driver": "580.159.04"}), "gpu")):
-        other = cp.snapshot_key("sha256:aa", "h1", **{**dict(kernel="6.18.44", cpuinfo=CPUINFO, criu="4.2.1"),
+        other = sk.snapshot_key("sha256:aa", "h1", **{**dict(kernel="6.18.44", cpuinfo=CPUINFO, criu="4.2.1"),
                                                        **changed})
-        assert not cp.key_matches(key, other) and cp.key_differences(key, other) == [field]
-    assert cp.key_differences(key, {**key, "image_id": "sha256:bb", "create_args_hash": "h2"}) == \
+        assert not sk.key_matches(key, other) and sk.key_differences(key, other) == [field]
+    assert sk.key_differences(key, {**key, "image_id": "sha256:bb", "create_args_hash": "h2"}) == \
         ["image_id", "create_args_hash"]
-    assert not cp.key_matches(key, {k: v for k, v in key.items() if k != "format"})
+    assert not sk.key_matches(key, {k: v for k, v in key.items() if k != "format"})
 
 
 def test_this_machines_key() -> None:
-    key = cp.snapshot_key("sha256:aa", "h1")
+    key = sk.snapshot_key("sha256:aa", "h1")
     assert key["kernel"] == os.uname().release and key["cpu_model"]
     assert tuple(map(int, key["criu_version"].split(".")[:2])) >= (4, 2)  # scripts/install-criu.sh
 
 
 def test_args_hash_ignores_the_name_only() -> None:
     args = {"image": "x", "name": "beamctl-a-v1-abc", "environment": {"A": "1", "TOKEN": "s"}}
-    assert cp.args_hash(args) == cp.args_hash({**args, "name": "beamctl-a-v1-def"})
-    assert cp.args_hash(args) != cp.args_hash({**args, "environment": {"A": "1", "TOKEN": "t"}})
+    assert sk.args_hash(args) == sk.args_hash({**args, "name": "beamctl-a-v1-def"})
+    assert sk.args_hash(args) != sk.args_hash({**args, "environment": {"A": "1", "TOKEN": "t"}})
 
 
 # ---- capture/restore with runc and docker replaced by scripts -------------------------------------
@@ -296,7 +297,7 @@ class Engine:
             self.client.api.inspect_image(IMAGE)
         except Exception as e:  # noqa: BLE001
             pytest.skip(f"no Docker engine or no {IMAGE}: {e}")
-        if shutil.which("runc") is None or tuple(map(int, cp.criu_version().split(".")[:2])) < (4, 2):
+        if shutil.which("runc") is None or tuple(map(int, sk.criu_version().split(".")[:2])) < (4, 2):
             pytest.skip("needs runc and CRIU >= 4.2 (scripts/setup.sh)")
         self.api, self.made = self.client.api, []
 
@@ -466,7 +467,7 @@ def test_an_open_connection_fails_the_capture_and_the_app_goes_on(engine: Engine
 
 
 def test_criu_versions_that_cannot_checkpoint_an_app_container():
-    assert cp.criu_too_old("4.1.1") == "CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels >= 6.16)"
-    assert cp.criu_too_old("3.17") == "CRIU 3.17 < 4.2 (3.17 cannot checkpoint TCP sockets on kernels >= 6.16)"
-    assert [cp.criu_too_old(v) for v in ("4.2", "4.2.1", "4.10", "5.0", "", "weird", None)] == [None] * 7
-    assert (cp.version_parts("4.2.1"), cp.version_parts("4.10"), cp.version_parts("x")) == ((4, 2, 1), (4, 10), None)
+    assert sk.criu_too_old("4.1.1") == "CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels >= 6.16)"
+    assert sk.criu_too_old("3.17") == "CRIU 3.17 < 4.2 (3.17 cannot checkpoint TCP sockets on kernels >= 6.16)"
+    assert [sk.criu_too_old(v) for v in ("4.2", "4.2.1", "4.10", "5.0", "", "weird", None)] == [None] * 7
+    assert (sk.version_parts("4.2.1"), sk.version_parts("4.10"), sk.version_parts("x")) == ((4, 2, 1), (4, 10), None)
