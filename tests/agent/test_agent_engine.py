@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 PREFIX = f"it{secrets.token_hex(3)}"  # app names unique to this run: images and labels never collide
 KEEP_WARM_S = 2  # short enough to wait out, long enough that back-to-back CLI calls stay warm
 ZERO_WAIT_S = 30  # keep_warm + the reaper's period + a stop, on a loaded machine
@@ -52,7 +53,8 @@ class Host:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("API_TOKEN", "BEAMCTL_DEBUG")}
-        env.update(BEAMCTL_AGENT_DIR=str(self.agent_dir), BEAMCTL_AGENT_HTTP="127.0.0.1:0",
+        env.update(PYTHONPATH=str(REPO),  # the CLI and agent of this checkout (a venv may point at another)
+                   BEAMCTL_AGENT_DIR=str(self.agent_dir), BEAMCTL_AGENT_HTTP="127.0.0.1:0",
                    BEAMCTL_CACHE_DIR=str(self.cache_dir),
                    BEAMCTL_SECRETS_FILE=str(self.apps_dir / "no-secrets.env"), **extra)
         return env
@@ -162,13 +164,6 @@ def stop_process(pid: int, timeout: float = 10) -> None:
             break
         time.sleep(0.05)
 
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory) -> Host:
-    """Starts nothing: the first CLI call starts the agent. Teardown removes all it made."""
-    h = Host(tmp_path_factory.mktemp("agent"), tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("apps"))
-    yield h
-    h.cleanup()
 
 
 def http(url: str, body: bytes, token: str | None) -> tuple[int, dict[str, Any]]:

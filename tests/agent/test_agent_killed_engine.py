@@ -17,7 +17,6 @@ import pytest
 from tests.agent.test_agent_engine import Host, gone
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]  # the checkout under test, not the venv's editable install
 WAIT_S = 90  # a deploy (image reused) reaching on_start, a call reaching its handler, on a loaded machine
 
 YAML = """\
@@ -46,19 +45,6 @@ def handler(**inputs):
     return {"ok": True}
 """
 
-
-class HereHost(Host):
-    """Host whose CLI and agent run this checkout's beamctl (the venv may point at another one)."""
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return super().env(PYTHONPATH=str(ROOT), **extra)
-
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory) -> Host:
-    h = HereHost(tmp_path_factory.mktemp("agent"), tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("apps"))
-    yield h
-    h.cleanup()
 
 
 @pytest.fixture(scope="module")

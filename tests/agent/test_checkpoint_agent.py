@@ -57,12 +57,6 @@ def handler(x=0):
 EXPECTED_SUM = sum((bytearray(range(256)) * 80000)[::4096])
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory) -> Host:
-    h = Host(tmp_path_factory.mktemp("agent"), tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("apps"))
-    yield h
-    h.cleanup()
-
 
 @pytest.fixture(scope="module")
 def app(host: Host) -> tuple[str, Path]:

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 from tests.agent.test_agent_engine import containers_of, docker
-from tests.agent.test_agent_killed_engine import HereHost, kill_agent, start
+from tests.agent.test_agent_engine import Host
+from tests.agent.test_agent_killed_engine import kill_agent, start
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("criu") is None or os.geteuid() != 0,
@@ -65,15 +66,9 @@ def handler(**inputs):
 """
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory) -> HereHost:
-    h = HereHost(tmp_path_factory.mktemp("agent"), tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("apps"))
-    yield h
-    h.cleanup()
-
 
 @pytest.fixture(scope="module")
-def app(host: HereHost) -> tuple[str, Path]:
+def app(host: Host) -> tuple[str, Path]:
     name, folder = host.app("ckill", YAML, CODE)
     (host.volume(name)).mkdir(parents=True, exist_ok=True)
     (host.volume(name) / "keep.txt").write_text("the user's data\n")
@@ -82,15 +77,15 @@ def app(host: HereHost) -> tuple[str, Path]:
     return name, folder
 
 
-def snapshot(host: HereHost, name: str) -> dict[str, Any]:
+def snapshot(host: Host, name: str) -> dict[str, Any]:
     return host.status(name)["versions"][0]["checkpoint"]
 
 
-def snapshots_dir(host: HereHost, name: str) -> Path:
+def snapshots_dir(host: Host, name: str) -> Path:
     return host.agent_dir / "snapshots" / name
 
 
-def on_start_count(host: HereHost, name: str) -> int:
+def on_start_count(host: Host, name: str) -> int:
     return int((host.volume(name) / "on_start_count").read_text())
 
 
@@ -116,7 +111,7 @@ def docker_root() -> Path:
     return Path(docker("info", "-f", "{{.DockerRootDir}}").strip())
 
 
-def ours(folder: str, host: HereHost) -> bool:
+def ours(folder: str, host: Host) -> bool:
     """A folder of links to snapshot files (Docker's checkpoint folder, containerd's unpacked copy) that
     point into this host's agent folder."""
     mark = str(host.agent_dir).lstrip("/")
@@ -127,15 +122,15 @@ def ours(folder: str, host: HereHost) -> bool:
         return False
 
 
-def restore_links(host: HereHost) -> list[str]:
+def restore_links(host: Host) -> list[str]:
     return [d for d in glob.glob(str(docker_root() / "containers/*/checkpoints/*")) if ours(d, host)]
 
 
-def unpacked_left(host: HereHost) -> list[str]:
+def unpacked_left(host: Host) -> list[str]:
     return [d for d in glob.glob("/tmp/ctrd-checkpoint*") if ours(d, host)]
 
 
-def nothing_left(host: HereHost, name: str) -> None:
+def nothing_left(host: Host, name: str) -> None:
     """No .partial folder, no process in the snapshot folder, no container outside the pool, no link
     folder: waited for up to SETTLE_S (what the dead agent started may still be ending)."""
     deadline = time.monotonic() + SETTLE_S
@@ -152,7 +147,7 @@ def nothing_left(host: HereHost, name: str) -> None:
         time.sleep(0.3)
 
 
-def wait_then_kill(host: HereHost, call: subprocess.Popen, found: Any, what: str) -> None:
+def wait_then_kill(host: Host, call: subprocess.Popen, found: Any, what: str) -> None:
     deadline = time.monotonic() + WINDOW_WAIT_S
     while not found():
         if call.poll() is not None or time.monotonic() > deadline:
@@ -162,7 +157,7 @@ def wait_then_kill(host: HereHost, call: subprocess.Popen, found: Any, what: str
     kill_agent(host)
 
 
-def lost_task(host: HereHost, name: str, call: subprocess.Popen) -> dict[str, Any]:
+def lost_task(host: Host, name: str, call: subprocess.Popen) -> dict[str, Any]:
     out, err = call.communicate(timeout=60)
     assert call.returncode == 3 and out == "", err
     found = re.fullmatch(rf"error: the agent stopped during task (t-[0-9a-f]{{12}}) of {name}; it will show as "

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -18,12 +17,6 @@ from tests.agent.test_agent_engine import LIFE_CODE, LIFE_YAML, Host, agent_pids
 pytestmark = pytest.mark.integration
 GONE_WAIT_S = 10  # a dead container leaves the pool within this (the engine's die event)
 
-
-@pytest.fixture(scope="module")
-def host(tmp_path_factory) -> Host:
-    h = Host(tmp_path_factory.mktemp("agent"), tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("apps"))
-    yield h
-    h.cleanup()
 
 
 WARM_YAML = LIFE_YAML.replace("keep_warm_seconds: 2", "keep_warm_seconds: 60")

@@ -23,12 +23,6 @@ def handler(**inputs):
 """
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory) -> Host:
-    h = Host(tmp_path_factory.mktemp("agent"), tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("apps"))
-    yield h
-    h.cleanup()
-
 
 def states(host: Host, app: str) -> list[tuple[int, str]]:
     return [(v["version"], v["state"]) for v in host.status(app)["versions"]]
