@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from beamctl.agent import checkpoint, digests, snapshot_key
+from beamctl.agent import checkpoint, digests, leftovers, snapshot_key
 from beamctl.agent.containers import GPU_FILE
 from beamctl.agent.gpu_snapshots import GpuStateLost
 from beamctl.agent.resident import Resident
@@ -57,11 +57,11 @@ class Snapshots:
         self._capturing: set[tuple[str, int]] = set()  # one capture per version at a time (one .partial)
         self._hashed: dict[tuple[str, int], dict[str, tuple[int, ...]]] = {}  # held in memory and verified:
         # each file's digests.identity() when it was hashed (see verify)
-        for pid in checkpoint.stop_captures(self.root):  # an agent that died during a capture: its runc first
+        for pid in leftovers.stop_captures(self.root):  # an agent that died during a capture: its runc first
             on_event("-", f"agent restarted: the capture it did not finish (runc pid {pid}) ended")
         for partial in self.root.glob("*/*.partial"):
             shutil.rmtree(partial, ignore_errors=True)
-        for folder in checkpoint.remove_unpacked(self.root):  # ... or during a restore
+        for folder in leftovers.remove_unpacked(self.root):  # ... or during a restore
             on_event("-", f"agent restarted: removed {folder}, the unpacked snapshot links of a restore it "
                           f"did not finish")
         for app, version in store.snapshots_in("capturing"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from beamctl.agent import checkpoint as cp
+from beamctl.agent import leftovers
 from beamctl.agent import snapshot_key as sk
 
 # ---- pure parts -----------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ def test_a_dead_agents_capture_is_waited_for_then_killed_and_only_ours(tmp_path:
     other = runc(60, tmp_path / "other/snapshots/app/v1.partial")  # another agent's
     try:
         started = time.monotonic()
-        assert cp.stop_captures(root, wait_s=3) == sorted([quick.pid, hung.pid])
+        assert leftovers.stop_captures(root, wait_s=3) == sorted([quick.pid, hung.pid])
         assert 3 <= time.monotonic() - started < 12
         assert quick.wait(5) == 0  # it ended by itself, within the wait
         assert hung.wait(5) == -9  # killed after it
@@ -223,7 +224,7 @@ def test_unpacked_restore_links_left_by_a_dead_agent_are_removed_and_only_ours(t
     other_agent = unpacked("222", tmp_path / "other/snapshots/app/v1")
     not_ours = unpacked("333", root / "app/v1", marker=False)  # not a restore of beamctl's
     prefix = unpacked("444", tmp_path / "data/snapshots-old/app/v1")  # a sibling whose name starts the same
-    removed = cp.remove_unpacked(root, str(tmp_path / "ctrd-checkpoint*"))
+    removed = leftovers.remove_unpacked(root, str(tmp_path / "ctrd-checkpoint*"))
     assert removed == [str(ours)] and not ours.exists()
     assert other_agent.exists() and not_ours.exists() and prefix.exists()
 
