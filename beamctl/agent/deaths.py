@@ -69,7 +69,10 @@ class Deaths:
             pass
         deadline = time.monotonic() + DEATH_SETTLE_S  # the engine may not have seen the exit yet
         while time.monotonic() < deadline:
-            why = self.containers.death(live.id)
+            try:
+                why = self.containers.death(live.id)
+            except Exception as e:  # noqa: BLE001 - the engine does not answer either
+                return f"it stopped answering, and so did the Docker Engine ({type(e).__name__}: {e})"
             if why is not None:
                 return why
             time.sleep(0.05)

@@ -227,3 +227,24 @@ def test_an_engine_die_event_takes_the_container_out_before_any_task_hits_it(tmp
     assert agent.container_died(cid, "killed by SIGKILL (exit code 137)") is False
     assert agent.status("demo")["apps"][0]["containers"] == []
     assert agent.call("demo", {"n": 2})["status"] == "succeeded"  # no task pays for the death
+
+
+def test_a_failed_request_while_the_engine_does_not_answer_either_is_said_and_the_container_leaves(tmp_path):
+    containers = FakeContainers()
+    agent = Agent(tmp_path, containers, gpus=[])
+    agent.store.ensure_app("demo", "tok")
+    version = agent.store.new_version("demo", "img", {"workers": 1, "keep_warm_s": 60, "timeout_s": 5})
+    agent.store.set_active("demo", version)
+    agent.state.pool("demo").make_args = lambda v: {"image": "img", "name": "n"}
+    assert agent.call("demo", {"n": 1})["status"] == "succeeded"
+    cid = containers.created[0]
+    containers.kill(cid, "")
+
+    def engine_down(container_id: str) -> str | None:
+        raise ConnectionError("docker.sock refused")
+
+    containers.death = engine_down  # type: ignore[method-assign]
+    failed = agent.call("demo", {"n": 2})
+    assert failed["error"] == (f"container {cid[:12]} of v{version} died during the task: it stopped answering, "
+                               "and so did the Docker Engine (ConnectionError: docker.sock refused)")
+    assert agent.status("demo")["apps"][0]["containers"] == []
