@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,11 +121,18 @@ def test_a_call_cut_off_by_the_agents_death_names_its_task_which_shows_lost(host
     wait_for(data / "running", call)
 
     kill_agent(host)
+    task = lost_task(host, name, call)
+    assert task["status"] == "lost"
+    assert task["error"] == "the agent stopped while the task ran"
+
+
+def lost_task(host: Host, name: str, call: subprocess.Popen) -> dict[str, Any]:
+    """The call cut off by the agent's death: it names its task (exit 3); that task's record, as `tasks` shows
+    it once the agent is back."""
     out, err = call.communicate(timeout=60)
     assert call.returncode == 3 and out == "", err
     found = re.fullmatch(rf"error: the agent stopped during task (t-[0-9a-f]{{12}}) of {name}; it will show as "
                          rf"lost in: beamctl tasks {name}\n", err)
     assert found, err
     tasks = {t["task_id"]: t for t in host.ok("tasks", name, "--json").json()}  # starts the agent again
-    assert tasks[found.group(1)]["status"] == "lost"
-    assert tasks[found.group(1)]["error"] == "the agent stopped while the task ran"
+    return tasks[found.group(1)]

@@ -17,7 +17,6 @@ import functools
 import glob
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -28,7 +27,7 @@ import pytest
 
 from tests.agent.test_agent_engine import containers_of, docker
 from tests.agent.test_agent_engine import Host
-from tests.agent.test_agent_killed_engine import kill_agent, start
+from tests.agent.test_agent_killed_engine import kill_agent, lost_task, start
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("criu") is None or os.geteuid() != 0,
@@ -155,16 +154,6 @@ def wait_then_kill(host: Host, call: subprocess.Popen, found: Any, what: str) ->
             pytest.fail(f"never saw {what} (call exit {call.returncode}): {call.communicate()}")
         time.sleep(0.01)
     kill_agent(host)
-
-
-def lost_task(host: Host, name: str, call: subprocess.Popen) -> dict[str, Any]:
-    out, err = call.communicate(timeout=60)
-    assert call.returncode == 3 and out == "", err
-    found = re.fullmatch(rf"error: the agent stopped during task (t-[0-9a-f]{{12}}) of {name}; it will show as "
-                         rf"lost in: beamctl tasks {name}\n", err)
-    assert found, err
-    tasks = {t["task_id"]: t for t in host.ok("tasks", name, "--json").json()}  # starts the agent again
-    return tasks[found.group(1)]
 
 
 def test_the_agent_killed_mid_capture(host, app):

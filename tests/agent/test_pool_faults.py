@@ -189,17 +189,21 @@ def test_versions_starting_when_the_agent_died_are_failed_at_its_start_and_free_
     assert agent.state.taken(None) == {}
 
 
-def test_a_container_that_died_during_a_task_fails_it_with_the_reason_and_the_next_task_succeeds(tmp_path):
+def serving_agent(tmp_path: Path) -> tuple[Agent, FakeContainers, int]:
+    """An agent on fakes serving app "demo" (v1), one call made: (agent, containers, version)."""
     containers = FakeContainers()
     agent = Agent(tmp_path, containers, gpus=[])
     agent.store.ensure_app("demo", "tok")
-    version = agent.store.new_version("demo", "img", {"workers": 1, "keep_warm_s": 60, "timeout_s": 5,
-                                                       "spec_version": 1})
+    version = agent.store.new_version("demo", "img", {"workers": 1, "keep_warm_s": 60, "timeout_s": 5})
     agent.store.set_active("demo", version)
+    agent.state.pool("demo").make_args = lambda v: {"image": "img", "name": "n"}
+    assert agent.call("demo", {"n": 1})["status"] == "succeeded"
+    return agent, containers, version
+
+
+def test_a_container_that_died_during_a_task_fails_it_with_the_reason_and_the_next_task_succeeds(tmp_path):
+    agent, containers, version = serving_agent(tmp_path)
     pool = agent.state.pool("demo")
-    pool.make_args = lambda v: {"image": "img", "name": "n"}
-    first = agent.call("demo", {"n": 1})
-    assert first["status"] == "succeeded"
     cid = containers.created[0]
     containers.kill(cid, "killed: out of memory (limit 256Mi)")
     failed = agent.call("demo", {"n": 2})
@@ -214,13 +218,7 @@ def test_a_container_that_died_during_a_task_fails_it_with_the_reason_and_the_ne
 
 
 def test_an_engine_die_event_takes_the_container_out_before_any_task_hits_it(tmp_path):
-    containers = FakeContainers()
-    agent = Agent(tmp_path, containers, gpus=[])
-    agent.store.ensure_app("demo", "tok")
-    version = agent.store.new_version("demo", "img", {"workers": 1, "keep_warm_s": 60, "timeout_s": 5})
-    agent.store.set_active("demo", version)
-    agent.state.pool("demo").make_args = lambda v: {"image": "img", "name": "n"}
-    assert agent.call("demo", {"n": 1})["status"] == "succeeded"
+    agent, containers, version = serving_agent(tmp_path)
     cid = containers.created[0]
     containers.kill(cid, "killed by SIGKILL (exit code 137)")
     assert agent.container_died(cid, "killed by SIGKILL (exit code 137)") is True
@@ -230,13 +228,7 @@ def test_an_engine_die_event_takes_the_container_out_before_any_task_hits_it(tmp
 
 
 def test_a_failed_request_while_the_engine_does_not_answer_either_is_said_and_the_container_leaves(tmp_path):
-    containers = FakeContainers()
-    agent = Agent(tmp_path, containers, gpus=[])
-    agent.store.ensure_app("demo", "tok")
-    version = agent.store.new_version("demo", "img", {"workers": 1, "keep_warm_s": 60, "timeout_s": 5})
-    agent.store.set_active("demo", version)
-    agent.state.pool("demo").make_args = lambda v: {"image": "img", "name": "n"}
-    assert agent.call("demo", {"n": 1})["status"] == "succeeded"
+    agent, containers, version = serving_agent(tmp_path)
     cid = containers.created[0]
     containers.kill(cid, "")
 
