@@ -1,147 +1,124 @@
-"""What the app commands do, apart from how they look: deploy, call, tasks, profile, logs, status,
-stop. Without `hosts:` an app runs on this machine's agent; `deploy` with `hosts:` goes to those
-hosts over SSH (fleet/rollout.py); the other commands ask the app's hosts through fleet/query.py when
-they are named (--host, -f, ./beam.yaml), and the local agent (`request`) otherwise."""
+"""What the app commands do, apart from how they look: one core call per command, over the app's hosts
+(fleet/query.app_hosts: `[LocalHost]` when the app names none). Each returns typed per-host values
+(hosts/each.Reply, fleet/rollout.Deployed); the CLI renders them, the same way for one host and for ten
+(this machine alone keeps its host-less lines)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from beamctl.config.model import AppConfig
-from beamctl.errors import BeamctlError, ExitCode
-
-
-class AgentFailed(BeamctlError):
-    """The agent refused or failed an operation; its words are the message."""
-
-
-class AgentStopped(BeamctlError):
-    """The agent's stream ended before its answer: the agent stopped (killed, crashed) mid-request.
-    ENVIRONMENT, as for an engine that is not running: neither the app nor the request was wrong, and
-    the same command again (which starts the local agent; a host's supervisor restarts its) may work."""
-
-    exit_code = ExitCode.ENVIRONMENT
-
-    def __init__(self, op: str, app: str | None, task_id: str | None = None, host: str | None = None) -> None:
-        super().__init__(*stopped_message(op, app, task_id, host))
-        self.op, self.app, self.task_id, self.host = op, app, task_id, host
-
-
-def stopped_message(op: str, app: str | None, task_id: str | None, host: str | None) -> tuple[str, str | None]:
-    """What to say when the agent stopped during `op` (pure)."""
-    agent = f"the agent on {host}" if host else "the agent"
-    if task_id is not None:
-        where = f" --host {host}" if host else ""
-        return (f"{agent} stopped during task {task_id} of {app}; it will show as lost in: beamctl tasks {app}"
-                f"{where}", None)
-    if op in ("deploy", "rollback"):
-        return (f"{agent} stopped during the {op} of {app}",
-                f"{op} again: the agent starts again, and takes this {op}'s lock over as stale")
-    return f"{agent} stopped while answering {op}", "run the command again (that starts the agent)"
-
-
-def _agent(autostart: bool = False) -> Any:
-    from beamctl.agent.local import local_agent
-
-    return local_agent(autostart=autostart)
-
-
-def request(op: str, autostart: bool = True, **args: Any) -> Any:
-    from beamctl.agent.control import answer_or_raise
-
-    client = _agent(autostart)
-    try:
-        answer = client.request(op, **args)
-    except (ConnectionError, EOFError):
-        raise AgentStopped(op, args.get("app")) from None
-    return answer_or_raise(answer, lambda message, hint: AgentFailed(message, hint))
-
-
-def call(app: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """One task on the local agent. Its id is made here, so a call cut off by the agent's death names it."""
-    from beamctl.agent.control import new_task_id
-
-    task_id = new_task_id()
-    try:
-        return request("call", app=app, inputs=inputs, task_id=task_id)
-    except AgentStopped:
-        raise AgentStopped("call", app, task_id) from None
-
-
-def call_on_hosts(agents: list[Any], app: str, inputs: dict[str, Any], chosen: Callable[[str], None],
-                  unanswered: Callable[[str], None]) -> tuple[dict[str, Any], str]:
-    """One task on the least busy of these hosts' agents: (task, host). `chosen` hears the host picked;
-    `unanswered`, one line per host that did not answer, when none serves the app."""
-    from beamctl.agent.control import new_task_id
-    from beamctl.fleet import query
-
-    replies = query.ask_all(agents, "status", app=app)
-    where = query.pick_host(replies, app)
-    if where is None:
-        for line in query.error_lines(replies):
-            unanswered(line)
-        raise AgentFailed(f"no host serves {app} ({len(agents)} asked)", hint="run `beamctl deploy` first")
-    chosen(where)
-    agent = next(a for a in agents if a.name == where)
-    task_id = new_task_id()  # ours, so that a call cut off by the agent's death can name its task
-    reply = query.ask_one(agent, "call", timeout=query.CALL_TIMEOUT_S, app=app, inputs=inputs, task_id=task_id)
-    if reply.stopped:
-        raise AgentStopped("call", app, task_id, where)
-    if reply.error is not None:  # which host failed it (the agent's own words do not say)
-        raise AgentFailed(reply.error if reply.error.startswith(f"{where}:") else f"{where}: {reply.error}")
-    return reply.result, where
+from beamctl.hosts.each import CALL_TIMEOUT_S, QUERY_TIMEOUT_S, Reply, ask, ask_all, error_lines
+from beamctl.protocol.errors import AgentFailed
 
 
 def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: float | None = None,
-           lock_wait: float = 0.0) -> dict[str, Any]:
-    """Build, hand the image and secrets to the agent(s), wait for READY; per-host results.
-
+           lock_wait: float = 0.0) -> Any:
+    """Build once, hand the image and secrets to every host's agent, wait for READY: rollout.Deployed.
     health_timeout: None takes beam.yaml's rollout.health_timeout."""
-    timeout = health_timeout if health_timeout is not None else config.rollout.health_timeout_s
-    if config.hosts:
-        return deploy_ssh(config, progress, timeout, lock_wait)
     from beamctl import secrets
-    from beamctl.agent.control import answer_or_raise
-    from beamctl.agent.spec import spec_from_config
-    from beamctl.fleet import locks
-    from beamctl.image import build_app
-
-    secret_values = secrets.gather(config.secrets)  # before the build: fail fast on a missing secret
-    if config.gpu:
-        request("check_placement", gpu=[str(g) for g in config.gpu], app=config.name)  # no build if it cannot run
-    image = build_app(config, progress)
-    progress(f"deploying {image.image} to the local agent")
-    client = _agent(autostart=True)
-    with locks.hold({"local": client}, config.name, locks.holder_here(config.name, image.image), lock_wait,
-                    progress) as held:
-        if "local" not in held:
-            raise AgentFailed(f"no deploy lock from the local agent: {held.missing.get('local')}")
-        try:
-            answer = client.request("deploy", spec_json=spec_from_config(config, image.image).to_json(),
-                                    secret_values=secret_values, health_timeout=timeout)
-        except (ConnectionError, EOFError):
-            raise AgentStopped("deploy", config.name) from None
-    result = answer_or_raise(answer, lambda message, hint: AgentFailed(message, hint))
-    return {"app": config.name, "version": result["version"], "image": image.image,
-            "hosts": [{"host": "local", "status": result["status"], "reason": result["reason"],
-                       "log_tail": result.get("log_tail", []), "serving": result.get("serving"),
-                       "endpoint": result.get("endpoint"), "checkpoint": result.get("checkpoint")}]}
-
-
-def deploy_ssh(config: AppConfig, progress: Callable[[Any], None], health_timeout: float,
-               lock_wait: float = 0.0) -> dict[str, Any]:
-    """Every host of beam.yaml's `hosts:`: agents, placement, one build here, lock, ship, rolling deploy."""
-    from beamctl import secrets
-    from beamctl.agent.spec import spec_from_config
-    from beamctl.fleet import rollout
+    from beamctl.fleet import query, rollout
     from beamctl.hosts.inventory import which_hosts
     from beamctl.image import build_app
+    from beamctl.protocol.spec import spec_from_config
 
-    entries, _ = which_hosts(config.hosts)
+    timeout = health_timeout if health_timeout is not None else config.rollout.health_timeout_s
     secret_values = secrets.gather(config.secrets)  # before anything: fail fast on a missing secret
-    return rollout.rollout(entries, config.name, tuple(str(g) for g in config.gpu),
-                           build=lambda: build_app(config, progress),
-                           spec_for=lambda image: spec_from_config(config, image.image).to_json(),
-                           secret_values=secret_values, health_timeout=health_timeout, progress=progress,
-                           max_parallel=config.rollout.max_parallel, lock_wait=lock_wait,
-                           checkpoints=config.checkpoint_enabled)
+    hosts = query.hosts_of(which_hosts(config.hosts)[0] if config.hosts else None)
+    try:
+        return rollout.rollout(hosts, config.name, tuple(str(g) for g in config.gpu),
+                               build=lambda: build_app(config, progress),
+                               spec_for=lambda image: spec_from_config(config, image.image).to_json(),
+                               secret_values=secret_values, health_timeout=timeout, progress=progress,
+                               max_parallel=config.rollout.max_parallel, lock_wait=lock_wait,
+                               checkpoints=config.checkpoint_enabled)
+    finally:
+        for h in hosts:
+            h.close()
+
+
+def call(hosts: list[Any], app: str, inputs: dict[str, Any], chosen: Callable[[str], None],
+         unanswered: Callable[[str], None]) -> tuple[dict[str, Any], str]:
+    """One task on the least busy host that serves the app (the only one, when there is one): (task, host).
+    `chosen` hears the host picked; `unanswered`, one line per host that did not answer, when none serves it."""
+    from beamctl.fleet import query
+    from beamctl.protocol.wire import new_task_id
+
+    host = hosts[0]
+    if len(hosts) > 1:
+        replies = ask_all(hosts, "status", app=app)
+        where = query.pick_host(replies, app)
+        if where is None:
+            for line in error_lines(replies):
+                unanswered(line)
+            raise AgentFailed(f"no host serves {app} ({len(hosts)} asked)", hint="run `beamctl deploy` first")
+        host = next(h for h in hosts if h.name == where)
+    if not host.local:
+        chosen(host.name)
+    task_id = new_task_id()  # ours, so that a call cut off by the agent's death can name its task
+    reply = ask(host, "call", timeout=CALL_TIMEOUT_S, app=app, inputs=inputs, task_id=task_id)
+    if reply.ok:
+        return reply.result, host.name
+    if reply.stopped or host.local or reply.exc is None:
+        raise reply.exc or AgentFailed(reply.error or "the call failed")
+    raise AgentFailed(reply.error if (reply.error or "").startswith(f"{host.name}:")  # which host failed it
+                      else f"{host.name}: {reply.error}")
+
+
+def find_task(hosts: list[Any], task_id: str, recent: bool) -> tuple[Reply, list[Reply], list[dict[str, Any]]]:
+    """The host's reply that has the task (an error Reply when none has), every host's replies, and (when
+    `recent`) that host's recent tasks of the app, for comparison."""
+    from beamctl.fleet import query
+
+    replies = ask_all(hosts, "task", task_id=task_id)
+    found = query.first_found(replies)
+    if found is None:
+        if len(hosts) == 1:
+            return replies[0], replies, []
+        return Reply("", error=f"no task {task_id} on any of the {len(hosts)} hosts asked",
+                     exc=AgentFailed(f"no task {task_id} on any of the {len(hosts)} hosts asked")), replies, []
+    rows: list[dict[str, Any]] = []
+    if recent:
+        host = next(h for h in hosts if h.name == found.host)
+        got = ask(host, "tasks", app=found.result["app"], limit=50)
+        rows = got.result if got.ok else []
+    return found, replies, rows
+
+
+def logs(hosts: list[Any], app: str, since: dict[str, float], tail: int, task: str | None) -> list[Reply]:
+    """Each host's log entries after its own `since` (host -> time)."""
+    from beamctl.hosts.each import parallel
+
+    return parallel(hosts, lambda h: ask(h, "logs", app=app, since=since[h.name], tail=tail, task_id=task))
+
+
+def rollback(hosts: list[Any], app: str, version: int | None, health_timeout: float | None,
+             say: Callable[[Any], None]) -> list[Reply]:
+    """The app's lock on every host, then each agent's rollback (start the version, READY, switch)."""
+    from beamctl.config.schema import field_of
+    from beamctl.fleet import locks
+
+    longest = health_timeout or field_of("rollout", "health_timeout")["maximum"]  # the agent waits its own
+    with locks.hold(hosts, app, locks.holder_here(app, None, "rollback"), 0, say) as held:
+        got = ask_all([h for h in hosts if h.name in held], "rollback", timeout=longest + QUERY_TIMEOUT_S,
+                      app=app, version=version, health_timeout=health_timeout)
+    answers = {r.host: r for r in got}
+    return [answers.get(h.name) or _no_lock(h, held.missing.get(h.name)) for h in hosts]
+
+
+def _no_lock(host: Any, why: str | None) -> Reply:
+    where = "the local agent" if host.local else host.name
+    return Reply(host.name, error=f"no deploy lock: {why}", exc=AgentFailed(f"no deploy lock from {where}: {why}"))
+
+
+def rollback_failures(replies: list[Reply]) -> list[Reply]:
+    """A host that answered but whose old version did not start counts as failed (its reason the error)."""
+    out = []
+    for r in replies:
+        if r.error is None and (r.result or {}).get("status") != "ready":
+            serving = (r.result or {}).get("serving")
+            keeps = f" (v{serving} keeps serving)" if serving else ""
+            r = r._replace(error=f"v{(r.result or {}).get('version')} did not start: "
+                                 f"{(r.result or {}).get('reason')}{keeps}")
+        out.append(r)
+    return out

@@ -192,7 +192,7 @@ def main() -> int:
     from beamctl.agent.containers import DockerContainers
     from beamctl.agent.resident import budget_from_env
     from beamctl.agent.service import Agent
-    from beamctl.agent.spec import spec_from_config
+    from beamctl.protocol.spec import spec_from_config
     from beamctl.config import load
 
     example = REPO / "examples" / args.example

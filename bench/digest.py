@@ -43,7 +43,7 @@ def main() -> int:
 
     from beamctl.agent.containers import DockerContainers
     from beamctl.agent.service import Agent
-    from beamctl.agent.spec import spec_from_config
+    from beamctl.protocol.spec import spec_from_config
     from beamctl.config import load
 
     example = REPO / "examples" / "weights"

@@ -1,6 +1,6 @@
-"""apps.py and `call` when the agent stops mid-request (issue 13, item 6): the words, the exit code, the task
-id the client made; with a fake agent at the protocol level (its stream ends, as a killed agent's does).
-The real agent killed mid-call: tests/agent/test_faults_engine.py."""
+"""`call` when the agent stops mid-request (issue 13, item 6): the words, the exit code, the task id the
+client made; with a fake agent at the protocol level (its stream ends, as a killed agent's does), and
+hosts/each.py's reading of such a stream. The real agent killed mid-call: tests/agent/test_faults_engine.py."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from contextlib import contextmanager
 
 import pytest
 
-from beamctl import apps
 from beamctl.agent import control
 from beamctl.errors import ExitCode
 from beamctl.fleet import query
+from beamctl.hosts.each import ask
+from beamctl.hosts.fake import FakeHost
+from beamctl.protocol import wire
+from beamctl.protocol.errors import AGENT_STOPPED, AgentStopped, stopped_message
 
 
 @pytest.mark.parametrize("args, want", [
@@ -30,11 +33,11 @@ from beamctl.fleet import query
      ("the agent stopped while answering status", "run the command again (that starts the agent)")),
 ])
 def test_stopped_message_word_for_word(args, want):
-    assert apps.stopped_message(*args) == want
+    assert stopped_message(*args) == want
 
 
 def test_agent_stopped_is_an_environment_problem_not_an_internal_error():
-    e = apps.AgentStopped("call", "hello", "t-0123456789ab")
+    e = AgentStopped("call", "hello", "t-0123456789ab")
     assert e.exit_code == ExitCode.ENVIRONMENT == 3
     assert (e.op, e.app, e.task_id, e.host) == ("call", "hello", "t-0123456789ab", None)
 
@@ -74,60 +77,48 @@ def test_a_local_call_cut_off_names_the_task_id_it_sent(tmp_path, monkeypatch, c
     sent = [s for s in seen if s["op"] == "call"]
     assert len(sent) == 1 and sent[0]["args"]["inputs"] == {"name": "Ada"}
     task_id = sent[0]["args"]["task_id"]
-    assert control.TASK_ID_RE.match(task_id)
+    assert wire.TASK_ID_RE.match(task_id)
     assert r.code == 3 and r.out == ""
     assert r.err == (f"error: the agent stopped during task {task_id} of hello; it will show as lost in: "
                      f"beamctl tasks hello\n")
 
 
-class FleetAgent:
+def fleet_agent(stop_by):
     """A host's agent that serves `hello` and stops during the call, as the SSH bridge reports it."""
-
-    def __init__(self, name, stop_by):
-        self.name, self.stop_by, self.calls = name, stop_by, []
-
-    def request(self, op, timeout=None, **args):
-        if op == "status":
-            return {"ok": True, "result": {"apps": [{"app": "hello", "active_version": 3, "containers": []}]}}
-        self.calls.append(args)
-        if self.stop_by == "eof":
-            raise ConnectionError("the agent closed the connection")
-        return {"ok": False, "error": "the agent closed the connection (restarting?)", "hint": "retry in a few seconds",
-                "data": {"kind": query.AGENT_STOPPED}}  # what agent/bridge.py answers
+    serving = {"ok": True, "result": {"apps": [{"app": "hello", "active_version": 3, "containers": []}]}}
+    stopped = {"ok": False, "error": "the agent closed the connection (restarting?)",
+               "hint": "retry in a few seconds", "data": {"kind": AGENT_STOPPED}}  # what agent/bridge.py answers
+    if stop_by == "eof":
+        return FakeHost("gpu1", fail={"call": ConnectionError("the agent closed the connection")},
+                        answers={"status": serving})
+    return FakeHost("gpu1", answers={"status": serving, "call": stopped})
 
 
 @pytest.mark.parametrize("stop_by", ["eof", "bridge"])
-def test_a_call_on_a_host_cut_off_names_the_host_and_the_task(monkeypatch, cli, tmp_path, stop_by):
-    from beamctl.cli import app_cmds
-
-    agent = FleetAgent("gpu1", stop_by)
-
-    @contextmanager
-    def fleet(name, host, file):
-        yield [agent]
-
-    monkeypatch.setattr(app_cmds, "_fleet", fleet)
+@pytest.mark.parametrize("hosts", [1, 3])
+def test_a_call_on_a_host_cut_off_names_the_host_and_the_task(monkeypatch, cli, tmp_path, stop_by, hosts):
+    agent = fleet_agent(stop_by)
+    idle = [FakeHost(f"idle{i}") for i in range(hosts - 1)]  # serve nothing: the call goes to gpu1
+    monkeypatch.setattr(query, "hosts_of", lambda entries, ssh=None: [*idle, agent])
     r = cli("call", "hello", "--host", "gpu1", cwd=tmp_path)
-    task_id = agent.calls[0]["task_id"]
+    task_id = next(args for op, args in agent.asked if op == "call")["task_id"]
+    assert wire.TASK_ID_RE.match(task_id)
     assert r.code == 3, r.err
     assert r.err.splitlines()[-1] == (f"error: the agent on gpu1 stopped during task {task_id} of hello; it will "
                                       f"show as lost in: beamctl tasks hello --host gpu1")
 
 
-def test_ask_one_marks_a_stream_that_ended_but_not_a_refusal_or_a_timeout():
-    class Agent:
-        def __init__(self, outcome):
-            self.name, self.outcome = "h", outcome
+def test_ask_marks_a_stream_that_ended_but_not_a_refusal_or_a_timeout():
+    def ended(outcome):
+        return ask(FakeHost("h", fail={"call": outcome}), "call", app="hello", task_id="t-0123456789ab")
 
-        def request(self, op, **args):
-            if isinstance(self.outcome, BaseException):
-                raise self.outcome
-            return self.outcome
-
-    assert query.ask_one(Agent(ConnectionResetError()), "call").stopped is True
-    assert query.ask_one(Agent(EOFError()), "call").stopped is True
-    assert query.ask_one(Agent(TimeoutError("timed out")), "call").stopped is False
-    assert query.ask_one(Agent({"ok": False, "error": "hello is not deployed here"}), "call").stopped is False
+    for broke in (ConnectionResetError(), EOFError()):
+        reply = ended(broke)
+        assert reply.stopped is True and isinstance(reply.exc, AgentStopped)
+        assert reply.exc.message.startswith("the agent on h stopped during task t-0123456789ab of hello")
+    assert ended(TimeoutError("timed out")).stopped is False
+    refused = ended("hello is not deployed here")
+    assert (refused.stopped, refused.error) == (False, "hello is not deployed here")
 
 
 def test_the_agent_takes_the_clients_task_id_and_refuses_a_bad_or_used_one(tmp_path):
@@ -165,12 +156,6 @@ def test_the_bridge_marks_an_agent_that_stopped_mid_request_as_the_fleet_call_re
     first, second = [json.loads(line) for line in out.getvalue().splitlines()]
     assert first["ok"] is True and "data" not in first
     assert second == {"ok": False, "error": "the agent closed the connection (restarting?)",
-                      "hint": "retry in a few seconds", "data": {"kind": query.AGENT_STOPPED}}
+                      "hint": "retry in a few seconds", "data": {"kind": AGENT_STOPPED}}
 
-    class Bridged:
-        name = "gpu1"
-
-        def request(self, op, **args):
-            return second
-
-    assert query.ask_one(Bridged(), "call").stopped is True
+    assert ask(FakeHost("gpu1", answers={"call": second}), "call").stopped is True

@@ -1,5 +1,7 @@
-"""Imports only go downward (DESIGN.md, "Layers"): fleet -> hosts -> transport, and none of them, nor the
-packages below them, imports the CLI. Every import counts, those inside functions too."""
+"""Imports only go downward (DESIGN.md, "Layers"): fleet -> hosts -> transport -> protocol, and none of them,
+nor the packages below them, imports the CLI. The agent and its clients meet only in beamctl.protocol:
+nothing outside beamctl.agent imports it, and it imports nothing of the client side. Every import counts,
+those inside functions too."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from pathlib import Path
 import beamctl
 
 ROOT = Path(beamctl.__file__).parent
-LAYERS = ("beamctl.transport", "beamctl.hosts", "beamctl.fleet")  # bottom first
-BELOW = ("beamctl.agent", "beamctl.config", "beamctl.image", "beamctl.runtime")  # import none of the three
-CLIENT_TOP = ("beamctl.cli", "beamctl.console")  # imported from none of the above
+LAYERS = ("beamctl.protocol", "beamctl.transport", "beamctl.hosts", "beamctl.fleet")  # bottom first
+BELOW = ("beamctl.agent", "beamctl.config", "beamctl.image", "beamctl.runtime")  # import none of the layers
+CLIENT_TOP = ("beamctl.cli", "beamctl.console", "beamctl.apps")  # imported from none of the above
+AGENT = "beamctl.agent"  # the host's side: imported by no module outside it
 
 
 def imported(source: str, module: str) -> list[tuple[int, list[str]]]:
@@ -39,11 +42,13 @@ def upward(source: str, module: str) -> list[str]:
     """This module's imports that break the rule, as 'line: name' (the first name of the statement that does)."""
     if within(module, LAYERS):
         level = next(i for i, p in enumerate(LAYERS) if within(module, (p,)))
-        banned = LAYERS[level + 1:] + CLIENT_TOP
+        banned = LAYERS[level + 1:] + CLIENT_TOP + (AGENT,)
+    elif within(module, (AGENT,)):
+        banned = LAYERS[1:] + CLIENT_TOP + ("beamctl.image",)
     elif within(module, BELOW):
-        banned = LAYERS + CLIENT_TOP
+        banned = LAYERS + CLIENT_TOP + (AGENT,)
     else:
-        return []
+        banned = (AGENT,) if within(module, ("beamctl",)) else ()
     hits = [(line, next((n for n in names if within(n, banned)), None)) for line, names in imported(source, module)]
     return [f"{line}: {name}" for line, name in sorted(hits, key=lambda h: h[0]) if name is not None]
 
@@ -83,3 +88,8 @@ def test_an_upward_import_is_found_wherever_it_is_written():
     assert upward("from beamctl.hosts import inventory\nfrom beamctl import console\n",
                   "beamctl.fleet.rollout") == ["2: beamctl.console"]
     assert upward("from beamctl.fleet import query\n", "beamctl.cli.app_cmds") == []
+    assert upward("from beamctl.agent.control import handle\n", "beamctl.cli.app_cmds") == ["1: beamctl.agent.control"]
+    assert upward("from beamctl.agent import gpus\n", "beamctl.fleet.placement") == ["1: beamctl.agent"]
+    assert upward("from beamctl.transport.ssh import Ssh\n", "beamctl.agent.bridge") == ["1: beamctl.transport.ssh"]
+    assert upward("from beamctl.protocol.wire import OPS\n", "beamctl.agent.control") == []
+    assert upward("from beamctl.hosts.each import ask\n", "beamctl.protocol.wire") == ["1: beamctl.hosts.each"]

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from beamctl import __version__
-from beamctl.agent.paths import default_data_dir
+from beamctl.protocol.layout import default_data_dir
 
 DEFAULT_HTTP = "127.0.0.1:8430"  # loopback by default; pass 0.0.0.0:8430 to serve other machines
 

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from beamctl.agent.control import MAX_LINE_BYTES
-from beamctl.agent.paths import default_data_dir
+from beamctl.protocol.errors import AGENT_STOPPED
+from beamctl.protocol.layout import default_data_dir
+from beamctl.protocol.wire import MAX_LINE_BYTES
 
 NO_AGENT = "no agent is running on this host"
 CONNECT_TIMEOUT_S = 5.0
@@ -70,7 +71,7 @@ class Bridge:
         if not answer:
             self.close()
             return _error("the agent closed the connection (restarting?)", "retry in a few seconds",
-                          kind="agent_stopped")  # fleet/query.py AGENT_STOPPED
+                          kind=AGENT_STOPPED)
         return answer
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from beamctl.agent.sandboxes import LABEL_SANDBOX, Sandboxes
-from beamctl.agent.spec import AppSpec
+from beamctl.protocol.spec import AppSpec
 
 RUNTIME_PORT = 8000  # the runtime's HTTP server inside each container
 STOP_TIMEOUT_S = 5  # SIGTERM, then SIGKILL: the runtime exits at once on SIGTERM
@@ -35,7 +35,7 @@ def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
            "BEAMCTL_PORT": str(RUNTIME_PORT)}
     if spec.cache_dir:
         env["BEAMCTL_MODEL_CACHE"] = spec.cache_dir  # the client's build cache is BEAMCTL_CACHE_DIR
-    if spec.checkpoint_enabled:  # the runtime pauses after on_start until the agent releases it
+    if spec.takes_snapshots:  # the runtime pauses after on_start until the agent releases it
         env["BEAMCTL_CHECKPOINT"] = "1"
     args: dict[str, Any] = {
         "image": spec.image,

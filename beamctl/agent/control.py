@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
-import socket
 import socketserver
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-MAX_LINE_BYTES = 64 << 20  # one request (a deploy with its secrets, a call with its inputs)
-OPS = ("version", "check_placement", "deploy", "rollback", "call", "task", "tasks", "status", "logs", "stop",
-       "lock_acquire", "lock_renew", "lock_release", "lock_break")
-
-TASK_ID_RE = re.compile(r"^t-[0-9a-f]{12}$")  # `call` takes the client's, so it can name a task cut off
-
-
-def new_task_id() -> str:
-    return "t-" + secrets.token_hex(6)
+from beamctl.protocol.errors import AgentError
+from beamctl.protocol.wire import MAX_LINE_BYTES, OPS
 
 
 def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:
-    from beamctl.agent.state import AgentError
-
     op, args = request.get("op"), request.get("args") or {}
     if op not in OPS:
         return {"ok": False, "error": f"unknown operation {op!r}", "hint": "is beamctl older than the agent?"}
@@ -75,67 +63,3 @@ def serve(agent: Any, path: Path) -> socketserver.ThreadingUnixStreamServer:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="control").start()
     return server
-
-
-class LocalTransport:
-    """A connection to the agent on this machine."""
-
-    def __init__(self, socket_path: Path, timeout: float | None = None) -> None:
-        self.socket_path, self.timeout = socket_path, timeout
-
-    def open(self) -> tuple[Any, Any]:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.socket_path))
-        return sock.makefile("rb"), sock.makefile("wb")
-
-
-class AgentClient:
-    """Requests to one agent over one kept-open stream; a request made while another thread's is in
-    flight (a lock heartbeat during a deploy) goes over a stream of its own, closed after its answer."""
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-        self._io: tuple[Any, Any] | None = None
-        self._busy = threading.Lock()
-
-    def request(self, op: str, **args: Any) -> dict[str, Any]:
-        if not self._busy.acquire(blocking=False):
-            reader, writer = self.transport.open()
-            try:
-                return _exchange(reader, writer, op, args)
-            finally:
-                for f in (writer, reader):
-                    _close(f)
-        try:
-            if self._io is None:
-                self._io = self.transport.open()
-            try:
-                return _exchange(*self._io, op, args)
-            except (OSError, ValueError):
-                self._io = None
-                raise
-        finally:
-            self._busy.release()
-
-
-def _exchange(reader: Any, writer: Any, op: str, args: dict[str, Any]) -> dict[str, Any]:
-    writer.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
-    writer.flush()
-    line = reader.readline()
-    if not line:
-        raise ConnectionError("the agent closed the connection")
-    return json.loads(line)
-
-
-def _close(f: Any) -> None:
-    try:
-        f.close()
-    except OSError:
-        pass
-
-
-def answer_or_raise(answer: dict[str, Any], make_error: Callable[[str, str | None], Exception]) -> Any:
-    if answer.get("ok"):
-        return answer.get("result")
-    raise make_error(answer.get("error", "the agent failed"), answer.get("hint"))

@@ -14,8 +14,9 @@ from beamctl.agent import secret_files
 from beamctl.agent.snapshot_key import args_hash
 from beamctl.agent.containers import volume_dir
 from beamctl.agent.pool import Pool
-from beamctl.agent.spec import AppSpec
-from beamctl.agent.state import AgentError, AgentState
+from beamctl.protocol.spec import AppSpec
+from beamctl.agent.state import AgentState
+from beamctl.protocol.errors import AgentError
 from beamctl.agent.versions import rollback_target, unchanged
 
 
@@ -92,7 +93,7 @@ class Deployments:
             return None
         self.store.event(spec.app, f"deploy of {spec.image}: unchanged, v{active} keeps serving")
         pool = self.state.pool(spec.app)
-        if spec.checkpoint_enabled and (self.snapshots.retry(spec.app, active) or pool.snapshots.outdated(
+        if spec.takes_snapshots and (self.snapshots.retry(spec.app, active) or pool.snapshots.outdated(
                 active, args_hash(self.state.create_args(spec.app, active)))):
             self._recapture(spec.app, active, health_timeout)
         return {**self._ready(spec, active, self.store.token(spec.app)), "unchanged": True}

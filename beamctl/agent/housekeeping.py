@@ -9,7 +9,8 @@ from typing import Any
 from beamctl.agent import logs as _logs
 from beamctl.agent.pool import Live, Pool
 from beamctl.agent.profile import ContainerTimeline
-from beamctl.agent.state import AgentError, AgentState
+from beamctl.agent.state import AgentState
+from beamctl.protocol.errors import AgentError
 
 REAP_EVERY_S = 0.5  # how often idle containers are looked for
 STOP_DRAIN_S = 30  # `stop` waits this long for running tasks before stopping their containers

@@ -17,7 +17,7 @@ MAX_BODY_BYTES = 32 << 20  # a task's inputs
 
 
 def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
-    from beamctl.agent.state import AgentError
+    from beamctl.protocol.errors import AgentError
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

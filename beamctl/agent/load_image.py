@@ -14,8 +14,9 @@ import subprocess
 import sys
 from typing import BinaryIO
 
+from beamctl.protocol.layout import LOAD_STEP_PREFIX as STEP_PREFIX
+
 CHUNK = 1 << 20
-STEP_PREFIX = "beamctl-load: "
 LOAD_ARGV = ("docker", "load")
 EXIT_NO_CODEC = 3
 EXIT_BAD_STREAM = 4

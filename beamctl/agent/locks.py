@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from beamctl.agent import holders
+from beamctl.protocol import holders
 
 APP_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 TOKEN_RE = re.compile(r"^[0-9a-f]{16,64}$")

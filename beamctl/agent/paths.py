@@ -1,21 +1,9 @@
-"""Where an agent keeps its state on its host."""
+"""The agent's identity on its host (its data dir: protocol/layout.py)."""
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
-
-SYSTEM_DIR = Path("/var/lib/beamctl")  # as root: the agent owns the host
-
-
-def default_data_dir() -> Path:
-    explicit = os.environ.get("BEAMCTL_AGENT_DIR")
-    if explicit:
-        return Path(explicit)
-    if os.geteuid() == 0:
-        return SYSTEM_DIR
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "beamctl"
 
 
 def agent_id(data_dir: Path) -> str:

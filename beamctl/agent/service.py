@@ -10,19 +10,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from beamctl.agent import gpus as _gpus
+from beamctl.protocol.gpus import Gpu
 from beamctl.agent import locks as _locks
 from beamctl.agent import logs as _logs
 from beamctl.agent.containers import Containers
 from beamctl.agent.deaths import Deaths
 from beamctl.agent.deployments import Deployments
 from beamctl.agent.housekeeping import Housekeeping
-from beamctl.agent.state import AgentError, AgentState
+from beamctl.agent.state import AgentState
+from beamctl.protocol.errors import AgentError
 from beamctl.agent.tasks import Tasks
 
 
 class Agent:
-    def __init__(self, data_dir: Path, containers: Containers, gpus: list[_gpus.Gpu] | None = None,
+    def __init__(self, data_dir: Path, containers: Containers, gpus: list[Gpu] | None = None,
                  snapshot_ram: int = 0) -> None:
         self.state = state = AgentState(data_dir, containers, gpus, snapshot_ram)
         self.data_dir, self.store, self.containers, self.gpus = data_dir, state.store, containers, state.gpus

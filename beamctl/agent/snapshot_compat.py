@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from beamctl.agent import gpu_snapshots, snapshot_key
+from beamctl.protocol.criu import criu_too_old
 
 FACTS_TTL_S = 60.0  # host facts (kernel, CPU, CRIU version) are re-read this often
 
@@ -27,7 +28,7 @@ class SnapshotKeys:
         with self._lock:
             if self._facts is not None and self._facts[1].get("criu_version") != version:
                 self._facts = None
-        return snapshot_key.criu_too_old(version)
+        return criu_too_old(version)
 
     def key(self, image: str, args_hash: str, devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
         with self._lock:

@@ -31,6 +31,7 @@ from beamctl.agent.gpu_snapshots import GpuStateLost
 from beamctl.agent.resident import Resident
 from beamctl.agent.snapshot_compat import SnapshotKeys, cache_dir_note, explain, refuse
 from beamctl.agent.store import Store
+from beamctl.protocol.spec import takes_snapshots
 
 CAPTURE_TIMEOUT_S = 300.0  # one runc checkpoint; ~1 s per GB here
 CAPTURE_TRIES = 3  # inside one start (the runtime stays paused between tries), with back-off:
@@ -310,7 +311,7 @@ class AppSnapshots:
         self.snapshots, self.app, self.spec_of = snapshots, app, spec_of
 
     def enabled(self, version: int) -> bool:
-        return bool(self.spec_of(version).get("checkpoint_enabled"))
+        return takes_snapshots(self.spec_of(version))
 
     def wants_capture(self, version: int) -> bool:
         return self.enabled(version) and self.snapshots.wants_capture(self.app, version)

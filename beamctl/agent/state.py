@@ -15,18 +15,14 @@ from beamctl.agent.paths import agent_id
 from beamctl.agent.pool import Live, Pool
 from beamctl.agent.resident import Resident
 from beamctl.agent.snapshots import AppSnapshots, Snapshots
-from beamctl.agent.spec import AppSpec
+from beamctl.protocol.spec import AppSpec
 from beamctl.agent.store import Store
-
-
-class AgentError(Exception):
-    def __init__(self, message: str, hint: str | None = None, **data: Any) -> None:
-        super().__init__(message)
-        self.message, self.hint, self.data = message, hint, data  # data["kind"]: "input" for bad inputs
+from beamctl.protocol.errors import AgentError
+from beamctl.protocol.gpus import Gpu, assign
 
 
 class AgentState:
-    def __init__(self, data_dir: Path, containers: Containers, gpus: list[_gpus.Gpu] | None,
+    def __init__(self, data_dir: Path, containers: Containers, gpus: list[Gpu] | None,
                  snapshot_ram: int) -> None:
         self.data_dir = data_dir
         for sub in ("volumes", "logs"):
@@ -85,7 +81,7 @@ class AgentState:
         return _gpus.taken(self.store.versions_in(_gpus.HOLDING), app)
 
     def assign(self, gpu: tuple[str, ...], app: str | None) -> tuple[str, tuple[int, ...]]:
-        got = _gpus.assign(gpu, self.gpus, self.taken(app))
+        got = assign(gpu, self.gpus, self.taken(app))
         if isinstance(got, str):
             raise AgentError(got, hint="deploy to a host with a free GPU of that kind, or change gpu in beam.yaml")
         return got

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from beamctl.agent.control import TASK_ID_RE, new_task_id
+from beamctl.protocol.wire import TASK_ID_RE, new_task_id
 from beamctl.agent.deaths import Deaths
 from beamctl.agent.pool import StartFailed
 from beamctl.agent.profile import phases
-from beamctl.agent.spec import health_timeout
-from beamctl.agent.state import AgentError, AgentState
+from beamctl.protocol.spec import health_timeout
+from beamctl.agent.state import AgentState
+from beamctl.protocol.errors import AgentError
 
 HTTP_SLACK_S = 10  # beyond the task timeout, for the runtime to answer
 

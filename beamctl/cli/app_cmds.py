@@ -1,5 +1,5 @@
-"""Commands about deployed apps: deploy, call, tasks, profile, logs, status, stop (rollback and unlock:
-release_cmds.py)."""
+"""Commands about deployed apps: call, tasks, profile, logs, status, stop (deploy: deploy_cmd.py; rollback and
+unlock: release_cmds.py). Each takes its hosts from `_hosts` (fleet/query.app_hosts)."""
 
 from __future__ import annotations
 
@@ -7,101 +7,45 @@ import json as _json
 import sys
 import time
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, List, Optional
 
 import typer
 
 from beamctl import console
 from beamctl.cli import app
-from beamctl.cli.config_cmds import FileOpt, JsonOpt
+from beamctl.cli.config_cmds import JsonOpt
 from beamctl.errors import ExitCode, UsageError
 
 FOLLOW_POLL_S = 0.5
-
-
-@app.command()
-def deploy(file: Path = FileOpt, json: bool = JsonOpt,
-           health_timeout: Optional[float] = typer.Option(
-               None, min=1, help="Seconds to wait for READY (default: beam.yaml's rollout.health_timeout, 300)."),
-           lock_wait: float = typer.Option(
-               0, min=0, help="Seconds to wait for another deploy of the app to finish (default: refuse).")) -> int:
-    """Build the app, start the new version, wait until READY, then retire the old one (on every host)."""
-    from beamctl import apps
-    from beamctl.config import load
-
-    config, warnings = load(file)
-    for w in warnings:
-        console.line(w.render())
-    from beamctl.cli.progress import reporter
-
-    with reporter() as progress:
-        result = apps.deploy(config, progress, health_timeout, lock_wait)
-    if config.hosts:
-        return _deployed_to_hosts(result, json)
-    host = result["hosts"][0]
-    if json:
-        console.emit_json({**result, "hosts": [{k: h.get(k) for k in ("host", "status", "reason", "checkpoint")}
-                                               for h in result["hosts"]]})
-    if host["status"] == "ready":
-        console.say(f"[bold green]deployed[/] {result['app']} v{result['version']} ({result['image']}); "
-                    f"endpoint {host['endpoint']} (token: beamctl status {result['app']})")
-        if host.get("checkpoint"):
-            from beamctl.cli import views
-
-            console.line(f"  {views.snapshot(host['checkpoint'])}")
-        return ExitCode.OK
-    for line in host["log_tail"]:
-        console.line(f"  | {line}")
-    serving = f"v{host['serving']} keeps serving" if host["serving"] else "nothing was serving before"
-    console.error(f"v{result['version']} of {result['app']} did not start: {host['reason']} ({serving})")
-    return ExitCode.FAILURE
-
-
-def _deployed_to_hosts(result: dict[str, Any], json: bool) -> int:
-    """Per-host lines (and the failing containers' last log lines); OK, PARTIAL or FAILURE."""
-    from beamctl.fleet.rollout import outcome
-
-    hosts = result["hosts"]
-    if json:
-        console.emit_json({**result, "hosts": [{k: h.get(k) for k in ("host", "status", "reason", "version", "ship",
-                                                                       "checkpoint", "cold_boot")} for h in hosts]})
-    for h in hosts:
-        name = console.escape(h["host"])
-        if h["status"] == "ready":
-            console.say(f"[bold green]ready[/]  {name}: {result['app']} v{h['version']} ({result['image']}); "
-                        f"endpoint {h.get('endpoint')}")
-            if h.get("checkpoint"):
-                from beamctl.cli import views
-
-                console.line(f"       {h['host']}: {views.snapshot(h['checkpoint'])}")
-            continue
-        for line in h.get("log_tail") or []:
-            console.line(f"  {h['host']} | {line}")
-        serving = f"; v{h['serving']} keeps serving" if h.get("serving") else ""
-        console.error(f"{h['host']}: {result['app']} not deployed: {h['reason']}{serving}")
-    code = outcome(hosts)
-    ready = sum(h["status"] == "ready" for h in hosts)
-    if code == ExitCode.PARTIAL:
-        console.error(f"partial deploy: {ready} of {len(hosts)} hosts run the new version")
-    return code
 
 
 HostOpt = typer.Option(None, "--host", help="Ask this host's agent (repeatable); default: the app's hosts.")
 AppFileOpt = typer.Option(None, "-f", "--file", help="The app's beam.yaml (or its folder): ask its hosts.")
 
 
-def _fleet(name: str | None, host: list[str] | None, file: Path | None) -> Any:
+def _hosts(name: str | None, host: list[str] | None, file: Path | None) -> Any:
     from beamctl.fleet import query
 
-    return query.agents(name, host, file)
+    return query.app_hosts(name, host, file)
+
+
+def _local(hosts: list[Any]) -> bool:
+    from beamctl.fleet.query import is_local
+
+    return is_local(hosts)
 
 
 def _report_errors(replies: list[Any]) -> None:
-    from beamctl.fleet.query import error_lines
+    from beamctl.hosts.each import error_lines
 
     for line in error_lines(replies):
         console.error(line)
+
+
+def _outcome(replies: list[Any]) -> int:
+    from beamctl.hosts.each import outcome
+
+    return outcome(replies)
 
 
 @app.command()
@@ -112,13 +56,12 @@ def call(name: str = typer.Argument(..., help="The app."),
     from beamctl import apps
 
     data = _inputs(inputs)
-    with _fleet(name, host, file) as agents:
-        if agents is None:
-            task, where = apps.call(name, data), None
-        else:
-            task, where = apps.call_on_hosts(
-                agents, name, data, lambda host: console.say(f"[dim]calling {name} on {console.escape(host)}[/]"),
-                console.error)
+    with _hosts(name, host, file) as hosts:
+        local = _local(hosts)
+        task, where = apps.call(hosts, name, data,
+                                lambda h: console.say(f"[dim]calling {name} on {console.escape(h)}[/]"),
+                                console.error)
+    where = None if local else where
     if json:
         console.emit_json({**{k: task[k] for k in ("task_id", "status", "start", "result", "error")},
                            **({"host": where} if where else {})})
@@ -158,25 +101,21 @@ def tasks(name: Optional[str] = typer.Argument(None, help="Only this app."), jso
           limit: int = typer.Option(20, "-n", help="How many, newest first."),
           host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
     """Recent tasks: status, cold or warm, durations."""
-    from beamctl import apps
     from beamctl.cli import views
     from beamctl.fleet import query
+    from beamctl.hosts.each import ask_all, only
 
-    with _fleet(name, host, file) as agents:
-        if agents is None:
-            rows, replies = apps.request("tasks", app=name, limit=limit), None
-        else:
-            replies = query.ask_all(agents, "tasks", app=name, limit=limit)
-            rows = query.merge_tasks(replies, limit)
+    with _hosts(name, host, file) as hosts:
+        replies = ask_all(hosts, "tasks", app=name, limit=limit)
+        local = _local(hosts)
+    rows = only(replies) if local else query.merge_tasks(replies, limit)
     if json:
         console.emit_json(rows)
     else:
-        for line in views.tasks_table(rows, hosts=replies is not None):
+        for line in views.tasks_table(rows, hosts=not local):
             console.line(line)
-    if replies is None:
-        return ExitCode.OK
     _report_errors(replies)
-    return query.outcome(replies)
+    return _outcome(replies)
 
 
 @app.command()
@@ -185,28 +124,22 @@ def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl cal
     """Where a task's time went: queue, image load, container start, on_start, run."""
     from beamctl import apps
     from beamctl.cli import views
-    from beamctl.fleet import query
+    from beamctl.protocol.errors import AgentFailed
 
-    with _fleet(None, host, file) as agents:
-        if agents is None:
-            task, where = apps.request("task", task_id=task_id), None
-            recent_rows = None if json else apps.request("tasks", app=task["app"], limit=50)
-        else:
-            replies = query.ask_all(agents, "task", task_id=task_id)
-            found = query.first_found(replies)
-            if found is None:
-                _report_errors(replies)
-                raise apps.AgentFailed(f"no task {task_id} on any of the {len(agents)} hosts asked")
-            task, where = found.result, found.host
-            agent = next(a for a in agents if a.name == where)
-            recent = None if json else query.ask_one(agent, "tasks", app=task["app"], limit=50)
-            recent_rows = recent.result if recent and recent.error is None else []
+    with _hosts(None, host, file) as hosts:
+        found, replies, recent_rows = apps.find_task(hosts, task_id, recent=not json)
+        local = _local(hosts)
+    if not found.ok:
+        if not local:
+            _report_errors(replies)
+        raise found.exc or AgentFailed(found.error or f"no task {task_id}")
+    task, where = found.result, None if local else found.host
     if json:
         console.emit_json({"task_id": task["task_id"], "app": task["app"], "start": task["start"],
                            "phases": task["phases"], "total": task["total"], **({"host": where} if where else {})})
         return ExitCode.OK
     kind = "restored" if task["start"] == "restored" else "cold"  # compared with starts of its own kind
-    recent = [t["total"] for t in recent_rows or [] if t["start"] == kind and t["total"]]
+    recent = [t["total"] for t in recent_rows if t["start"] == kind and t["total"]]
     if where:
         console.say(f"host: [bold]{console.escape(where)}[/]")
     for line in views.profile(task, recent):
@@ -225,86 +158,73 @@ def logs(name: str = typer.Argument(...), follow: bool = typer.Option(False, "-f
     """The app's output with the agent's events (cold starts, scale to zero) between."""
     from beamctl import apps
     from beamctl.cli import views
+    from beamctl.fleet import query
+    from beamctl.hosts.each import only
 
     start = time.time() - since if since else 0.0
-    with _fleet(name, host, file) as agents:
-        if agents is not None:
-            return _logs_fleet(agents, name, follow, task, start, lines)
-        entries = apps.request("logs", app=name, since=start, tail=lines, task_id=task)
+    with _hosts(name, host, file) as hosts:
+        local = _local(hosts)
+        width = max(len(h.name) for h in hosts)
+        seen = {h.name: start for h in hosts}
+        replies = apps.logs(hosts, name, seen, lines, task)
+        if local:
+            only(replies)
+        _report_errors(replies)
         while True:
-            for e in entries:
-                console.line(views.log_line(e))
+            for e in query.merge_logs(replies):
+                console.line(views.log_line(e) if local else views.host_log_line(e, width))
+                seen[e["host"]] = max(seen[e["host"]], e["ts"])
             if not follow:
-                return ExitCode.OK
-            start = entries[-1]["ts"] if entries else start
+                return _outcome(replies)
             time.sleep(FOLLOW_POLL_S)
-            entries = apps.request("logs", app=name, since=start, tail=10_000, task_id=task)
-
-
-def _logs_fleet(agents: list[Any], name: str, follow: bool, task: str | None, start: float, lines: int) -> int:
-    """Every host's lines merged by time, each prefixed by its host; -f polls each agent."""
-    from beamctl.cli import views
-    from beamctl.fleet import query
-
-    width = max(len(a.name) for a in agents)
-    since = {a.name: start for a in agents}
-    replies = query.ask_all(agents, "logs", app=name, since=start, tail=lines, task_id=task)
-    _report_errors(replies)
-    while True:
-        for e in query.merge_logs(replies):
-            console.line(views.host_log_line(e, width))
-            since[e["host"]] = max(since[e["host"]], e["ts"])
-        if not follow:
-            return query.outcome(replies)
-        time.sleep(FOLLOW_POLL_S)
-        with ThreadPoolExecutor(max_workers=len(agents)) as pool:
-            replies = list(pool.map(lambda a: query.ask_one(a, "logs", app=name, since=since[a.name],
-                                                            tail=10_000, task_id=task), agents))
-        replies = [r._replace(result=[e for e in r.result or [] if e["ts"] > since[r.host]]) for r in replies]
+            replies = apps.logs(hosts, name, seen, 10_000, task)
+            if local:
+                only(replies)
+            replies = [r._replace(result=[e for e in r.result or [] if e["ts"] > seen[r.host]]) for r in replies]
 
 
 @app.command()
 def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt,
            host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
     """Deployed apps: active version, containers, endpoint and token, recent versions."""
-    from beamctl import apps
     from beamctl.cli import views
-    from beamctl.fleet import query
+    from beamctl.hosts.each import ask_all, only
 
-    with _fleet(name, host, file) as agents:
-        if agents is None:
-            data = apps.request("status", app=name)
-            if json:
-                console.emit_json(data)
-            else:
-                for line in views.status(data):
-                    console.say(line)
-            return ExitCode.OK
-        replies = query.ask_all(agents, "status", app=name)
+    with _hosts(name, host, file) as hosts:
+        replies = ask_all(hosts, "status", app=name)
+        local = _local(hosts)
+    if local:
+        data = only(replies)
+        if json:
+            console.emit_json(data)
+        else:
+            for line in views.status(data):
+                console.say(line)
+        return ExitCode.OK
     if json:
         console.emit_json({"hosts": [{"host": r.host, **({"status": r.result} if r.error is None
                                                          else {"error": r.error})} for r in replies]})
     else:
         for line in views.host_status(replies):
             console.say(line)
-    return query.outcome(replies)
+    return _outcome(replies)
 
 
 @app.command()
 def stop(name: str = typer.Argument(...), host: Optional[List[str]] = HostOpt,
          file: Optional[Path] = AppFileOpt) -> int:
     """Stop the app's containers (on every host of the app); its volumes and records stay."""
-    from beamctl import apps
-    from beamctl.fleet import query
+    from beamctl.hosts.each import ask_all, only
 
-    with _fleet(name, host, file) as agents:
-        if agents is None:
-            result = apps.request("stop", app=name)
-            console.say(f"stopped {result['app']} v{result['stopped_version']} (volumes kept)")
-            return ExitCode.OK
-        replies = query.ask_all(agents, "stop", app=name)
+    with _hosts(name, host, file) as hosts:
+        replies = ask_all(hosts, "stop", app=name)
+        local = _local(hosts)
+    if local:
+        result = only(replies)
+        console.say(f"stopped {result['app']} v{result['stopped_version']} (volumes kept)")
+        return ExitCode.OK
     for r in replies:
         if r.error is None:
             console.say(f"{console.escape(r.host)}: stopped {name} v{r.result['stopped_version']} (volumes kept)")
     _report_errors(replies)
-    return query.outcome(replies)
+    return _outcome(replies)

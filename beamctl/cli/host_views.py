@@ -60,7 +60,7 @@ def gpu_text(f: Any) -> str:
         return f"none: CPU-only ({f.gpu_note})" if f.gpu_note else "none: CPU-only"
     groups: dict[tuple[str, int | None, str], int] = {}
     for g in f.gpus:
-        key = (g.type or g.name, g.memory_mib, g.driver)
+        key = (g.canonical or g.name, g.memory_mib, g.driver)
         groups[key] = groups.get(key, 0) + 1
     parts = []
     for (name, mib, driver), count in groups.items():

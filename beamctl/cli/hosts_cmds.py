@@ -149,12 +149,18 @@ def install(hosts: list[str] = typer.Argument(None, help="Inventory names or tar
     checkpoints where the host has no CRIU >= 4.2 (this machine's, from BEAMCTL_CRIU_PREFIX or /opt/beamctl/criu)."""
     from beamctl.cli.host_views import install_lines
     from beamctl.hosts import inventory
+    from beamctl.hosts.host import ssh_hosts
     from beamctl.hosts.install import install_hosts
 
     entries = inventory.lookup(hosts) if hosts else inventory.which_hosts(_app_hosts(file))[0]
     if not entries:
         raise UsageError("no hosts to install on", hint="add one with: beamctl hosts add NAME user@host[:port]")
-    results = install_hosts(entries, _ssh(), lambda text: console.line(text), force)
+    targets = ssh_hosts(entries, _ssh())
+    try:
+        results = install_hosts(targets, lambda text: console.line(text), force)
+    finally:
+        for h in targets:
+            h.close()
     if json:
         console.emit_json({"hosts": [r.as_json() for r in results]})
     for r in results:

@@ -21,7 +21,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
-from beamctl.agent.holders import LEASE_S
+from beamctl.protocol.holders import LEASE_S
 from beamctl.errors import BeamctlError, ExitCode
 
 POLL_S = 0.5  # how often a waiting deploy tries again
@@ -51,7 +51,7 @@ class Held(dict):
 
 def holder_here(app: str, image: str | None, op: str = "deploy") -> dict[str, Any]:
     """Who is deploying: user@this-machine, this process (with what tells when it is gone), now, what."""
-    from beamctl.agent.holders import this_process
+    from beamctl.protocol.holders import this_process
 
     try:
         user = getpass.getuser()
@@ -89,15 +89,16 @@ def since(at: float, now: float | None = None) -> str:
 
 
 @contextmanager
-def hold(agents: dict[str, Any], app: str, holder: dict[str, Any], wait_s: float,
+def hold(hosts: list[Any], app: str, holder: dict[str, Any], wait_s: float,
          progress: Callable[[Any], None]) -> Iterator[dict[str, str]]:
-    """Lock `app` on every host of `agents` (name -> object with .request(op, **args)) for the `with` body.
+    """Lock `app` on every one of `hosts` (hosts/host.py) for the `with` body.
 
     Yields host -> token for the hosts locked (a `Held`: its `.missing` names the hosts that did not
     answer, and why). Another holder on any host: what was taken is given back, then it tries again every
     POLL_S until `wait_s` passed (progress says once whom it waits for), else DeployLocked. Every lock
     taken (or maybe taken: a request cut off) is released on the way out, also on errors and Ctrl-C;
     a release that fails is a progress line, never an exception hiding the real one."""
+    agents = {h.name: h for h in hosts}
     held = Held()
     unsure: set[str] = set()  # asked, answer not seen (cut off, timed out): maybe locked
     token = secrets.token_hex(16)  # ours, known before asking: a request cut off can still be undone
@@ -180,7 +181,7 @@ def _heartbeat(agents: dict[str, Any], app: str, token: str, held: dict[str, str
                progress: Callable[[Any], None]) -> None:
     """Renew every held lock each RENEW_S until `stop`; a lock found taken over is said once per host.
     A renewal that gets no answer is skipped: the next one may get through within the lease."""
-    from beamctl.agent.holders import RENEW_S
+    from beamctl.protocol.holders import RENEW_S
 
     lost: set[str] = set()
     while not stop.wait(RENEW_S):
@@ -212,19 +213,7 @@ def _release(agents: dict[str, Any], app: str, token: str, names: Iterable[str],
 
 
 def _request(agent: Any, op: str, **args: Any) -> dict[str, Any]:
-    if _takes_timeout(agent):
-        return agent.request(op, timeout=LOCK_TIMEOUT_S, **args)
-    return agent.request(op, **args)
-
-
-def _takes_timeout(agent: Any) -> bool:
-    """HostAgent (over SSH) takes a per-request timeout; the local AgentClient would send it as an argument."""
-    import inspect
-
-    try:
-        return "timeout" in inspect.signature(agent.request).parameters
-    except (TypeError, ValueError):
-        return False
+    return agent.request(op, timeout=LOCK_TIMEOUT_S, **args)
 
 
 def _why(name: str, e: BaseException) -> str:
@@ -235,23 +224,9 @@ def _why(name: str, e: BaseException) -> str:
     return f"{name}: unreachable: {type(e).__name__}: {e}"
 
 
-def break_locks(agents: dict[str, Any] | Iterable[Any], app: str) -> list[Any]:
-    """`beamctl unlock`: remove the app's lock on every host, whoever holds it. One query.Reply per host
-    (sorted by name): result = the holder it had (without token) or None, or error."""
-    from beamctl.fleet import query
+def break_locks(hosts: list[Any], app: str) -> list[Any]:
+    """`beamctl unlock`: remove the app's lock on every host, whoever holds it. One Reply per host (sorted
+    by name): result = the holder it had (without token) or None, or error."""
+    from beamctl.hosts.each import ask_all
 
-    if isinstance(agents, dict):
-        listed = [_Named(name, agents[name]) for name in sorted(agents)]
-    else:
-        listed = sorted(agents, key=lambda a: a.name)
-    return query.ask_all(listed, "lock_break", app=app)
-
-
-class _Named:
-    """An agent from a dict, with the name ask_all wants."""
-
-    def __init__(self, name: str, agent: Any) -> None:
-        self.name, self.agent = name, agent
-
-    def request(self, op: str, **args: Any) -> dict[str, Any]:
-        return self.agent.request(op, **args)
+    return ask_all(sorted(hosts, key=lambda h: h.name), "lock_break", app=app)

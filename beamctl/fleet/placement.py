@@ -10,14 +10,14 @@ can take the app, `NoGpuPlacement` lists the fleet's GPUs per host, so the user 
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from beamctl.agent.gpus import Gpu, placement as _host_placement
 from beamctl.errors import BeamctlError, ExitCode
+from beamctl.hosts.each import Reply, ask, each
+from beamctl.protocol.errors import AgentFailed
+from beamctl.protocol.gpus import Gpu, placement as _host_placement
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class HostGpus:
     refusal: str | None = None  # the agent's check_placement refusal; None: it can place the app
     error: str | None = None  # the host did not answer (unreachable, timeout, agent failed): why
     choice: str | None = None  # the preference the agent said it would use, when its answer names one
+    hint: str | None = None  # the agent's hint with its refusal
 
     @property
     def answered(self) -> bool:
@@ -152,56 +153,34 @@ def gpus_from_about(about: Any) -> tuple[Gpu, ...]:
 
 # --- asking the agents ---------------------------------------------------------------------------------
 
-def gather(agents: Mapping[str, Any], prefs: tuple[str, ...], app: str | None = None) -> dict[str, HostGpus]:
-    """Each agent's GPUs (`version`) and, when `prefs` are given, its `check_placement` answer; all hosts
-    at once. An agent is anything with .request(op, **args) -> {"ok", "result", "error", "hint"}."""
-    if not agents:
-        return {}
-    names = list(agents)
-    with ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="place") as pool:
-        found = list(pool.map(lambda n: _ask_host(n, agents[n], tuple(prefs), app), names))
-    return dict(zip(names, found))
+def gather(hosts: list[Any], prefs: tuple[str, ...], app: str | None = None) -> dict[str, HostGpus]:
+    """Each host's GPUs (`version`) and, when `prefs` are given, its `check_placement` answer; all hosts
+    at once."""
+    found = each(hosts, lambda h: _ask_host(h, tuple(prefs), app))
+    return {r.host: r.result if r.ok else HostGpus(error=_unprefixed(r.host, r.error or "")) for r in found}
 
 
-def _ask_host(host: str, agent: Any, prefs: tuple[str, ...], app: str | None = None) -> HostGpus:
-    answer, error = _request(host, agent, "version")
-    if error is not None:
-        return HostGpus(error=error)
-    if not answer.get("ok"):
-        return HostGpus(error=_refusal_text(answer))
-    gpus = gpus_from_about(answer.get("result"))
+def _ask_host(host: Any, prefs: tuple[str, ...], app: str | None = None) -> HostGpus:
+    about = ask(host, "version")
+    if not about.ok:
+        return HostGpus(error=_why(host.name, about))
+    gpus = gpus_from_about(about.result)
     if not prefs:
         return HostGpus(gpus)
-    args = {"gpu": list(prefs), **({"app": app} if app else {})}  # the app's own GPUs are free to it
-    answer, error = _request(host, agent, "check_placement", **args)
-    if error is not None:
-        return HostGpus(gpus, error=error)
-    if not answer.get("ok"):
-        return HostGpus(gpus, refusal=_refusal_text(answer))
-    result = answer.get("result")
+    fit = ask(host, "check_placement", gpu=list(prefs), **({"app": app} if app else {}))  # its own GPUs are free to it
+    if isinstance(fit.exc, AgentFailed) and not fit.stopped:
+        return HostGpus(gpus, refusal=fit.exc.message, hint=fit.exc.hint)
+    if not fit.ok:
+        return HostGpus(gpus, error=_why(host.name, fit))
+    result = fit.result
     choice = result.get("gpu") if isinstance(result, dict) and isinstance(result.get("gpu"), str) else None
     return HostGpus(gpus, choice=choice)
 
 
-def _request(host: str, agent: Any, op: str, **args: Any) -> tuple[dict[str, Any], str | None]:
-    """The agent's answer, or ({}, why it did not come)."""
-    try:
-        answer = agent.request(op, **args)
-    except BeamctlError as e:
-        return {}, _unprefixed(host, e.message)
-    except socket.timeout:
-        return {}, "no answer from the agent in time"
-    except (ConnectionError, OSError, EOFError) as e:
-        return {}, f"unreachable: the connection broke: {e or type(e).__name__}"
-    except Exception as e:  # noqa: BLE001 - one host's surprise must not hide the others' answers
-        return {}, f"internal error: {type(e).__name__}: {e}"
-    if not isinstance(answer, dict):
-        return {}, f"the agent answered {op} with something unreadable"
-    return answer, None
-
-
-def _refusal_text(answer: dict[str, Any]) -> str:
-    return str(answer.get("error") or "the agent failed")
+def _why(host: str, reply: Reply) -> str:
+    """Why a host gave no usable answer, without its name (the summary names it)."""
+    text = reply.exc.message if isinstance(reply.exc, AgentFailed) else reply.error or "the agent failed"
+    return _unprefixed(host, text)
 
 
 def _unprefixed(host: str, message: str) -> str:

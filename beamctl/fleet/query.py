@@ -1,63 +1,19 @@
-"""The app commands across the fleet: which agents to ask, asking them all at once, and the pure parts
-that merge their answers (tasks newest first, logs by time) and pick a host for `call`.
+"""Which hosts an app command asks, and the pure parts that merge their answers (tasks newest first,
+logs by time) and pick a host for `call`.
 
-Which agents: `--host NAME` (repeatable) if given; else the `hosts:` of the app's beam.yaml, when
-`-f FILE` names it or when ./beam.yaml is the app's; else None: the local agent, as before.
-One host's failure is its own error line (`Reply.error`) and never hides the others' answers.
+Which hosts: `--host NAME` (repeatable) if given; else the `hosts:` of the app's beam.yaml, when
+`-f FILE` names it or when ./beam.yaml is the app's; else this machine (`[LocalHost]`).
 """
 
 from __future__ import annotations
 
-import socket
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
-from beamctl.errors import BeamctlError, ExitCode
-
-QUERY_TIMEOUT_S = 60.0  # no answer from a host's agent for this long: that host failed
-AGENT_STOPPED = "agent_stopped"  # the bridge's answer's data.kind when the agent's socket closed mid-request
-CALL_TIMEOUT_S = 3600.0  # a task may run long (and start cold)
-
-
-class Reply(NamedTuple):
-    host: str
-    result: Any = None
-    error: str | None = None
-    stopped: bool = False  # the stream to the agent ended mid-request: it stopped (or the bridge saw it go)
-
-
-def error_lines(replies: list[Reply]) -> list[str]:
-    """One line per host that did not answer: `HOST: error`."""
-    return [r.error if r.error.startswith(f"{r.host}:") else f"{r.host}: {r.error}"
-            for r in replies if r.error is not None]
-
-
-class HostAgent:
-    """One host's agent through the SSH bridge; connects at the first request."""
-
-    def __init__(self, entry: Any, ssh: Any) -> None:
-        self.entry, self.ssh, self.name = entry, ssh, entry.name
-        self._transport: Any = None
-        self._client: Any = None
-
-    def request(self, op: str, timeout: float = QUERY_TIMEOUT_S, **args: Any) -> dict[str, Any]:
-        from beamctl.agent.control import AgentClient
-        from beamctl.hosts.install import BRIDGE_ARGV
-        from beamctl.transport.ssh import SshTransport
-
-        if self._client is None:
-            target = self.ssh.resolve(self.entry.host, self.name)
-            self._transport = SshTransport(target, list(BRIDGE_ARGV), self.ssh, read_timeout=timeout)
-            self._client = AgentClient(self._transport)
-        self._transport.read_timeout = timeout
-        return self._client.request(op, **args)
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-        self._transport = self._client = None
+from beamctl.errors import BeamctlError
+from beamctl.hosts.each import Reply
+from beamctl.hosts.host import LocalHost, ssh_hosts
 
 
 def _app_config(file: Path | None, name: str | None) -> Any:
@@ -77,7 +33,7 @@ def _app_config(file: Path | None, name: str | None) -> Any:
 
 
 def host_entries(name: str | None, hosts: list[str] | None, file: Path | None) -> list[Any] | None:
-    """The hosts to ask, or None for the local agent only."""
+    """The inventory entries to ask, or None for this machine's agent only."""
     from beamctl.hosts import inventory
 
     if hosts:
@@ -88,65 +44,33 @@ def host_entries(name: str | None, hosts: list[str] | None, file: Path | None) -
     return inventory.which_hosts(config.hosts)[0]
 
 
-def agents_for(name: str | None, hosts: list[str] | None, file: Path | None, ssh: Any = None
-               ) -> list[HostAgent] | None:
-    entries = host_entries(name, hosts, file)
-    if entries is None:
-        return None
-    from beamctl.transport.ssh import Ssh
+def hosts_of(entries: list[Any] | None, ssh: Any = None) -> list[Any]:
+    """Inventory entries as hosts (hosts/host.py), or this machine for None: where every app command gets
+    its hosts (the unit tier puts fake hosts here: hosts/fake.py)."""
+    return [LocalHost()] if entries is None else ssh_hosts(entries, ssh)
 
-    ssh = ssh or Ssh()
-    return [HostAgent(e, ssh) for e in entries]
+
+def app_hosts_for(name: str | None, hosts: list[str] | None, file: Path | None, ssh: Any = None) -> list[Any]:
+    return hosts_of(host_entries(name, hosts, file), ssh)
 
 
 @contextmanager
-def agents(name: str | None, hosts: list[str] | None, file: Path | None) -> Iterator[list[HostAgent] | None]:
-    found = agents_for(name, hosts, file)
+def app_hosts(name: str | None, hosts: list[str] | None, file: Path | None) -> Iterator[list[Any]]:
+    """The hosts of one command, closed (their connections) when it ends."""
+    found = app_hosts_for(name, hosts, file)
     try:
         yield found
     finally:
-        for a in found or []:
-            a.close()
+        for h in found:
+            h.close()
 
 
-def ask_one(agent: Any, op: str, **args: Any) -> Reply:
-    """One host's answer as a Reply; its errors (refusal, unreachable, timeout) become `error`."""
-    label = agent.name
-    try:
-        answer = agent.request(op, **args)
-    except BeamctlError as e:
-        return Reply(label, error=e.message)
-    except socket.timeout:
-        return Reply(label, error=f"{label}: no answer from the agent in time")
-    except (ConnectionError, OSError, EOFError) as e:
-        return Reply(label, error=f"{label}: unreachable: the connection broke: {e or type(e).__name__}",
-                     stopped=isinstance(e, (ConnectionError, EOFError)))
-    except Exception as e:  # noqa: BLE001 - one host's surprise must not hide the others' answers
-        return Reply(label, error=f"{label}: internal error: {type(e).__name__}: {e}")
-    if answer.get("ok"):
-        return Reply(label, answer.get("result"))
-    hint = answer.get("hint")
-    return Reply(label, error=(answer.get("error") or "the agent failed") + (f" ({hint})" if hint else ""),
-                 stopped=(answer.get("data") or {}).get("kind") == AGENT_STOPPED)
-
-
-def ask_all(agents: list[Any], op: str, **args: Any) -> list[Reply]:
-    """Every agent at once; one Reply per agent, in the order given."""
-    if not agents:
-        return []
-    with ThreadPoolExecutor(max_workers=len(agents), thread_name_prefix="ask") as pool:
-        return list(pool.map(lambda a: ask_one(a, op, **args), agents))
+def is_local(hosts: list[Any]) -> bool:
+    """This machine only: the commands print as they always did for it (no host names)."""
+    return len(hosts) == 1 and hosts[0].local
 
 
 # --- pure parts ----------------------------------------------------------------------------------------
-
-def outcome(replies: list[Reply]) -> ExitCode:
-    """All answered: OK; some: PARTIAL; none: FAILURE."""
-    answered = sum(r.error is None for r in replies)
-    if replies and answered == len(replies):
-        return ExitCode.OK
-    return ExitCode.PARTIAL if answered else ExitCode.FAILURE
-
 
 def merge_tasks(replies: list[Reply], limit: int) -> list[dict[str, Any]]:
     rows = [{**t, "host": r.host} for r in replies if r.error is None for t in r.result or []]

@@ -83,10 +83,10 @@ def local_layers(image_ref: str) -> list[str]:
 
 
 class _Host:
-    """One host during a ship: its connection, what it lacks, its result or error."""
+    """One host during a ship: its connection (the host's own, shared), what it lacks, its result or error."""
 
-    def __init__(self, ssh: Any, name: str, host: Any) -> None:
-        self.ssh, self.name, self.host = ssh, name, host
+    def __init__(self, host: Any) -> None:
+        self.host, self.name = host, host.name
         self.target: Any = None
         self.conn: Any = None
         self.keep_from = 0
@@ -98,38 +98,28 @@ class _Host:
         self.via = ""
         self.started = time.monotonic()
 
-    def connect(self) -> None:
-        self.close()
-        self.target = self.ssh.resolve(self.host, self.name)
-        self.conn = self.ssh.connect(self.target)
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+    def connect(self, fresh: bool) -> None:
+        self.target = self.host.target
+        self.conn = self.host.connection(fresh=fresh)
 
 
-def ship_images(ssh: Any, hosts: dict[str, Any], image_ref: str, image_id: str, progress: Progress
+def ship_images(hosts: list[Any], image_ref: str, image_id: str, progress: Progress
                 ) -> dict[str, ShipResult | BeamctlError]:
-    """Every host (name -> host) at once; per host its ShipResult or the error that stopped it."""
+    """Every host (hosts/host.SshHost) at once; per host its ShipResult or the error that stopped it."""
     diff_ids = local_layers(image_ref)
-    states = [_Host(ssh, name, host) for name, host in hosts.items()]
-    try:
-        for attempt in (1, 2):
-            todo = [s for s in states if s.result is None and (attempt == 1 or _retryable(s))]
-            if not todo:
-                break
-            for s in todo:
-                s.error, s.sent = None, 0
-            _survey(todo, image_ref, image_id, diff_ids, progress, fresh=attempt > 1)
-            for keep_from, group in _groups([s for s in todo if s.error is None and not s.present]).items():
-                _send(group, image_ref, image_id, diff_ids, keep_from, progress)
-            for s in todo:
-                if s.error is None:
-                    _verify(s, image_ref, image_id, diff_ids, progress)
-    finally:
-        for s in states:
-            s.close()
+    states = [_Host(h) for h in hosts]
+    for attempt in (1, 2):
+        todo = [s for s in states if s.result is None and (attempt == 1 or _retryable(s))]
+        if not todo:
+            break
+        for s in todo:
+            s.error, s.sent = None, 0
+        _survey(todo, image_ref, image_id, diff_ids, progress, fresh=attempt > 1)
+        for keep_from, group in _groups([s for s in todo if s.error is None and not s.present]).items():
+            _send(group, image_ref, image_id, diff_ids, keep_from, progress)
+        for s in todo:
+            if s.error is None:
+                _verify(s, image_ref, image_id, diff_ids, progress)
     return {s.name: (s.result if s.result is not None else s.error or HostUnreachable(s.name, "not shipped"))
             for s in states}
 
@@ -149,7 +139,7 @@ def _survey(states: list[_Host], image_ref: str, image_id: str, diff_ids: list[s
     def one(s: _Host) -> None:
         try:
             if fresh or s.conn is None:
-                s.connect()
+                s.connect(fresh)
             if remote_id(s.conn, s.name, image_ref) == image_id:
                 s.present = True
                 s.result = ShipResult(s.name, "present", 0, time.monotonic() - s.started, 0, len(diff_ids))

@@ -12,16 +12,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from beamctl.agent.load_image import STEP_PREFIX
 from beamctl.errors import BeamctlError
-from beamctl.hosts.install import PYTHON as AGENT_PYTHON
+from beamctl.protocol.layout import LOAD_ARGV, LOAD_STEP_PREFIX as STEP_PREFIX, PYTHON as AGENT_PYTHON
 from beamctl.transport.errors import RemoteEnded, RemoteError, tail
 
 CHUNK = 1 << 20
 QUEUE_CHUNKS = 16  # per host: at most this many MiB wait for a slow host
 LOAD_TIMEOUT_S = 600.0  # after the last byte: the host's docker load must end within this
 PROGRESS_EVERY_S = 0.5
-LOAD_ARGV = [AGENT_PYTHON, "-m", "beamctl.agent.load_image"]  # a cut or corrupt stream fails the load
 ZSTD_LEVEL = 3  # zstd's own default: ~3x smaller images at hundreds of MB/s
 Progress = Callable[[Any], None]
 

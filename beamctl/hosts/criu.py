@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from beamctl.agent.snapshot_key import MIN_CRIU, criu_too_old
+from beamctl.protocol.criu import MIN_CRIU, criu_too_old
 from beamctl.hosts.prereqs import criu_problem
 
 PREFIX = "/opt/beamctl/criu"  # on the host, as on this machine

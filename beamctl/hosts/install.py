@@ -17,22 +17,16 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import beamctl
-from beamctl.errors import BeamctlError
 from beamctl.hosts import criu
+from beamctl.protocol.layout import AGENT_ARGV, DATA_DIR, PYTHON, ROOT
 from beamctl.transport.errors import RemoteError, SshError, tail
 
-ROOT = "/opt/beamctl/agent"
-PYTHON = f"{ROOT}/venv/bin/python"
-DATA_DIR = "/var/lib/beamctl"
 UNIT = "beamctl-agent.service"
-AGENT_ARGV = (PYTHON, "-m", "beamctl.agent", "--data-dir", DATA_DIR)
-BRIDGE_ARGV = (PYTHON, "-m", "beamctl.agent.bridge", "--data-dir", DATA_DIR)
 RUNTIME_REQUIREMENTS = ("docker>=7", "zstandard>=0.22")  # what the agent imports besides beamctl, stdlib
 INSTALLER = "pip"  # its wheel is sent too and run from the wheel: hosts need no python3-venv/ensurepip
 START_WAIT_S = 30
@@ -189,55 +183,48 @@ def payload(wheel: Path, deps: list[Path]) -> bytes:
     return buf.getvalue()
 
 
-def install_agent(ssh: Any, host: Any, progress: Progress, force: bool = False, name: str | None = None
-                  ) -> InstallResult:
-    """Install, upgrade or just check the agent on one host; raises BeamctlError when it cannot."""
-    from beamctl.agent.control import AgentClient
+def install_agent(host: Any, progress: Progress, force: bool = False) -> InstallResult:
+    """Install, upgrade or just check the agent on one host (hosts/host.SshHost: its shared connection);
+    raises BeamctlError when it cannot."""
     from beamctl.image import wheels
     from beamctl.paths import cache_dir
-    from beamctl.transport.ssh import SshTransport
 
-    start, target = time.monotonic(), ssh.resolve(host, name)
-    label, version = name or target.name, beamctl.__version__
-    with ssh.connect(target) as conn:
-        probed = conn.run(probe_argv())
-        if probed.exit != 0:
-            raise RemoteError(label, "probe for the agent", probed.exit, tail(probed.stderr))
-        facts = parse_probe(probed.stdout)
-        if facts.get("uid") != "0":
-            raise SshError(f"{label}: installing the agent needs root on the host (uid {facts.get('uid')})",
-                           "connect as root (User root in ~/.ssh/config, or root@host in the inventory)")
-        if not facts.get("python"):
-            raise SshError(f"{label}: no python3 on the host", "install python3 there (Debian: apt-get install python3)")
-        old, running = facts.get("agent"), "running" in facts
-        criu_state = criu.criu_step(conn, label, facts, progress)  # before a (re)start: the agent sees it
-        mode = "systemd" if "systemd" in facts else "background"
-        sent, send = 0, force or old != version
-        if not send and running:
-            action = "current"
-            progress(f"{label}: agent {version} is current; nothing sent")
+    start, label, version = time.monotonic(), host.name, beamctl.__version__
+    conn = host.connection()
+    probed = conn.run(probe_argv())
+    if probed.exit != 0:
+        raise RemoteError(label, "probe for the agent", probed.exit, tail(probed.stderr))
+    facts = parse_probe(probed.stdout)
+    if facts.get("uid") != "0":
+        raise SshError(f"{label}: installing the agent needs root on the host (uid {facts.get('uid')})",
+                       "connect as root (User root in ~/.ssh/config, or root@host in the inventory)")
+    if not facts.get("python"):
+        raise SshError(f"{label}: no python3 on the host", "install python3 there (Debian: apt-get install python3)")
+    old, running = facts.get("agent"), "running" in facts
+    criu_state = criu.criu_step(conn, label, facts, progress)  # before a (re)start: the agent sees it
+    mode = "systemd" if "systemd" in facts else "background"
+    sent, send = 0, force or old != version
+    if not send and running:
+        action = "current"
+        progress(f"{label}: agent {version} is current; nothing sent")
+    else:
+        wheel_name = ""
+        if send:
+            cache = cache_dir()
+            deps = wheels.resolve([*RUNTIME_REQUIREMENTS, INSTALLER], facts["python"], cache, progress,
+                                  platform=f"manylinux2014_{facts.get('arch') or 'x86_64'}")
+            wheel = agent_wheel(cache)
+            data = payload(wheel, list(deps.wheels))
+            progress(f"{label}: sending agent {version} ({len(data) / 1e6:.1f} MB), starting it ({mode})")
+            wheel_name, sent = wheel.name, len(data)
         else:
-            wheel_name = ""
-            if send:
-                cache = cache_dir()
-                deps = wheels.resolve([*RUNTIME_REQUIREMENTS, INSTALLER], facts["python"], cache, progress,
-                                      platform=f"manylinux2014_{facts.get('arch') or 'x86_64'}")
-                wheel = agent_wheel(cache)
-                data = payload(wheel, list(deps.wheels))
-                progress(f"{label}: sending agent {version} ({len(data) / 1e6:.1f} MB), starting it ({mode})")
-                wheel_name, sent = wheel.name, len(data)
-            else:
-                data = b""
-                progress(f"{label}: agent {version} is installed but not running; starting it ({mode})")
-            done = conn.run(install_argv(mode, wheel_name), data, idle_timeout=START_WAIT_S + 60)
-            if done.exit != 0:
-                raise RemoteError(label, "install the agent", done.exit, tail(done.stderr))
-            action = "started" if not send else "upgraded" if old else "installed"
-    transport = SshTransport(target, list(BRIDGE_ARGV), ssh)
-    try:
-        answer = AgentClient(transport).request("version")
-    finally:
-        transport.close()
+            data = b""
+            progress(f"{label}: agent {version} is installed but not running; starting it ({mode})")
+        done = conn.run(install_argv(mode, wheel_name), data, idle_timeout=START_WAIT_S + 60)
+        if done.exit != 0:
+            raise RemoteError(label, "install the agent", done.exit, tail(done.stderr))
+        action = "started" if not send else "upgraded" if old else "installed"
+    answer = host.request("version", timeout=START_WAIT_S + 60)
     got = (answer.get("result") or {}).get("version") if answer.get("ok") else None
     if got != version:
         raise SshError(f"{label}: the agent does not answer as {version} through the bridge: "
@@ -246,19 +233,13 @@ def install_agent(ssh: Any, host: Any, progress: Progress, force: bool = False, 
                          answer["result"].get("pid"), criu=criu_state)
 
 
-def install_hosts(entries: list[Any], ssh: Any, progress: Progress, force: bool = False) -> list[InstallResult]:
+def install_hosts(hosts: list[Any], progress: Progress, force: bool = False) -> list[InstallResult]:
     """Every host at once; one result per host, in the order asked (a failure is a result too)."""
-    def one(entry: Any) -> InstallResult:
-        start = time.monotonic()
-        try:
-            return install_agent(ssh, entry.host, progress, force, entry.name)
-        except BeamctlError as e:
-            return InstallResult(entry.name, "failed", None, seconds=time.monotonic() - start, error=e.message,
-                                 hint=e.hint)
-        except Exception as e:  # noqa: BLE001 - one host's surprise must not hide the others' results
-            return InstallResult(entry.name, "failed", None, seconds=time.monotonic() - start,
-                                 error=f"internal error: {type(e).__name__}: {e}", hint="report it")
-    if not entries:
-        return []
-    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(entries)), thread_name_prefix="install") as pool:
-        return list(pool.map(one, entries))
+    from beamctl.hosts.each import each
+
+    started = time.monotonic()
+    replies = each(hosts, lambda h: install_agent(h, progress, force), workers=MAX_PARALLEL)
+    return [r.result if r.ok else InstallResult(r.host, "failed", None, seconds=time.monotonic() - started,
+                                                error=r.exc.message if r.exc else r.error,
+                                                hint=r.exc.hint if r.exc else None)
+            for r in replies]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from beamctl.agent.snapshot_key import MIN_CRIU, criu_too_old, version_parts
+from beamctl.protocol.criu import MIN_CRIU, criu_too_old, version_parts
 from beamctl.hosts.probe import HostFacts
 
 MIN_DOCKER = (20, 10)  # the oldest Engine the agent's calls (checkpoint start, device requests) ran on

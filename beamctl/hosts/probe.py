@@ -10,10 +10,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from beamctl.config.gpu import canonical_name
+from beamctl.protocol.gpus import Gpu, parse as parse_gpus
+from beamctl.protocol.layout import PYTHON as AGENT_PYTHON, VERSION_ARGV as AGENT_VERSION_ARGV
 
-AGENT_PYTHON = "/opt/beamctl/agent/venv/bin/python"  # install.PYTHON
-AGENT_VERSION_ARGV = (AGENT_PYTHON, "-m", "beamctl.agent", "--version")
 
 _SCRIPT = r"""PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin"
 s() { printf '\n@@beamctl %s\n' "$1"; }
@@ -38,15 +37,6 @@ PROBE_ARGV = ("sh", "-c", _SCRIPT.replace("AGENT", " ".join(AGENT_VERSION_ARGV))
 SECTIONS = ("system", "docker", "gpus", "criu", "criu_check", "runc", "nvidia", "disk", "agent", "unzstd")
 _SECTION = re.compile(r"^@@beamctl (\w+)$", re.MULTILINE)
 _NOT_FOUND = re.compile(r"not found|No such file|No module named", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Gpu:
-    index: int
-    name: str  # as nvidia-smi says it
-    type: str | None  # canonical (H100, A100-80, ...), None when beamctl does not know the chip
-    memory_mib: int | None  # [N/A] on unified-memory parts
-    driver: str
 
 
 @dataclass(frozen=True)
@@ -147,13 +137,7 @@ def _gpus(lines: list[str], rc: int | None) -> dict[str, Any]:
         return {"gpu_note": "no nvidia-smi"}
     if rc != 0 or "No devices were found" in text:
         return {"gpu_note": _last(lines) or f"nvidia-smi exit status {rc}"}
-    gpus = []
-    for line in lines:
-        if not line.strip():
-            continue
-        index, name, memory, driver = (f.strip() for f in line.split(","))
-        mib = int(float(memory)) if memory.replace(".", "", 1).isdigit() else None
-        gpus.append(Gpu(int(index), name, canonical_name(name), mib, driver))
+    gpus = parse_gpus("\n".join(lines), strict=True)
     return {"gpus": tuple(gpus), "gpu_note": None if gpus else "nvidia-smi lists no GPUs"}
 
 

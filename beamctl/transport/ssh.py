@@ -12,11 +12,12 @@ import logging
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import paramiko
 
 from beamctl.config.hosts import Host
+from beamctl.protocol.wire import Stream
 from beamctl.transport import hostkeys
 from beamctl.transport.errors import HostKeyUnknown, HostUnreachable
 from beamctl.transport.keys import KeyAuth, KeyRing, Prompt
@@ -147,22 +148,29 @@ def run(host: str | Host | Target, argv: list[str], stdin: bytes = b"", ssh: Ssh
 
 
 class SshTransport:
-    """A transport for AgentClient: `open()` starts `argv` on the host and returns its (reader, writer)."""
+    """A transport for AgentClient: `open()` starts `argv` on the host and returns its stream. Over its own
+    connection, or over the one `connection()` gives (a host's shared connection, owned by the host)."""
 
     def __init__(self, host: str | Host | Target, argv: list[str], ssh: Ssh | None = None,
-                 read_timeout: float | None = None) -> None:
+                 read_timeout: float | None = None, connection: Callable[[], Connection] | None = None) -> None:
         command_line(argv)  # refuse a bad command now, not at the first request
         self.host, self.argv, self.ssh = host, list(argv), ssh or Ssh()
         self.read_timeout = read_timeout  # no answer for this long: the host is gone (keepalive can't tell)
+        self._shared = connection
         self._conn: Connection | None = None
 
-    def open(self) -> tuple[Any, Any]:
-        if self._conn is None or not self._conn.active:
-            self.close()
-            self._conn = self.ssh.connect(self.host)
-        chan = self._conn.exec(self.argv)
+    def open(self) -> Stream:
+        if self._shared is not None:
+            conn = self._shared()
+        else:
+            if self._conn is None or not self._conn.active:
+                self.close()
+                self._conn = self.ssh.connect(self.host)
+            conn = self._conn
+        chan = conn.exec(self.argv)
         chan.settimeout(self.read_timeout)
-        return chan.makefile("rb"), chan.makefile("wb")
+        return Stream(chan.makefile("rb"), chan.makefile("wb"),
+                      lambda t: chan.settimeout(t if t is not None else self.read_timeout))
 
     def close(self) -> None:
         if self._conn is not None:

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from beamctl.agent.containers import DockerContainers, create_args  # noqa: E402
-from beamctl.agent.spec import AppSpec, VolumeSpec  # noqa: E402
+from beamctl.protocol.spec import AppSpec, VolumeSpec  # noqa: E402
 
 RUNC_ROOT = "/run/docker/runtime-runc/moby"  # dockerd 20.10's runc state for its containers
 CONTAINERS = Path("/var/lib/docker/containers")  # docker keeps NEWID/checkpoints/NAME here

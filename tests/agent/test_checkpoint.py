@@ -18,6 +18,7 @@ import pytest
 from beamctl.agent import checkpoint as cp
 from beamctl.agent import leftovers
 from beamctl.agent import snapshot_key as sk
+from beamctl.protocol import criu as criu_rule
 
 # ---- pure parts -----------------------------------------------------------------------------------
 
@@ -468,7 +469,7 @@ def test_an_open_connection_fails_the_capture_and_the_app_goes_on(engine: Engine
 
 
 def test_criu_versions_that_cannot_checkpoint_an_app_container():
-    assert sk.criu_too_old("4.1.1") == "CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels >= 6.16)"
-    assert sk.criu_too_old("3.17") == "CRIU 3.17 < 4.2 (3.17 cannot checkpoint TCP sockets on kernels >= 6.16)"
-    assert [sk.criu_too_old(v) for v in ("4.2", "4.2.1", "4.10", "5.0", "", "weird", None)] == [None] * 7
-    assert (sk.version_parts("4.2.1"), sk.version_parts("4.10"), sk.version_parts("x")) == ((4, 2, 1), (4, 10), None)
+    assert criu_rule.criu_too_old("4.1.1") == "CRIU 4.1.1 < 4.2 (4.1 cannot checkpoint TCP sockets on kernels >= 6.16)"
+    assert criu_rule.criu_too_old("3.17") == "CRIU 3.17 < 4.2 (3.17 cannot checkpoint TCP sockets on kernels >= 6.16)"
+    assert [criu_rule.criu_too_old(v) for v in ("4.2", "4.2.1", "4.10", "5.0", "", "weird", None)] == [None] * 7
+    assert (criu_rule.version_parts("4.2.1"), criu_rule.version_parts("4.10"), criu_rule.version_parts("x")) == ((4, 2, 1), (4, 10), None)

@@ -6,27 +6,29 @@ from __future__ import annotations
 import pytest
 
 from beamctl.agent import gpus
+from beamctl.protocol import gpus as rules
 from beamctl.agent.containers import _gpus, create_args
-from beamctl.agent.service import Agent, AgentError
-from beamctl.agent.spec import AppSpec
+from beamctl.agent.service import Agent
+from beamctl.protocol.errors import AgentError
+from beamctl.protocol.spec import AppSpec
 
-H100 = [gpus.Gpu(0, "NVIDIA H100 80GB HBM3", "H100", 81559, "580.1"),
-        gpus.Gpu(1, "NVIDIA H100 80GB HBM3", "H100", 81559, "580.1"),
-        gpus.Gpu(2, "NVIDIA A100-SXM4-80GB", "A100-80", 81920, "580.1")]
+H100 = [rules.Gpu(0, "NVIDIA H100 80GB HBM3", "H100", 81559, "580.1"),
+        rules.Gpu(1, "NVIDIA H100 80GB HBM3", "H100", 81559, "580.1"),
+        rules.Gpu(2, "NVIDIA A100-SXM4-80GB", "A100-80", 81920, "580.1")]
 
 
 def test_assign_takes_free_gpus_of_the_first_kind_that_has_enough():
-    assert gpus.assign(("H100",), H100, {}) == ("H100", (0,))
-    assert gpus.assign(("H100",), H100, {0: "chat"}) == ("H100", (1,))
-    assert gpus.assign(("H100:2", "A100-80"), H100, {0: "chat"}) == ("A100-80", (2,))
-    assert gpus.assign((), H100, {0: "chat"}) == ("", ())
+    assert rules.assign(("H100",), H100, {}) == ("H100", (0,))
+    assert rules.assign(("H100",), H100, {0: "chat"}) == ("H100", (1,))
+    assert rules.assign(("H100:2", "A100-80"), H100, {0: "chat"}) == ("A100-80", (2,))
+    assert rules.assign((), H100, {0: "chat"}) == ("", ())
 
 
 def test_busy_gpus_are_refused_naming_who_holds_them():
-    why = gpus.assign(("H100:2",), H100, {1: "chat"})
+    why = rules.assign(("H100:2",), H100, {1: "chat"})
     assert why == "not enough free GPUs here for H100:2: in use by other apps: GPU 1 (H100): chat"
-    assert gpus.assign(("T4",), H100, {}) .startswith("this host has NVIDIA H100 80GB HBM3")
-    assert gpus.placement(("H100:2",), H100) == ("H100", 2)  # the host has them (busy or not)
+    assert rules.assign(("T4",), H100, {}) .startswith("this host has NVIDIA H100 80GB HBM3")
+    assert rules.placement(("H100:2",), H100) == ("H100", 2)  # the host has them (busy or not)
 
 
 def test_taken_counts_other_apps_starting_or_active_versions_only():

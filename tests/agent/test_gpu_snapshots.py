@@ -14,7 +14,7 @@ from beamctl.agent import cuda_ckpt as cc
 from beamctl.agent import gpu_snapshots as gs
 from beamctl.agent import snapshots as snap_mod
 from beamctl.agent.checkpoint import CheckpointFailed, RestoreFailed
-from beamctl.agent.gpus import Gpu
+from beamctl.protocol.gpus import Gpu
 from beamctl.agent.snapshot_compat import refuse
 from beamctl.agent.snapshots import Snapshots
 from beamctl.agent.store import Store

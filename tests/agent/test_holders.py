@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from beamctl.agent import holders
+from beamctl.protocol import holders
 
 HERE = holders.Machine(boot_id="b-1", pid_ns="pid:[4026531836]")
 NOW = 1_700_000_100.0

@@ -10,7 +10,10 @@ import time
 
 import pytest
 
-from beamctl.agent import control, holders, locks
+from beamctl.protocol.wire import AgentClient
+from beamctl.transport.local import LocalTransport
+from beamctl.agent import control, locks
+from beamctl.protocol import holders
 
 WHO = {"who": "ada@laptop", "pid": 42, "at": 1_700_000_000.0, "image": "beamctl/app:abc", "op": "deploy"}
 
@@ -225,7 +228,7 @@ def test_a_heartbeat_during_a_long_request_goes_over_a_stream_of_its_own(tmp_pat
 
     server = control.serve(Slow(), tmp_path / "agent.sock")
     try:
-        client = control.AgentClient(control.LocalTransport(tmp_path / "agent.sock", timeout=10))
+        client = AgentClient(LocalTransport(tmp_path / "agent.sock", timeout=10))
         answers = []
         slow = threading.Thread(target=lambda: answers.append(client.request("status")))
         slow.start()

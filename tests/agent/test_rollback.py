@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from beamctl.agent.versions import rollback_target
-from beamctl.cli import app_cmds, release_cmds
+from beamctl.cli import release_cmds
 from beamctl.errors import ExitCode
+from beamctl.fleet import query
+from beamctl.hosts.fake import FakeAgent, FakeHost
 
 
 def rows(*states: str) -> list[dict]:
@@ -36,19 +38,17 @@ def test_named_version():
     assert "never served" in rollback_target("a", rows("active", "failed"), 1, 2)
 
 
-class Fake:
-    def __init__(self, name, answer):
-        self.name, self.answer, self.asked = name, answer, []
+def serve(monkeypatch, tmp_path, hosts):
+    """The app's hosts, as the CLI gets them (query.hosts_of) from the --host names it was given."""
+    by_name = {h.name: h for h in hosts}
+    monkeypatch.setenv("BEAMCTL_HOSTS_FILE", str(tmp_path / "hosts.yaml"))  # none: --host names are targets
+    monkeypatch.setattr(query, "hosts_of", lambda entries, ssh=None: [by_name[e.name] for e in entries])
+    return hosts
 
-    def request(self, op, timeout=None, **args):
-        if op == "lock_acquire":  # the rollback holds the app's deploy lock on every host
-            return {"ok": True, "result": {"acquired": True, "token": args["holder"]["token"]}}
-        if op == "lock_release":
-            return {"ok": True, "result": True}
-        self.asked.append((op, args))
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
+
+def asked(host):
+    """What the host was asked besides the deploy lock."""
+    return [(op, args) for op, args in host.asked if not op.startswith("lock_")]
 
 
 READY = {"ok": True, "result": {"app": "app", "version": 1, "status": "ready", "reason": None,
@@ -59,16 +59,13 @@ FAILED = {"ok": True, "result": {"app": "app", "version": 1, "status": "failed",
 REFUSED = {"ok": False, "error": "no earlier version of app to roll back to", "hint": None}
 
 
-def test_cli_partial_when_some_hosts_failed(monkeypatch, capsys):
-    from contextlib import contextmanager
+def answering(name, answer):
+    return FakeHost(name, answers={"rollback": answer})
 
-    hosts = [Fake("a", READY), Fake("b", FAILED), Fake("c", REFUSED), Fake("d", ConnectionError("reset"))]
 
-    @contextmanager
-    def fleet(name, host, file):
-        yield hosts
-
-    monkeypatch.setattr(app_cmds, "_fleet", fleet)
+def test_cli_partial_when_some_hosts_failed(monkeypatch, capsys, tmp_path):
+    hosts = serve(monkeypatch, tmp_path, [answering("a", READY), answering("b", FAILED), answering("c", REFUSED),
+                                          FakeHost("d", fail={"rollback": ConnectionError("reset")})])
     code = release_cmds.rollback("app", None, False, ["a", "b", "c", "d"], None, 30.0)
     err = capsys.readouterr().err
     assert code == ExitCode.PARTIAL == 5
@@ -77,48 +74,36 @@ def test_cli_partial_when_some_hosts_failed(monkeypatch, capsys):
     assert "c: no earlier version of app to roll back to" in err
     assert "d: unreachable" in err
     assert "partial rollback: 1 of 4 hosts" in err
-    assert all(h.asked == [("rollback", {"app": "app", "version": None, "health_timeout": 30.0})]
-               for h in hosts[:3])
+    assert all(asked(h) == [("rollback", {"app": "app", "version": None, "health_timeout": 30.0})]
+               for h in hosts)
+    # the rollback held the app's deploy lock on every host, and gave it back on every one
+    assert all([op for op, _ in h.asked if op.startswith("lock_")] == ["lock_acquire", "lock_release"]
+               for h in hosts)
+    assert all(h.agent.locks == {} for h in hosts)
+    assert all(h.closed for h in hosts)
 
 
-def test_cli_failure_when_all_hosts_failed(monkeypatch, capsys):
-    from contextlib import contextmanager
+def test_cli_failure_when_all_hosts_failed(monkeypatch, capsys, tmp_path):
+    serve(monkeypatch, tmp_path, [answering("b", FAILED), answering("c", REFUSED)])
+    assert release_cmds.rollback("app", 1, False, ["b", "c"], None, 30.0) == ExitCode.FAILURE
+    assert "partial rollback" not in capsys.readouterr().err
 
-    @contextmanager
-    def fleet(name, host, file):
-        yield [Fake("b", FAILED), Fake("c", REFUSED)]
-
-    monkeypatch.setattr(app_cmds, "_fleet", fleet)
-    assert release_cmds.rollback("app", 1, False, None, None, 30.0) == ExitCode.FAILURE
-
-    @contextmanager
-    def all_ok(name, host, file):
-        yield [Fake("a", READY), Fake("e", READY)]
-
-    monkeypatch.setattr(app_cmds, "_fleet", all_ok)
-    assert release_cmds.rollback("app", 1, False, None, None, 30.0) == ExitCode.OK
+    ok = serve(monkeypatch, tmp_path, [answering("a", READY), answering("e", READY)])
+    assert release_cmds.rollback("app", 1, False, ["a", "e"], None, 30.0) == ExitCode.OK
+    assert all(asked(h) == [("rollback", {"app": "app", "version": 1, "health_timeout": 30.0})] for h in ok)
 
 
-def test_a_rollback_is_refused_while_a_deploy_holds_the_lock(monkeypatch):
-    from contextlib import contextmanager
-
+def test_a_rollback_is_refused_while_a_deploy_holds_the_lock(monkeypatch, tmp_path):
     from beamctl.fleet.locks import DeployLocked
 
-    class Locked(Fake):
-        def request(self, op, timeout=None, **args):
-            if op == "lock_acquire":
-                return {"ok": True, "result": {"acquired": False, "holder": {
-                    "who": "ada@desk", "pid": 9, "at": 0, "image": "beamctl/app:new", "op": "deploy"}}}
-            return super().request(op, timeout, **args)
-
-    hosts = [Fake("a", READY), Locked("b", READY)]
-
-    @contextmanager
-    def fleet(name, host, file):
-        yield hosts
-
-    monkeypatch.setattr(app_cmds, "_fleet", fleet)
+    deploying = {"who": "ada@desk", "pid": 9, "at": 0, "image": "beamctl/app:new", "op": "deploy"}
+    busy = FakeAgent()
+    busy.locks["app"] = {**deploying, "token": "theirs"}  # a deploy of app holds b's lock
+    hosts = serve(monkeypatch, tmp_path, [answering("a", READY), FakeHost("b", busy, answers={"rollback": READY})])
     with pytest.raises(DeployLocked) as e:
         release_cmds.rollback("app", None, False, ["a", "b"], None, 30.0)
     assert "b: app is locked by ada@desk" in e.value.message
-    assert hosts[0].asked == [] and hosts[1].asked == []  # nothing rolled back anywhere
+    assert e.value.holder == deploying
+    assert asked(hosts[0]) == [] and asked(hosts[1]) == []  # nothing rolled back anywhere
+    assert hosts[0].agent.locks == {}  # a's lock, taken before b refused, given back
+    assert busy.locks["app"]["token"] == "theirs"  # the deploy's: untouched

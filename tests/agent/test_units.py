@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from beamctl.agent import control, gpus
+from beamctl.protocol.wire import AgentClient
+from beamctl.transport.local import LocalTransport
+from beamctl.agent import control
+from beamctl.protocol import gpus
 from beamctl.agent.containers import create_args
-from beamctl.agent.spec import AppSpec, VolumeSpec, spec_from_config
+from beamctl.protocol.spec import AppSpec, VolumeSpec, spec_from_config
 from beamctl.agent.store import Store
 from beamctl.config import load
 from tests.conftest import FIXTURES
@@ -95,7 +98,7 @@ class _FakeAgent:
         return {"apps": [app]}
 
     def stop(self, app):
-        from beamctl.agent.service import AgentError
+        from beamctl.protocol.errors import AgentError
 
         raise AgentError(f"{app} is not running here", hint="deploy it")
 
@@ -113,7 +116,7 @@ def test_control_socket_round_trip(tmp_path):
     server = control.serve(_FakeAgent(), tmp_path / "agent.sock")
     try:
         assert oct((tmp_path / "agent.sock").stat().st_mode & 0o777) == "0o600"
-        client = control.AgentClient(control.LocalTransport(tmp_path / "agent.sock", timeout=5))
+        client = AgentClient(LocalTransport(tmp_path / "agent.sock", timeout=5))
         assert client.request("status", app="a")["result"] == {"apps": ["a"]}
         assert client.request("status", app="b")["result"] == {"apps": ["b"]}  # same connection
         raw = socket.socket(socket.AF_UNIX)
@@ -127,7 +130,7 @@ def test_control_socket_round_trip(tmp_path):
 
 
 def test_the_agent_never_inherits_the_users_secrets():
-    from beamctl.agent.local import agent_env
+    from beamctl.transport.local import agent_env
 
     env = {"PATH": "/bin", "HOME": "/root", "API_TOKEN": "s3cret", "AWS_SECRET_ACCESS_KEY": "x",
            "DOCKER_HOST": "unix:///d.sock", "BEAMCTL_AGENT_HTTP": "127.0.0.1:0"}
@@ -160,7 +163,7 @@ def test_log_lines_redrawn_with_carriage_returns_keep_their_time_and_last_text()
 
 
 def test_a_versions_health_timeout_travels_in_its_spec_and_older_records_take_the_schemas_default():
-    from beamctl.agent.spec import health_timeout
+    from beamctl.protocol.spec import health_timeout
     from beamctl.agent.versions import unchanged
 
     config, _ = load(FIXTURES / "good" / "full.yaml")

@@ -145,13 +145,19 @@ def test_a_host_with_a_too_old_criu_gets_a_working_one(cli, one, monkeypatch):
 
 
 def test_deploy_names_the_hosts_that_will_boot_cold_from_what_the_install_learned():
+    from beamctl.errors import BeamctlError
     from beamctl.fleet.rollout import cold_boot_lines, cold_boots
+    from beamctl.hosts.each import Reply
 
     ok = InstallResult("a", "current", "0.2.0", criu=CriuResult("present", "4.2.1", "nftables"))
     old = InstallResult("b", "current", "0.2.0", criu=CriuResult("missing", "4.1.1", problem=OLD))
     unknown = InstallResult("c", "current", "0.2.0")  # no CRIU answer: nothing claimed
-    failed = {"host": "d", "status": "failed", "reason": "unreachable"}
-    cold = cold_boots({"a": ok, "b": old, "c": unknown, "d": failed})
+    down = BeamctlError("d: unreachable: no SSH banner")
+    installed = [Reply("a", ok), Reply("b", old), Reply("c", unknown),
+                 Reply("d", error=down.message, exc=down),  # the install failed: no claim about its CRIU
+                 Reply("local", None)]  # this machine's agent: started, not installed (no InstallResult)
+    cold = cold_boots(installed)
+    assert cold == {"b": OLD}
     assert cold_boot_lines(cold) == [f"b will boot cold (no snapshot): {OLD}"]
 
 

@@ -1,4 +1,5 @@
-"""`deploy` to SSH hosts (beamctl/fleet/rollout.py, ship.py): pure parts, then two real test hosts.
+"""`deploy` to SSH hosts (beamctl/fleet/rollout.py, ship.py): pure parts, the rollout over fake hosts
+(hosts/fake.py), then two real test hosts.
 
 The real run: examples/hello with `hosts: [testhost-1, testhost-2]` -> both ready and running; the same
 image again -> nothing sent; one host paused and a code change -> exit 5, that host failed as
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
 from beamctl.errors import ExitCode
 from beamctl.fleet import rollout, ship, stream
+from beamctl.hosts.fake import FakeHost
+from beamctl.protocol.gpus import Gpu
+from beamctl.transport.errors import HostUnreachable
 from beamctl.transport.remote import command_line
 from tests.fleet.conftest import hello_on_two_hosts
 
@@ -32,123 +37,136 @@ def test_ship_commands_are_quoted_lists():
 
 
 def test_the_exit_code_says_all_some_or_none():
-    ready, down = {"status": "ready"}, {"status": "failed"}
+    ready, down = rollout.HostDeploy("a", "ready", version=2), rollout.failed("b", "on_start raised")
     assert rollout.outcome([ready, ready]) == ExitCode.OK == 0
     assert rollout.outcome([ready, down]) == ExitCode.PARTIAL == 5
+    assert rollout.outcome([ready, rollout.skipped("c", "not deployed")]) == ExitCode.PARTIAL
     assert rollout.outcome([down, down]) == ExitCode.FAILURE
     assert rollout.outcome([]) == ExitCode.FAILURE
 
 
 def test_the_top_level_version_is_there_only_when_every_host_agrees():
-    a = {"host": "a", "status": "ready", "version": 3}
-    assert rollout.summary("app", "img", [a, {**a, "host": "b"}])["version"] == 3
-    assert rollout.summary("app", "img", [a, {**a, "host": "b", "version": 2}])["version"] is None
-    assert rollout.summary("app", "img", [a, rollout.failed("b", "down")])["version"] is None
+    a = rollout.HostDeploy("a", "ready", version=3)
+    assert rollout.Deployed("app", "img", [a, replace(a, host="b")]).version == 3
+    assert rollout.Deployed("app", "img", [a, replace(a, host="b", version=2)]).version is None
+    assert rollout.Deployed("app", "img", [a, rollout.failed("b", "down")]).version is None
 
 
-class FakeAgent:
-    """A host's agent as rollout sees it: version/check_placement answers and a real lock file."""
+def lock_files(root):
+    """A FakeHost's answers to the lock operations, from the agent's own lock files in `root` (agent/locks.py)."""
+    from beamctl.agent import locks as agent_locks
 
-    def __init__(self, root, name, gpus=(), refuse=None):
-        self.root, self.name, self.gpus, self.refuse, self.ops = root / name, name, list(gpus), refuse, []
+    def answer(fn):
+        return lambda args: {"ok": True, "result": fn(root, **args)}
 
-    def request(self, op, timeout=None, **args):
-        from beamctl.agent import locks as agent_locks
+    return {"lock_acquire": answer(agent_locks.acquire), "lock_renew": answer(agent_locks.renew),
+            "lock_release": answer(agent_locks.release), "lock_break": answer(agent_locks.break_)}
 
-        self.ops.append(op)
-        if op == "version":
-            return {"ok": True, "result": {"version": "1", "gpus": self.gpus}}
-        if op == "check_placement":
-            return {"ok": False, "error": self.refuse} if self.refuse else {"ok": True, "result": None}
-        if op == "lock_acquire":
-            return {"ok": True, "result": agent_locks.acquire(self.root, args["app"], args["holder"])}
-        if op == "lock_release":
-            return {"ok": True, "result": agent_locks.release(self.root, args["app"], args["token"])}
-        raise AssertionError(op)
 
-    def close(self):
-        pass
+def lock_of(root):
+    from beamctl.agent import locks as agent_locks
+
+    return agent_locks.read(root, "app")
+
+
+H100 = Gpu(0, "NVIDIA H100 80GB HBM3", "H100", 81559, "550.54.15")
 
 
 @pytest.fixture
-def fake_fleet(tmp_path, monkeypatch):
-    """Three hosts a, b, c with fake agents; install, ship and the agent's deploy recorded, not done."""
-    from beamctl.fleet import query
+def fake_fleet(tmp_path):
+    """Three fake hosts a, b, c (hosts/fake.py; deploy locks in real lock files); the ship step and the
+    build recorded, not done."""
+    hosts = {n: FakeHost(n, answers=lock_files(tmp_path / n)) for n in ("a", "b", "c")}
+    calls = SimpleNamespace(ship=[], built=0, ship_fail={}, at_ship={})
 
-    agents = {n: FakeAgent(tmp_path, n) for n in ("a", "b", "c")}
-    calls = SimpleNamespace(install=[], ship=[], deploy=[], built=0, install_fail={}, ship_fail={}, deploy_fail={})
-    monkeypatch.setattr(query, "HostAgent", lambda entry, ssh: agents[entry.name])
-
-    def install_all(ssh, entries, progress):
-        calls.install += [e.name for e in entries]
-        return {e.name: (rollout.failed(e.name, calls.install_fail[e.name]) if e.name in calls.install_fail
-                         else SimpleNamespace(action="current")) for e in entries}
-
-    def ship_images(ssh, hosts, ref, image_id, progress):
-        from beamctl.transport.errors import HostUnreachable
-
-        calls.ship.append(sorted(hosts))
-        return {h: HostUnreachable(h, calls.ship_fail[h]) if h in calls.ship_fail else
-                ship.ShipResult(h, "sent", 10, 0.1) for h in hosts}
-
-    def deploy_request(ssh, entry, spec_json, secret_values, health_timeout, progress):
-        calls.deploy.append(entry.name)
-        if entry.name in calls.deploy_fail:
-            return {**rollout.failed(entry.name, calls.deploy_fail[entry.name]), "serving": 1}
-        return {"host": entry.name, "status": "ready", "version": 2, "reason": None}
-
-    monkeypatch.setattr(rollout, "install_all", install_all)
-    monkeypatch.setattr(ship, "ship_images", ship_images)
-    monkeypatch.setattr(rollout, "deploy_request", deploy_request)
+    def ship_images(remote, ref, image_id, progress):
+        assert (ref, image_id) == ("beamctl/app:1", "sha256:1")
+        calls.ship.append(sorted(h.name for h in remote))
+        calls.at_ship = {h.name: ([op for op, _ in h.asked], lock_of(tmp_path / h.name)) for h in remote}
+        return {h.name: HostUnreachable(h.name, calls.ship_fail[h.name]) if h.name in calls.ship_fail else
+                ship.ShipResult(h.name, "sent", 10, 0.1) for h in remote}
 
     def run(prefs=(), max_parallel=None, lock_wait=0.0):
         def build():
             calls.built += 1
             return SimpleNamespace(image="beamctl/app:1", id="sha256:1")
 
-        entries = [SimpleNamespace(name=n, host=n) for n in agents]
-        return rollout.rollout(entries, "app", prefs, build, lambda image: {"image": image.image}, {}, 5.0,
-                               lambda e: None, max_parallel=max_parallel, lock_wait=lock_wait, ssh=object())
+        return rollout.rollout(list(hosts.values()), "app", prefs, build,
+                               lambda image: {"app": "app", "image": image.image}, {}, 5.0, lambda e: None,
+                               max_parallel=max_parallel, lock_wait=lock_wait, ship=ship_images)
 
-    return SimpleNamespace(agents=agents, calls=calls, run=run, root=tmp_path)
+    return SimpleNamespace(hosts=hosts, calls=calls, run=run, root=tmp_path)
 
 
 def statuses(result):
-    return [(h["host"], h["status"]) for h in result["hosts"]]
+    return [(h.host, h.status) for h in result.hosts]
+
+
+def deployed(fake_fleet):
+    return [n for n, h in fake_fleet.hosts.items() if "deploy" in h.ops()]
 
 
 def test_one_host_failing_never_hides_another(fake_fleet):
-    fake_fleet.calls.install_fail["b"] = "b: unreachable: no SSH banner"
+    fake_fleet.hosts["b"].fail["install"] = HostUnreachable("b", "no SSH banner")
     fake_fleet.calls.ship_fail["c"] = "the image stream broke after 10 bytes"
     result = fake_fleet.run()
     assert statuses(result) == [("a", "ready"), ("b", "failed"), ("c", "failed")]
-    assert result["hosts"][1]["reason"] == "b: unreachable: no SSH banner"
-    assert "the image stream broke" in result["hosts"][2]["reason"]
-    assert fake_fleet.calls.ship == [["a", "c"]] and fake_fleet.calls.deploy == ["a"]
-    assert rollout.outcome(result["hosts"]) == ExitCode.PARTIAL
-    assert result["hosts"][0]["ship"]["action"] == "sent"
+    assert result.hosts[1].reason == "b: unreachable: no SSH banner"
+    assert isinstance(result.hosts[1].error, HostUnreachable)
+    assert "the image stream broke" in result.hosts[2].reason
+    assert isinstance(result.hosts[2].error, HostUnreachable)
+    assert fake_fleet.calls.ship == [["a", "c"]] and deployed(fake_fleet) == ["a"]
+    assert fake_fleet.hosts["b"].asked == []  # its install failed: nothing more asked of it
+    assert [h.installs for h in fake_fleet.hosts.values()] == [1, 1, 1]
+    assert rollout.outcome(result.hosts) == ExitCode.PARTIAL
+    assert result.hosts[0].ship["action"] == "sent"
+    assert (result.image, result.version) == ("beamctl/app:1", None)
 
 
 def test_a_rolling_deploy_stops_after_a_failed_batch(fake_fleet):
-    fake_fleet.calls.deploy_fail["a"] = "on_start raised"
+    fake_fleet.hosts["a"].agent.start_fails[1] = "on_start raised"
     result = fake_fleet.run(max_parallel=1)
     assert statuses(result) == [("a", "failed"), ("b", "skipped"), ("c", "skipped")]
-    assert fake_fleet.calls.deploy == ["a"]
-    assert "rollout stopped after a failed" in result["hosts"][1]["reason"]
-    assert rollout.outcome(result["hosts"]) == ExitCode.FAILURE
+    assert result.hosts[0].reason == "on_start raised" and result.hosts[0].log_tail[-1] == "on_start raised"
+    assert deployed(fake_fleet) == ["a"]
+    assert "rollout stopped after a failed" in result.hosts[1].reason
+    assert rollout.outcome(result.hosts) == ExitCode.FAILURE
+    for name in fake_fleet.hosts:
+        assert lock_of(fake_fleet.root / name) is None
 
 
 def test_all_at_once_deploys_every_host_even_when_one_fails(fake_fleet):
-    fake_fleet.calls.deploy_fail["a"] = "on_start raised"
+    fake_fleet.hosts["a"].agent.start_fails[1] = "on_start raised"
     result = fake_fleet.run()
     assert statuses(result) == [("a", "failed"), ("b", "ready"), ("c", "ready")]
+    assert deployed(fake_fleet) == ["a", "b", "c"]
+    assert [h.version for h in result.hosts] == [1, 1, 1] and result.version == 1
+    assert rollout.outcome(result.hosts) == ExitCode.PARTIAL
+
+
+def test_a_host_gone_mid_deploy_fails_alone_and_its_lock_is_released(fake_fleet):
+    from beamctl.protocol.errors import AgentStopped
+
+    fake_fleet.hosts["b"].fail["deploy"] = ConnectionError("reset")
+    result = fake_fleet.run()
+    assert statuses(result) == [("a", "ready"), ("b", "failed"), ("c", "ready")]
+    assert result.hosts[1].reason == "b: unreachable: the connection broke: reset"
+    assert isinstance(result.hosts[1].error, AgentStopped) and result.hosts[1].error.op == "deploy"
+    assert [op for op, _ in fake_fleet.hosts["b"].asked][-1] == "lock_release"
+    assert lock_of(fake_fleet.root / "b") is None
+    assert rollout.outcome(result.hosts) == ExitCode.PARTIAL
 
 
 def test_the_lock_is_taken_before_shipping_and_released_after(fake_fleet):
-    fake_fleet.run()
-    for agent in fake_fleet.agents.values():
-        assert agent.ops == ["version", "lock_acquire", "lock_release"]
-        assert not (agent.root / "locks" / "app.json").exists()
+    result = fake_fleet.run()
+    assert statuses(result) == [("a", "ready"), ("b", "ready"), ("c", "ready")] and result.version == 1
+    for name, host in fake_fleet.hosts.items():
+        asked_then, lock_then = fake_fleet.calls.at_ship[name]
+        assert asked_then == ["version", "lock_acquire"]  # locked when the ship started, nothing deployed
+        assert lock_then is not None and lock_then["image"] == "beamctl/app:1"
+        assert [op for op, _ in host.asked] == ["version", "lock_acquire", "deploy", "lock_release"]
+        assert lock_of(fake_fleet.root / name) is None
+        assert not (fake_fleet.root / name / "locks" / "app.json").exists()
 
 
 def test_a_held_lock_refuses_the_deploy_before_anything_is_sent(fake_fleet):
@@ -160,25 +178,32 @@ def test_a_held_lock_refuses_the_deploy_before_anything_is_sent(fake_fleet):
     with pytest.raises(DeployLocked) as e:
         fake_fleet.run()
     assert "ada@desk" in e.value.message and "b" in e.value.message
-    assert fake_fleet.calls.ship == [] and fake_fleet.calls.deploy == []
+    assert fake_fleet.calls.ship == [] and deployed(fake_fleet) == []
     assert not (fake_fleet.root / "a" / "locks" / "app.json").exists()  # a's lock was given back
+    assert lock_of(fake_fleet.root / "b")["who"] == "ada@desk"  # b's holder keeps its lock
+    assert "lock_acquire" not in [op for op, _ in fake_fleet.hosts["c"].asked]  # refused at b, before c
 
 
 def test_a_gpu_app_goes_only_where_the_agents_can_place_it(fake_fleet):
-    fake_fleet.agents["a"].refuse = "this host has no H100 (it has: none)"
+    for name in ("b", "c"):
+        fake_fleet.hosts[name].agent.gpus = (H100,)
     result = fake_fleet.run(prefs=("H100",))
     assert statuses(result) == [("a", "skipped"), ("b", "ready"), ("c", "ready")]
+    assert result.hosts[0].reason == "this host has no GPU (nvidia-smi lists none); the app asks for H100"
     assert fake_fleet.calls.ship == [["b", "c"]]
+    assert [op for op, _ in fake_fleet.hosts["a"].asked] == ["version", "check_placement"]  # no lock, no deploy
+    assert deployed(fake_fleet) == ["b", "c"]
 
 
 def test_no_host_for_the_gpu_fails_before_the_build(fake_fleet):
     from beamctl.fleet.placement import NoGpuPlacement
 
-    for agent in fake_fleet.agents.values():
-        agent.refuse = "this host has no H100 (it has: none)"
-    with pytest.raises(NoGpuPlacement):
+    with pytest.raises(NoGpuPlacement) as e:
         fake_fleet.run(prefs=("H100",))
+    assert "no host has a free H100" in e.value.message
     assert fake_fleet.calls.built == 0 and fake_fleet.calls.ship == []
+    for host in fake_fleet.hosts.values():
+        assert [op for op, _ in host.asked] == ["version", "check_placement"]
 
 
 # --- two real hosts ------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ import pytest
 from beamctl.cli import views
 from beamctl.errors import ExitCode
 from beamctl.fleet import query
-from beamctl.fleet.query import Reply
+from beamctl.hosts import each
+from beamctl.hosts.each import Reply
+from beamctl.hosts.fake import FakeHost
 from tests.fleet.conftest import hello_on_two_hosts
 
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello"
@@ -49,27 +51,21 @@ def test_no_host_serving_means_no_pick():
     assert query.pick_host([stopped, other, Reply("c", error="down")], "app") is None
 
 
-class Answers:
-    """An agent as _call_fleet sees it: a name, and one scripted answer per op."""
-
-    def __init__(self, name, **answers):
-        self.name, self.answers = name, answers
-
-    def request(self, op, timeout=None, **args):
-        return self.answers[op]
-
-
 def test_a_call_the_agent_fails_names_the_host_that_failed_it():
-    from beamctl.apps import AgentFailed, call_on_hosts
+    from beamctl.apps import call
+    from beamctl.protocol.errors import AgentFailed
 
-    down = Answers("h1", status={"ok": False, "error": "no agent is running on this host"})
-    failing = Answers("h2", status={"ok": True, "result": status_of("app", busy=[0])},
-                      call={"ok": False, "error": "the agent failed in call: ConnectionError: docker.sock"})
+    down = FakeHost("h1", fail={"status": "no agent is running on this host"})
+    failing = FakeHost("h2", answers={"status": {"ok": True, "result": status_of("app", busy=[0])}},
+                       fail={"call": "the agent failed in call: ConnectionError: docker.sock"})
     chosen: list[str] = []
+    unanswered: list[str] = []
     with pytest.raises(AgentFailed) as e:
-        call_on_hosts([down, failing], "app", {}, chosen.append, lambda line: None)
+        call([down, failing], "app", {}, chosen.append, unanswered.append)
     assert chosen == ["h2"]
     assert e.value.message == "h2: the agent failed in call: ConnectionError: docker.sock"
+    assert down.ops() == ["status"] and failing.ops() == ["status", "call"]
+    assert unanswered == []  # a host served the app: the one that did not answer is no news
 
 
 def test_tasks_merge_newest_first_with_their_host_and_limit():
@@ -97,9 +93,9 @@ def test_profile_takes_the_first_host_that_has_the_task():
 
 def test_the_exit_code_says_all_some_or_none_answered():
     ok, down = Reply("a", {}), Reply("b", error="down")
-    assert query.outcome([ok, ok]) == ExitCode.OK
-    assert query.outcome([ok, down]) == ExitCode.PARTIAL == 5
-    assert query.outcome([down]) == ExitCode.FAILURE
+    assert each.outcome([ok, ok]) == ExitCode.OK
+    assert each.outcome([ok, down]) == ExitCode.PARTIAL == 5
+    assert each.outcome([down]) == ExitCode.FAILURE
 
 
 def test_status_view_prefixes_each_host_and_shows_errors():
@@ -107,7 +103,7 @@ def test_status_view_prefixes_each_host_and_shows_errors():
     assert all(line.startswith("[bold]a[/]") for line in lines[:-1])
     assert "active: v1" in lines[0]
     assert lines[-1].startswith("[bold]b[/]  [red]error:[/]") and "\\[x]" in lines[-1]
-    assert query.error_lines([Reply("b", error="down"), Reply("c", error="c: unreachable")]) == \
+    assert each.error_lines([Reply("b", error="down"), Reply("c", error="c: unreachable")]) == \
         ["b: down", "c: unreachable"]
 
 
@@ -119,23 +115,15 @@ def test_tasks_table_has_a_host_column_only_when_asked():
     assert "HOST" in table[0] and "gpu1" in table[1]
 
 
-class Fake:
-    def __init__(self, name, answer=None, exc=None):
-        self.name, self.answer, self.exc = name, answer, exc
-
-    def request(self, op, **args):
-        if self.exc:
-            raise self.exc
-        return self.answer
-
-
 def test_ask_all_keeps_every_hosts_answer_or_error():
     from beamctl.transport.errors import HostUnreachable
 
-    replies = query.ask_all([Fake("a", {"ok": True, "result": 1}),
-                             Fake("b", exc=HostUnreachable("b", "no SSH banner")),
-                             Fake("c", {"ok": False, "error": "c was never deployed here", "hint": "deploy"}),
-                             Fake("d", exc=ConnectionError("reset"))], "status")
+    hosts = [FakeHost("a", answers={"status": {"ok": True, "result": 1}}),
+             FakeHost("b", fail={"status": HostUnreachable("b", "no SSH banner")}),
+             FakeHost("c", answers={"status": {"ok": False, "error": "c was never deployed here", "hint": "deploy"}}),
+             FakeHost("d", fail={"status": ConnectionError("reset")})]
+    replies = each.ask_all(hosts, "status")
+    assert [h.asked for h in hosts] == [[("status", {})]] * 4
     assert replies[0] == Reply("a", 1)
     assert replies[1].error == "b: unreachable: no SSH banner"
     assert replies[2].error == "c was never deployed here (deploy)"
@@ -225,17 +213,26 @@ def test_app_commands_across_two_hosts(cli, two, app_dir, monkeypatch):
     assert "testhost-1: stopped helloq" in stopped.err and "testhost-2: stopped helloq" in stopped.err
 
 
-def test_logs_follow_polls_every_host_from_its_own_last_line(monkeypatch, capsys):
+def test_logs_follow_polls_every_host_from_its_own_last_line(monkeypatch, capsys, tmp_path):
     from beamctl.cli import app_cmds
 
     class Logs:
+        """A host whose agent has new log lines for each poll (`rounds`); records the `since` of each."""
+
+        local = False
+
         def __init__(self, name, rounds):
             self.name, self.rounds, self.asked = name, rounds, []
+            self.closed = False
 
-        def request(self, op, since=0.0, **args):
+        def request(self, op, *, timeout=None, since=0.0, **args):
+            assert op == "logs" and args["app"] == "app"
             self.asked.append(since)
             batch = self.rounds.pop(0) if self.rounds else []
             return {"ok": True, "result": [{"ts": ts, "source": "app", "text": f"{self.name}{ts}"} for ts in batch]}
+
+        def close(self):
+            self.closed = True
 
     class Done(Exception):
         pass
@@ -249,8 +246,11 @@ def test_logs_follow_polls_every_host_from_its_own_last_line(monkeypatch, capsys
 
     monkeypatch.setattr(app_cmds.time, "sleep", sleep)
     a, b = Logs("a", [[1.0, 3.0], [3.0, 5.0]]), Logs("b", [[2.0], [], [6.0]])
+    monkeypatch.setenv("BEAMCTL_HOSTS_FILE", str(tmp_path / "hosts.yaml"))  # none: --host names are targets
+    monkeypatch.setattr(query, "hosts_of", lambda entries, ssh=None: [{"a": a, "b": b}[e.name] for e in entries])
     with pytest.raises(Done):
-        app_cmds._logs_fleet([a, b], "app", True, None, 0.0, 100)
+        app_cmds.logs("app", True, None, 0.0, 100, ["a", "b"], None)
     texts = [line.split()[-1] for line in capsys.readouterr().err.splitlines()]
     assert texts == ["a1.0", "b2.0", "a3.0", "a5.0", "b6.0"]  # the repeated a3.0 is not shown twice
     assert a.asked == [0.0, 3.0, 5.0] and b.asked == [0.0, 2.0, 2.0]
+    assert a.closed and b.closed  # also when following ends by an exception (Ctrl-C)

@@ -15,6 +15,7 @@ import pytest
 from beamctl import __version__
 from beamctl.agent import bridge, control
 from beamctl.hosts import criu, install
+from beamctl.protocol import layout
 from beamctl.transport.remote import command_line
 
 NO_AGENT = {"ok": False, "error": "no agent is running on this host"}
@@ -38,7 +39,8 @@ def test_remote_commands_are_fixed_lists_with_quoted_arguments():
     assert line.startswith("sh -c 'set -eu")
     assert install.probe_argv() == ["sh", "-c", install.PROBE + "\n" + criu.PROBE, "sh", install.PYTHON,
                                     install.DATA_DIR]
-    assert install.BRIDGE_ARGV == (install.PYTHON, "-m", "beamctl.agent.bridge", "--data-dir", "/var/lib/beamctl")
+    assert layout.BRIDGE_ARGV == (install.PYTHON, "-m", "beamctl.agent.bridge", "--data-dir", "/var/lib/beamctl")
+    assert (install.PYTHON, install.DATA_DIR) == (layout.PYTHON, layout.DATA_DIR)  # where the client reaches it
     assert "/pip\" install -q --no-index" in install.INSTALL  # never the network on the host; pip from its wheel
     assert "python3 -m venv --without-pip" in install.INSTALL  # no python3-venv (ensurepip) needed
 
@@ -129,14 +131,15 @@ def installed(cli, *args):
 
 
 def ask(host, op="version"):
-    from beamctl.agent.control import AgentClient
-    from beamctl.transport.ssh import Ssh, SshTransport
+    """The agent's raw answer through the bridge, on a connection of its own (hosts/host.SshHost)."""
+    from beamctl.hosts.host import SshHost
+    from beamctl.transport.ssh import Ssh
 
-    transport = SshTransport(host.name, list(install.BRIDGE_ARGV), Ssh())
+    reached = SshHost(host.name, host.name, Ssh())
     try:
-        return AgentClient(transport).request(op)
+        return reached.request(op)
     finally:
-        transport.close()
+        reached.close()
 
 
 @pytest.mark.integration

@@ -7,14 +7,14 @@ import re
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from beamctl.agent import control
 from beamctl.agent import locks as host_locks
 from beamctl.errors import ExitCode
-from beamctl.fleet import locks
+from beamctl.fleet import locks, query
+from beamctl.hosts.host import LocalHost
 from beamctl.transport.errors import HostUnreachable
 
 ME = {"who": "ada@laptop", "pid": 1, "at": 1_700_000_000.0, "image": "beamctl/app:new", "op": "deploy"}
@@ -22,14 +22,20 @@ OTHER = {"who": "bob@desk", "pid": 7, "at": time.time() - 120, "image": "beamctl
 
 
 class Host:
-    """An agent's lock ops over a real lock directory; records every request (into a shared log too)."""
+    """A host (hosts/host.py) whose agent's lock ops run over a real lock directory; records every request
+    (into a shared log too) and the timeout it was asked with."""
+
+    local = False
 
     def __init__(self, name, root, log, fail=None):
         self.name, self.dir, self.log, self.fail = name, root / name, log, fail
         self.dir.mkdir()
+        self.timeouts = []
+        self.closed = False
 
-    def request(self, op, **args):
+    def request(self, op, *, timeout=None, **args):
         self.log.append((self.name, op))
+        self.timeouts.append(timeout)
         if self.fail is not None:
             raise self.fail
         if op == "lock_acquire":
@@ -45,17 +51,25 @@ class Host:
     def locked(self, app="app"):
         return host_locks.read(self.dir, app)
 
+    def close(self):
+        self.closed = True
+
 
 @pytest.fixture
 def hosts(tmp_path):
+    """The hosts by name (given to the code as a list, in no particular order), and the shared log."""
     log = []
     return {n: Host(n, tmp_path, log) for n in ("c", "a", "b")}, log
+
+
+def every(agents):
+    return list(agents.values())
 
 
 def test_locks_every_host_in_sorted_order_and_releases_at_the_end(hosts):
     agents, log = hosts
     lines = []
-    with locks.hold(agents, "app", ME, 0, lines.append) as held:
+    with locks.hold(every(agents), "app", ME, 0, lines.append) as held:
         assert sorted(held) == ["a", "b", "c"] and held.missing == {}
         assert len(set(held.values())) == 1
         assert all(h.locked() == ME for h in agents.values())
@@ -63,6 +77,9 @@ def test_locks_every_host_in_sorted_order_and_releases_at_the_end(hosts):
                                                                ("c", "lock_acquire")]
     assert all(h.locked() is None for h in agents.values())
     assert lines == []
+    assert [e for e in log if e[1] == "lock_release"] == [("a", "lock_release"), ("b", "lock_release"),
+                                                          ("c", "lock_release")]
+    assert all(set(h.timeouts) == {locks.LOCK_TIMEOUT_S} for h in agents.values())  # every lock request's
 
 
 def test_a_held_lock_refuses_with_the_holder_and_gives_back_what_was_taken(hosts):
@@ -70,7 +87,7 @@ def test_a_held_lock_refuses_with_the_holder_and_gives_back_what_was_taken(hosts
     other = {**OTHER, "at": time.time() - 120}  # taken 2 minutes before this test, not before the run
     host_locks.acquire(agents["b"].dir, "app", other)
     with pytest.raises(locks.DeployLocked) as e:
-        with locks.hold(agents, "app", ME, 0, lambda m: None):
+        with locks.hold(every(agents), "app", ME, 0, lambda m: None):
             pytest.fail("must not get the lock")
     assert e.value.exit_code == ExitCode.FAILURE
     assert e.value.host == "b" and e.value.holder == other
@@ -90,16 +107,16 @@ def test_waits_and_gets_the_lock_when_the_holder_lets_go(hosts, monkeypatch):
     polls = []
 
     class Slow(Host):
-        def request(self, op, **args):
+        def request(self, op, *, timeout=None, **args):
             if op == "lock_acquire":
                 polls.append(1)
                 if len(polls) == 3:
                     host_locks.release(agents["c"].dir, "app", other)  # the other deploy ends
-            return super().request(op, **args)
+            return super().request(op, timeout=timeout, **args)
 
     agents["c"].__class__ = Slow
     lines = []
-    with locks.hold(agents, "app", ME, 30, lines.append) as held:
+    with locks.hold(every(agents), "app", ME, 30, lines.append) as held:
         assert sorted(held) == ["a", "b", "c"]
         assert agents["c"].locked() == ME
     assert len(polls) == 3
@@ -113,7 +130,7 @@ def test_waiting_gives_up_after_wait_s(hosts, monkeypatch):
     host_locks.acquire(agents["a"].dir, "app", OTHER)
     start = time.monotonic()
     with pytest.raises(locks.DeployLocked) as e:
-        with locks.hold(agents, "app", ME, 0.2, lambda m: None):
+        with locks.hold(every(agents), "app", ME, 0.2, lambda m: None):
             pass
     assert 0.2 <= time.monotonic() - start < 2
     assert e.value.message.endswith(("(waited 0.2 s)", "(waited 0.3 s)"))
@@ -124,7 +141,7 @@ def test_waiting_gives_up_after_wait_s(hosts, monkeypatch):
 def test_released_when_the_body_fails_or_is_interrupted(hosts, exc):
     agents, _ = hosts
     with pytest.raises(type(exc)):
-        with locks.hold(agents, "app", ME, 0, lambda m: None):
+        with locks.hold(every(agents), "app", ME, 0, lambda m: None):
             assert agents["b"].locked() == ME
             raise exc
     assert all(h.locked() is None for h in agents.values())
@@ -134,15 +151,15 @@ def test_interrupted_while_acquiring_releases_what_may_have_been_taken(hosts):
     agents, _ = hosts
 
     class CutOff(Host):
-        def request(self, op, **args):
-            answer = super().request(op, **args)  # the host took the lock ...
+        def request(self, op, *, timeout=None, **args):
+            answer = super().request(op, timeout=timeout, **args)  # the host took the lock ...
             if op == "lock_acquire":
                 raise KeyboardInterrupt  # ... but Ctrl-C came before its answer
             return answer
 
     agents["b"].__class__ = CutOff
     with pytest.raises(KeyboardInterrupt):
-        with locks.hold(agents, "app", ME, 0, lambda m: None):
+        with locks.hold(every(agents), "app", ME, 0, lambda m: None):
             pytest.fail("not reached")
     assert all(h.locked() is None for h in agents.values())
 
@@ -151,7 +168,7 @@ def test_a_host_that_does_not_answer_is_left_out_not_a_lock_failure(hosts):
     agents, log = hosts
     agents["b"].fail = HostUnreachable("b", "connection refused")
     lines = []
-    with locks.hold(agents, "app", ME, 0, lines.append) as held:
+    with locks.hold(every(agents), "app", ME, 0, lines.append) as held:
         assert sorted(held) == ["a", "c"]
         assert held.missing == {"b": "b: unreachable: connection refused"}
     assert agents["a"].locked() is None and agents["c"].locked() is None
@@ -163,7 +180,7 @@ def test_a_host_cut_off_mid_request_is_released_quietly_and_release_failures_nev
     agents, log = hosts
 
     class Flaky(Host):
-        def request(self, op, **args):
+        def request(self, op, *, timeout=None, **args):
             self.log.append((self.name, op))
             if op == "lock_release":
                 raise ConnectionError("reset")
@@ -173,7 +190,7 @@ def test_a_host_cut_off_mid_request_is_released_quietly_and_release_failures_nev
     agents["a"].__class__ = Flaky  # takes the lock, answer lost; every release fails
     lines = []
     with pytest.raises(RuntimeError, match="the real error"):
-        with locks.hold(agents, "app", ME, 0, lines.append) as held:
+        with locks.hold(every(agents), "app", ME, 0, lines.append) as held:
             assert sorted(held) == ["b", "c"] and "a" in held.missing
             raise RuntimeError("the real error")
     assert ("a", "lock_release") in log  # tried, since it may hold the lock
@@ -184,7 +201,7 @@ def test_a_host_cut_off_mid_request_is_released_quietly_and_release_failures_nev
 def test_a_release_failure_of_a_held_lock_is_a_progress_line(hosts):
     agents, _ = hosts
     lines = []
-    with locks.hold(agents, "app", ME, 0, lines.append):
+    with locks.hold(every(agents), "app", ME, 0, lines.append):
         agents["a"].fail = ConnectionError("reset")
     assert lines == ["a: could not release the deploy lock of app (the agent is not answering); "
                      "the next deploy will take it over as stale"]
@@ -207,7 +224,7 @@ def test_a_gone_holders_lock_is_taken_over_with_a_line_that_names_it_and_why(hos
     gone = {**locks.holder_here("app", "beamctl/app:old"), "who": "root@vm", "pid": proc.pid}  # this machine
     host_locks.acquire(agents["b"].dir, "app", gone)
     lines = []
-    with locks.hold(agents, "app", locks.holder_here("app", "beamctl/app:new"), 0, lines.append) as held:
+    with locks.hold(every(agents), "app", locks.holder_here("app", "beamctl/app:new"), 0, lines.append) as held:
         assert sorted(held) == ["a", "b", "c"]
     assert len(lines) == 1
     assert re.fullmatch(rf"b: took over the deploy lock of app from root@vm \(pid {proc.pid}\) since [0-9:]+, "
@@ -217,12 +234,12 @@ def test_a_gone_holders_lock_is_taken_over_with_a_line_that_names_it_and_why(hos
 
 
 def test_a_live_holder_elsewhere_keeps_its_lock_by_its_heartbeat(hosts, monkeypatch):
-    from beamctl.agent import holders
+    from beamctl.protocol import holders
 
     agents, log = hosts
     monkeypatch.setattr(holders, "RENEW_S", 0.02)
     elsewhere = {**ME, "boot_id": "another-machine", "pid_ns": "pid:[1]"}
-    with locks.hold(agents, "app", elsewhere, 0, lambda m: None):
+    with locks.hold(every(agents), "app", elsewhere, 0, lambda m: None):
         record = agents["a"].dir / "locks" / "app.json"
         stale = {**json.loads(record.read_text()), "renewed": time.time() - 3600}
         record.write_text(json.dumps(stale))  # as if unseen for an hour ...
@@ -231,19 +248,19 @@ def test_a_live_holder_elsewhere_keeps_its_lock_by_its_heartbeat(hosts, monkeypa
             assert time.monotonic() < deadline, "no heartbeat"
             time.sleep(0.01)
         with pytest.raises(locks.DeployLocked):
-            with locks.hold(agents, "app", locks.holder_here("app", "beamctl/app:2"), 0, lambda m: None):
+            with locks.hold(every(agents), "app", locks.holder_here("app", "beamctl/app:2"), 0, lambda m: None):
                 pass
     assert {op for _, op in log} >= {"lock_renew"}
     assert all(h.locked() is None for h in agents.values())
 
 
 def test_a_holder_whose_lock_was_taken_over_is_told_once(hosts, monkeypatch):
-    from beamctl.agent import holders
+    from beamctl.protocol import holders
 
     agents, _ = hosts
     monkeypatch.setattr(holders, "RENEW_S", 0.02)
     lines = []
-    with locks.hold({"a": agents["a"]}, "app", ME, 0, lines.append):
+    with locks.hold([agents["a"]], "app", ME, 0, lines.append):
         host_locks.break_(agents["a"].dir, "app")
         host_locks.acquire(agents["a"].dir, "app", OTHER)
         deadline = time.monotonic() + 10
@@ -278,31 +295,28 @@ def test_break_locks_answers_per_host(hosts):
     agents, _ = hosts
     host_locks.acquire(agents["b"].dir, "app", OTHER)
     agents["c"].fail = ConnectionError("reset")
-    replies = locks.break_locks(agents, "app")
+    replies = locks.break_locks(every(agents), "app")
     assert [r.host for r in replies] == ["a", "b", "c"]
     assert replies[0].result is None and replies[0].error is None
     assert replies[1].result == OTHER and agents["b"].locked() is None
     assert replies[2].error.startswith("c: unreachable")
 
 
-def test_unlock_cli_across_hosts(hosts, monkeypatch, capsys):
-    from beamctl.cli import app_cmds, release_cmds
+def test_unlock_cli_across_hosts(hosts, monkeypatch, capsys, tmp_path):
+    from beamctl.cli import release_cmds
 
     agents, _ = hosts
     host_locks.acquire(agents["a"].dir, "app", OTHER)
     agents["c"].fail = ConnectionError("reset")
-
-    @contextmanager
-    def fleet(name, host, file):
-        yield list(agents.values())
-
-    monkeypatch.setattr(app_cmds, "_fleet", fleet)
-    code = release_cmds.unlock("app", False, None, None)
+    monkeypatch.setenv("BEAMCTL_HOSTS_FILE", str(tmp_path / "hosts.yaml"))  # none: --host names are targets
+    monkeypatch.setattr(query, "hosts_of", lambda entries, ssh=None: [agents[e.name] for e in entries])
+    code = release_cmds.unlock("app", False, ["c", "a", "b"], None)
     err = capsys.readouterr().err
     assert code == ExitCode.PARTIAL
     assert "a: removed the lock held by bob@desk (pid 7) since " in err
     assert "b: no lock on app" in err and "c: unreachable" in err
     assert agents["a"].locked() is None
+    assert all(h.closed for h in agents.values())  # the command's hosts are closed when it ends
 
 
 def test_unlock_cli_on_the_local_agent(tmp_path, monkeypatch, cli):
@@ -320,10 +334,13 @@ def test_unlock_cli_on_the_local_agent(tmp_path, monkeypatch, cli):
         r = cli("unlock", "app", "--json", cwd=tmp_path)
         assert r.code == 0 and "no lock on app" in r.err
         assert '"removed": null' in r.out
-        client = control.AgentClient(control.LocalTransport(data / "agent.sock", timeout=5))  # a local deploy's
-        with locks.hold({"local": client}, "app", ME, 0, lambda m: None) as held:
-            assert list(held) == ["local"] and host_locks.read(data, "app") == ME
-        assert host_locks.read(data, "app") is None
+        here = LocalHost(data)  # a local deploy's
+        try:
+            with locks.hold([here], "app", ME, 0, lambda m: None) as held:
+                assert list(held) == ["local"] and held.missing == {} and host_locks.read(data, "app") == ME
+            assert host_locks.read(data, "app") is None
+        finally:
+            here.close()
     finally:
         server.shutdown()
         server.server_close()

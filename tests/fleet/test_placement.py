@@ -1,17 +1,16 @@
 """GPU-aware placement across hosts (fleet/placement.py), on inventories read from real nvidia-smi
-outputs (samples/README.md) through the agent's own parser."""
+outputs (samples/README.md) through the agent's own parser; `gather` over fake hosts (hosts/fake.py)."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any
-
 import pytest
 
-from beamctl.agent import gpus
-from beamctl.agent.gpus import Gpu
+from beamctl.protocol import gpus
+from beamctl.protocol.gpus import Gpu
 from beamctl.errors import ExitCode
+from beamctl.hosts.fake import FakeAgent, FakeHost
 from beamctl.transport.errors import HostUnreachable
 from beamctl.fleet.placement import (HostGpus, NoGpuPlacement, Placement, describe_gpus, fleet_summary,
                                      gather, gpus_from_about, place)
@@ -154,78 +153,60 @@ def test_gpus_from_the_agents_about_answer():
     assert gpus_from_about({"version": "0.0.9"}) == () and gpus_from_about(None) == ()
 
 
-# --- gather (fake agents) ------------------------------------------------------------------------------
+# --- gather (fake hosts) -------------------------------------------------------------------------------
 
-def about_of(inventory: tuple[Gpu, ...]) -> dict[str, Any]:
-    return {"version": "0.1", "pid": 1, "endpoint": "", "gpus": [
-        {"name": g.name, "canonical": g.canonical, "memory_mib": g.memory_mib, "driver": g.driver,
-         "index": g.index} for g in inventory]}
-
-
-class FakeAgent:
-    """Answers like the agent's control handler; check_placement through the agent's own rule."""
-
-    def __init__(self, inventory: tuple[Gpu, ...], busy: str | None = None, fail: BaseException | None = None,
-                 fail_on: str = "version") -> None:
-        self.inventory, self.busy, self.fail, self.fail_on = inventory, busy, fail, fail_on
-        self.asked: list[tuple[str, dict[str, Any]]] = []
-
-    def request(self, op: str, **args: Any) -> dict[str, Any]:
-        self.asked.append((op, args))
-        if self.fail is not None and op == self.fail_on:
-            raise self.fail
-        if op == "version":
-            return {"ok": True, "result": about_of(self.inventory)}
-        assert op == "check_placement"
-        place_here = gpus.placement(tuple(args["gpu"]), list(self.inventory))
-        refusal = self.busy or (place_here if isinstance(place_here, str) else None)
-        if refusal:
-            return {"ok": False, "error": refusal, "hint": "deploy to a host with that GPU, or change gpu in "
-                    "beam.yaml", "data": {}}
-        return {"ok": True, "result": None}
+NO_FIT_HINT = "deploy to a host with a free GPU of that kind, or change gpu in beam.yaml"  # the fake agent's
 
 
 def test_gather_asks_every_agent_and_keeps_each_hosts_failure_to_itself():
-    agents = {"h100": FakeAgent(H100S), "rtx": FakeAgent(RTX), "busy": FakeAgent(A100S, busy="all A100 in use"),
-              "down": FakeAgent((), fail=HostUnreachable("down", "connection refused")),
-              "slow": FakeAgent((), fail=socket.timeout()),
-              "broke": FakeAgent(H200, fail=EOFError("closed"), fail_on="check_placement"),
-              "odd": FakeAgent((), fail=RuntimeError("boom"))}
-    fleet = gather(agents, ("H100", "A100-80"))
-    assert list(fleet) == list(agents)
-    assert fleet["h100"] == HostGpus(H100S)
+    hosts = [FakeHost("h100", FakeAgent(gpus=H100S)), FakeHost("rtx", FakeAgent(gpus=RTX)),
+             FakeHost("busy", FakeAgent(gpus=A100S), answers={"check_placement": {
+                 "ok": False, "error": "all A100 in use", "hint": "wait for llm to stop", "data": {}}}),
+             FakeHost("down", fail={"version": HostUnreachable("down", "connection refused")}),
+             FakeHost("slow", fail={"version": socket.timeout()}),
+             FakeHost("broke", FakeAgent(gpus=H200), fail={"check_placement": EOFError("closed")}),
+             FakeHost("odd", fail={"version": RuntimeError("boom")})]
+    fleet = gather(hosts, ("H100", "A100-80"))
+    assert list(fleet) == [h.name for h in hosts]
+    assert fleet["h100"] == HostGpus(H100S, choice="H100")  # the agent names the preference it would use
     assert fleet["rtx"] == HostGpus(RTX, refusal="this host has NVIDIA GeForce RTX 4090, NVIDIA GeForce RTX 4090; "
-                                                 "the app asks for H100 or A100-80")
-    assert fleet["busy"] == HostGpus(A100S, refusal="all A100 in use")
+                                                 "the app asks for H100 or A100-80", hint=NO_FIT_HINT)
+    assert fleet["busy"] == HostGpus(A100S, refusal="all A100 in use", hint="wait for llm to stop")
     assert fleet["down"] == HostGpus(error="unreachable: connection refused")
     assert fleet["slow"] == HostGpus(error="no answer from the agent in time")
     assert fleet["broke"] == HostGpus(H200, error="unreachable: the connection broke: closed")
     assert fleet["odd"] == HostGpus(error="internal error: RuntimeError: boom")
-    assert agents["h100"].asked == [("version", {}), ("check_placement", {"gpu": ["H100", "A100-80"]})]
+    assert hosts[0].asked == [("version", {}), ("check_placement", {"gpu": ["H100", "A100-80"]})]
+    assert hosts[3].ops() == ["version"]  # no answer to `version`: nothing more asked
     result = place(("H100", "A100-80"), fleet)
     assert result.chosen == {"h100": "H100"} and list(result.skipped) == ["rtx", "busy", "down", "slow", "broke",
                                                                            "odd"]
 
 
+def test_gather_names_the_app_to_the_agents_placement_check():
+    host = FakeHost("a100", FakeAgent(gpus=A100S))
+    fleet = gather([host], ("H100", "A100-80"), app="llm")
+    assert host.asked == [("version", {}), ("check_placement", {"gpu": ["H100", "A100-80"], "app": "llm"})]
+    assert fleet == {"a100": HostGpus(A100S, choice="A100-80")}
+
+
 def test_gather_for_a_cpu_app_asks_only_for_the_gpus():
-    agents = {"a": FakeAgent(RTX), "b": FakeAgent(())}
-    fleet = gather(agents, ())
+    hosts = [FakeHost("a", FakeAgent(gpus=RTX)), FakeHost("b")]
+    fleet = gather(hosts, ())
     assert fleet == {"a": HostGpus(RTX), "b": HostGpus(())}
-    assert agents["a"].asked == [("version", {})]
+    assert hosts[0].asked == [("version", {})] and hosts[1].asked == [("version", {})]
     assert place((), fleet).chosen == {"a": None, "b": None}
 
 
 def test_gather_reads_the_agents_choice_and_its_failed_version_answer():
-    class Chooser(FakeAgent):
-        def request(self, op: str, **args: Any) -> dict[str, Any]:
-            if op == "check_placement":
-                return {"ok": True, "result": {"gpu": "A100-80", "count": 1}}
-            return super().request(op, **args)
-
-    class Broken:
-        def request(self, op: str, **args: Any) -> dict[str, Any]:
-            return {"ok": False, "error": "unknown operation 'version'"}
-
-    fleet = gather({"c": Chooser(A100S + H100S), "x": Broken()}, ("H100", "A100-80"))
-    assert fleet["c"].choice == "A100-80" and fleet["x"] == HostGpus(error="unknown operation 'version'")
-    assert gather({}, ("H100",)) == {}
+    chooser = FakeHost("c", FakeAgent(gpus=A100S + H100S),
+                       answers={"check_placement": {"ok": True, "result": {"gpu": "A100-80", "count": 1}}})
+    silent = FakeHost("s", FakeAgent(gpus=A100S), answers={"check_placement": {"ok": True, "result": None}})
+    broken = FakeHost("x", answers={"version": {"ok": False, "error": "unknown operation 'version'"}})
+    fleet = gather([chooser, silent, broken], ("H100", "A100-80"))
+    assert fleet["c"] == HostGpus(A100S + H100S, choice="A100-80")
+    assert fleet["s"] == HostGpus(A100S)  # a yes that names no preference: place picks the first that fits
+    assert fleet["x"] == HostGpus(error="unknown operation 'version'")
+    assert broken.ops() == ["version"]
+    assert place(("H100", "A100-80"), fleet).chosen == {"c": "A100-80", "s": "A100-80"}
+    assert gather([], ("H100",)) == {}

@@ -46,7 +46,7 @@ def test_four_a100s():
 def test_eight_h100s_and_an_h200():
     f = parse_probe(with_section("gpus", (SAMPLES / "nvidia-smi-8xH100.csv").read_text(), 0))
     assert [g.index for g in f.gpus] == list(range(8))
-    assert {(g.name, g.type, g.memory_mib, g.driver) for g in f.gpus} == {
+    assert {(g.name, g.canonical, g.memory_mib, g.driver) for g in f.gpus} == {
         ("NVIDIA H100 80GB HBM3", "H100", 81559, "550.54.15")}
     f = parse_probe(with_section("gpus", (SAMPLES / "nvidia-smi-H200.csv").read_text(), 0))
     assert f.gpus == (Gpu(0, "NVIDIA H200", "H200", 143771, "580.65.06"),)

@@ -155,13 +155,12 @@ def test_checkpoints_on_the_hosts_then_a_restored_start_over_ssh(cli, three, app
 
 
 def test_a_held_lock_refuses_then_waits_then_unlock_breaks_it(cli, three, app_dir, monkeypatch):
-    from beamctl.fleet import locks, query
-    from types import SimpleNamespace
-
+    from beamctl.fleet import locks
+    from beamctl.hosts.host import SshHost
     from beamctl.transport.ssh import Ssh
 
     three.apply_env(monkeypatch)
-    agents = {"testhost-2": query.HostAgent(SimpleNamespace(name="testhost-2", host="testhost-2"), Ssh())}
+    agents = [SshHost("testhost-2", "testhost-2", Ssh())]
     holder = {**locks.holder_here("hello3", "beamctl/hello3:other"), "who": "ada@elsewhere"}
     with locks.hold(agents, "hello3", holder, 0, lambda e: None):
         refused = cli("deploy", "-f", str(app_dir))
@@ -185,7 +184,7 @@ def test_a_held_lock_refuses_then_waits_then_unlock_breaks_it(cli, three, app_di
         ok, _ = deploy(cli, app_dir)
         assert ok.code == 0, ok.err
     finally:
-        for a in agents.values():
+        for a in agents:
             a.close()
 
 
@@ -211,10 +210,10 @@ def test_hosts_down_before_and_during_then_a_rerun_converges(cli, three, app_dir
     mid = serving(three[1])
     real = ship.ship_images
 
-    def pause_then_ship(ssh, targets, ref, image_id, progress):
+    def pause_then_ship(targets, ref, image_id, progress):
         three[1].pause()  # after agents, placement and the lock: during the rollout
         try:
-            return real(ssh, targets, ref, image_id, progress)
+            return real(targets, ref, image_id, progress)
         finally:
             three[1].unpause()
 

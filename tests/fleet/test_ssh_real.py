@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from beamctl.agent.control import AgentClient
+from beamctl.protocol.wire import AgentClient
 from beamctl.transport.errors import AuthFailed, HostKeyUnknown, HostUnreachable, KeyNeedsPassphrase, RemoteError
 from beamctl.transport.ssh import Ssh, SshTransport, run
 from tests.fleet.conftest import free_port, keygen

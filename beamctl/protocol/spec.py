@@ -39,6 +39,10 @@ class AppSpec:
     def health_timeout(self) -> float:
         return health_timeout(self.to_json())
 
+    @property
+    def takes_snapshots(self) -> bool:
+        return takes_snapshots(self.to_json())
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -59,6 +63,12 @@ def health_timeout(spec_json: dict[str, Any]) -> float:
     from beamctl.config.schema import field_of
 
     return float(field_of("rollout", "health_timeout")["default"])
+
+
+def takes_snapshots(spec_json: dict[str, Any]) -> bool:
+    """Whether this version (its stored spec) is snapshotted after on_start, and its later cold starts
+    restore: the one place that decides (the runtime's pause, a capture, a recapture on redeploy)."""
+    return bool(spec_json.get("checkpoint_enabled"))
 
 
 def spec_from_config(config: AppConfig, image: str) -> AppSpec:

@@ -1,19 +1,34 @@
-"""Reaching the agent on this machine, starting it when it is not running."""
+"""Reaching the agent on this machine: its socket, and starting it when it is not running."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from beamctl.agent.control import AgentClient, LocalTransport
-from beamctl.agent.paths import default_data_dir
 from beamctl.errors import EnvironmentProblem
+from beamctl.protocol.layout import default_data_dir
+from beamctl.protocol.wire import AgentClient, Stream
 
 START_WAIT_S = 20  # the agent answers within ~1 s; the engine may be slow after a boot
+
+
+class LocalTransport:
+    """A connection to the agent on this machine."""
+
+    def __init__(self, socket_path: Path, timeout: float | None = None) -> None:
+        self.socket_path, self.timeout = socket_path, timeout
+
+    def open(self) -> Stream:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.socket_path))
+        return Stream(sock.makefile("rb"), sock.makefile("wb"),
+                      lambda t: sock.settimeout(t if t is not None else self.timeout))
 
 
 def local_agent(autostart: bool = True, data_dir: Path | None = None) -> AgentClient:

@@ -1,0 +1,89 @@
+"""`deploy`: build once, then every host of the app (this machine when it names none): one line per host,
+or this machine's one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from beamctl import console
+from beamctl.cli import app
+from beamctl.cli.config_cmds import FileOpt, JsonOpt
+from beamctl.errors import ExitCode
+
+
+@app.command()
+def deploy(file: Path = FileOpt, json: bool = JsonOpt,
+           health_timeout: Optional[float] = typer.Option(
+               None, min=1, help="Seconds to wait for READY (default: beam.yaml's rollout.health_timeout, 300)."),
+           lock_wait: float = typer.Option(
+               0, min=0, help="Seconds to wait for another deploy of the app to finish (default: refuse).")) -> int:
+    """Build the app, start the new version, wait until READY, then retire the old one (on every host)."""
+    from beamctl import apps
+    from beamctl.config import load
+
+    config, warnings = load(file)
+    for w in warnings:
+        console.line(w.render())
+    from beamctl.cli.progress import reporter
+
+    with reporter() as progress:
+        result = apps.deploy(config, progress, health_timeout, lock_wait)
+    if not config.hosts:
+        return _deployed_here(result, json)
+    return _deployed_to_hosts(result, json)
+
+
+def _deployed_here(result: Any, json: bool) -> int:
+    """This machine's deploy: one line, or the container's last log lines and why it did not start."""
+    host = result.hosts[0]
+    if host.status == "failed" and host.error is not None:
+        raise host.error
+    if json:
+        console.emit_json({"app": result.app, "version": result.version, "image": result.image,
+                           "hosts": [host.as_json(("host", "status", "reason", "checkpoint"))]})
+    if host.status == "ready":
+        console.say(f"[bold green]deployed[/] {result.app} v{result.version} ({result.image}); "
+                    f"endpoint {host.endpoint} (token: beamctl status {result.app})")
+        if host.checkpoint:
+            from beamctl.cli import views
+
+            console.line(f"  {views.snapshot(host.checkpoint)}")
+        return ExitCode.OK
+    for line in host.log_tail:
+        console.line(f"  | {line}")
+    serving = f"v{host.serving} keeps serving" if host.serving else "nothing was serving before"
+    console.error(f"v{result.version} of {result.app} did not start: {host.reason} ({serving})")
+    return ExitCode.FAILURE
+
+
+def _deployed_to_hosts(result: Any, json: bool) -> int:
+    """Per-host lines (and the failing containers' last log lines); OK, PARTIAL or FAILURE."""
+    from beamctl.fleet.rollout import outcome
+
+    hosts = result.hosts
+    if json:
+        console.emit_json({"app": result.app, "version": result.version, "image": result.image,
+                           "hosts": [h.as_json(("host", "status", "reason", "version", "ship", "checkpoint",
+                                                "cold_boot")) for h in hosts]})
+    for h in hosts:
+        name = console.escape(h.host)
+        if h.status == "ready":
+            console.say(f"[bold green]ready[/]  {name}: {result.app} v{h.version} ({result.image}); "
+                        f"endpoint {h.endpoint}")
+            if h.checkpoint:
+                from beamctl.cli import views
+
+                console.line(f"       {h.host}: {views.snapshot(h.checkpoint)}")
+            continue
+        for line in h.log_tail:
+            console.line(f"  {h.host} | {line}")
+        serving = f"; v{h.serving} keeps serving" if h.serving else ""
+        console.error(f"{h.host}: {result.app} not deployed: {h.reason}{serving}")
+    code = outcome(hosts)
+    ready = sum(h.status == "ready" for h in hosts)
+    if code == ExitCode.PARTIAL:
+        console.error(f"partial deploy: {ready} of {len(hosts)} hosts run the new version")
+    return code

@@ -1,0 +1,229 @@
+"""Every app command over fake hosts (beamctl/hosts/fake.py), through the CLI: this machine alone and three
+hosts, one of which fails mid-way. No Docker, no SSH: the build and the ship are the only other fakes
+(`beamctl.image.build_app`, `beamctl.fleet.ship.ship_images`), and hosts come from the one seam every
+command takes them from (`fleet.query.hosts_of`). The real parts: tests/fleet (SSH test hosts) and
+tests/agent (the agent on Docker)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from beamctl.fleet import query
+from beamctl.fleet.ship import ShipResult
+from beamctl.hosts.fake import FakeAgent, FakeHost
+
+IMAGE = "beamctl/hello:0123456789ab"
+
+
+class Built:
+    image, id = IMAGE, "sha256:" + "ab" * 32
+
+
+class World:
+    """The fake hosts of one test, and what the build and the ship were asked."""
+
+    def __init__(self, hosts: list[FakeHost]) -> None:
+        self.hosts = hosts
+        self.builds = 0
+        self.shipped: list[list[str]] = []
+
+    def __getitem__(self, name: str) -> FakeHost:
+        return next(h for h in self.hosts if h.name == name)
+
+
+def app_dir(tmp_path: Path, hosts: list[str]) -> Path:
+    d = tmp_path / "hello"
+    d.mkdir()
+    (d / "app.py").write_text("def handler(context, **inputs):\n    return inputs\n")
+    listed = "".join(f"  - root@{h}\n" for h in hosts)
+    (d / "beam.yaml").write_text("name: hello\nhandler: app:handler\n" + (f"hosts:\n{listed}" if hosts else ""))
+    return d
+
+
+@pytest.fixture
+def world(monkeypatch):
+    def make(hosts: list[FakeHost]) -> World:
+        w = World(hosts)
+
+        def build(config, progress, keep=None):
+            w.builds += 1
+            return Built()
+
+        def ship(remote, image_ref, image_id, progress):
+            w.shipped.append([h.name for h in remote])
+            return {h.name: ShipResult(h.name, "sent", 100, 0.1) for h in remote}
+
+        monkeypatch.setattr("beamctl.image.build_app", build)
+        monkeypatch.setattr("beamctl.fleet.ship.ship_images", ship)
+        monkeypatch.setattr(query, "hosts_of", lambda entries, ssh=None: hosts)
+        return w
+
+    return make
+
+
+def here(**kw) -> list[FakeHost]:
+    return [FakeHost("local", local=True, **kw)]
+
+
+def three(**fail) -> list[FakeHost]:
+    """gpu1..gpu3; `fail` gives gpu2 its failures."""
+    return [FakeHost("gpu1"), FakeHost("gpu2", fail=fail), FakeHost("gpu3")]
+
+
+# --- deploy ----------------------------------------------------------------------------------------------
+
+def test_deploy_here_is_one_line_and_the_local_agent_is_started_not_shipped(world, cli, tmp_path):
+    w = world(here())
+    r = cli("deploy", cwd=app_dir(tmp_path, []))
+    assert r.code == 0, r.err
+    assert f"deployed hello v1 ({IMAGE}); endpoint http://127.0.0.1:8000/hello (token: beamctl status hello)" in r.err
+    assert w["local"].installs == 1 and w.shipped == [] and w.builds == 1
+    assert w["local"].ops() == ["version", "deploy"]
+    assert w["local"].agent.locks == {}  # taken for the deploy, given back
+
+
+def test_deploy_here_json_keeps_its_shape(world, cli, tmp_path):
+    world(here())
+    r = cli("deploy", "--json", cwd=app_dir(tmp_path, []))
+    assert json.loads(r.out) == {"app": "hello", "version": 1, "image": IMAGE, "hosts": [
+        {"host": "local", "status": "ready", "reason": None, "checkpoint": None}]}
+
+
+def test_deploy_here_when_the_agent_stops_mid_deploy_says_so_exit_3(world, cli, tmp_path):
+    world(here(fail={"deploy": ConnectionError("the agent closed the connection")}))
+    r = cli("deploy", cwd=app_dir(tmp_path, []))
+    assert r.code == 3
+    assert "error: the agent stopped during the deploy of hello" in r.err
+
+
+def test_deploy_here_that_does_not_start_shows_the_log_and_fails(world, cli, tmp_path):
+    world(here(agent=FakeAgent(start_fails={1: "ValueError: boom"})))
+    r = cli("deploy", cwd=app_dir(tmp_path, []))
+    assert r.code == 1
+    assert "  | ValueError: boom" in r.err
+    assert "v1 of hello did not start: ValueError: boom (nothing was serving before)" in r.err
+
+
+def test_deploy_to_three_hosts_one_failing_mid_way_is_partial(world, cli, tmp_path):
+    w = world(three(deploy=ConnectionError("reset")))
+    r = cli("deploy", "--json", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
+    assert r.code == 5
+    got = json.loads(r.out)
+    assert [(h["host"], h["status"]) for h in got["hosts"]] == [("gpu1", "ready"), ("gpu2", "failed"),
+                                                                ("gpu3", "ready")]
+    assert got["hosts"][1]["reason"] == "gpu2: unreachable: the connection broke: reset"
+    assert got["version"] is None and got["hosts"][0]["version"] == 1
+    assert got["hosts"][0]["ship"]["action"] == "sent"
+    assert w.builds == 1 and w.shipped == [["gpu1", "gpu2", "gpu3"]]
+    assert "partial deploy: 2 of 3 hosts run the new version" in r.err
+    assert all(h.agent.locks == {} for h in w.hosts)  # every lock given back, the failed host's too
+
+
+def test_deploy_to_three_hosts_one_not_installed_never_builds_for_it(world, cli, tmp_path):
+    w = world(three(install=ConnectionError("no route")))
+    r = cli("deploy", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
+    assert r.code == 5
+    assert w.shipped == [["gpu1", "gpu3"]] and w["gpu2"].asked == []
+    assert "gpu2: hello not deployed: gpu2: unreachable: the connection broke: no route" in r.err
+
+
+# --- rollback --------------------------------------------------------------------------------------------
+
+def test_rollback_here_and_on_three_hosts(world, cli, tmp_path):
+    w = world(here())
+    d = app_dir(tmp_path, [])
+    assert cli("deploy", cwd=d).code == 0 and cli("deploy", cwd=d).code == 0
+    r = cli("rollback", "hello", cwd=d)
+    assert r.code == 0 and "rolled back hello from v2 to v1" in r.err
+    refused = cli("rollback", "hello", "--json", cwd=d)  # v1 is the first: nothing before it
+    assert refused.code == 1 and json.loads(refused.out)["hosts"][0]["status"] == "refused"
+
+    w = world(three(rollback=ConnectionError("reset")))
+    for h in w.hosts:
+        h.agent.op_deploy({"app": "hello", "image": "a"}, {})
+        h.agent.op_deploy({"app": "hello", "image": "b"}, {})
+    r = cli("rollback", "hello", "--json", "--host", "gpu1", cwd=tmp_path)
+    assert r.code == 5
+    assert [(h["host"], h["status"], h["version"]) for h in json.loads(r.out)["hosts"]] == [
+        ("gpu1", "ready", 1), ("gpu2", "failed", None), ("gpu3", "ready", 1)]
+
+
+# --- call, logs, status, tasks, profile, stop ------------------------------------------------------------
+
+def served(hosts: list[FakeHost]) -> list[FakeHost]:
+    for h in hosts:
+        h.agent.op_deploy({"app": "hello", "image": IMAGE}, {})
+    return hosts
+
+
+def test_call_here_prints_the_result_and_names_the_task(world, cli, tmp_path):
+    world(served(here()))
+    r = cli("call", "hello", '{"name": "Ada"}', cwd=tmp_path)
+    assert r.code == 0 and json.loads(r.out) == {"echo": {"name": "Ada"}}
+    assert " cold " in r.err and "(beamctl profile t-" in r.err and " on " not in r.err
+
+
+def test_call_on_three_hosts_goes_to_the_least_busy_and_survives_one_down(world, cli, tmp_path):
+    w = world(served(three(status=ConnectionError("reset"))))
+    busy = w["gpu1"].agent.op_status
+    w["gpu1"].answers["status"] = lambda args: {"ok": True, "result": {"apps": [
+        {**busy("hello")["apps"][0], "containers": [{"state": "ready", "busy": 2, "idle_s": 0}]}]}}
+    r = cli("call", "hello", "--json", "--host", "gpu1", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["host"] == "gpu3" and "calling hello on gpu3" in r.err
+    assert [op for op, _ in w["gpu3"].asked] == ["status", "call"]
+
+
+def test_logs_status_tasks_profile_and_stop_on_three_hosts_with_one_down(world, cli, tmp_path):
+    w = world(served(three(logs=ConnectionError("reset"), status="the agent failed", tasks=EOFError(),
+                           stop=ConnectionError("reset"))))
+    task = w["gpu3"].agent.op_call("hello", {}, "t-0123456789ab")
+    logs = cli("logs", "hello", "--host", "gpu1", cwd=tmp_path)
+    assert logs.code == 5
+    assert [line.split()[0] for line in logs.err.splitlines() if "v1 ready" in line] == ["gpu1", "gpu3"]
+    assert "error: gpu2: unreachable: the connection broke: reset" in logs.err
+    status = cli("status", "hello", "--json", "--host", "gpu1", cwd=tmp_path)
+    assert status.code == 5
+    assert [list(h) for h in json.loads(status.out)["hosts"]] == [["host", "status"], ["host", "error"],
+                                                                   ["host", "status"]]
+    tasks = cli("tasks", "--json", "--host", "gpu1", cwd=tmp_path)
+    assert tasks.code == 5 and [(t["task_id"], t["host"]) for t in json.loads(tasks.out)] == [
+        ("t-0123456789ab", "gpu3")]
+    profile = cli("profile", task["task_id"], "--json", "--host", "gpu1", cwd=tmp_path)
+    assert profile.code == 0 and json.loads(profile.out)["host"] == "gpu3"
+    stop = cli("stop", "hello", "--host", "gpu1", cwd=tmp_path)
+    assert stop.code == 5 and "gpu1: stopped hello v1 (volumes kept)" in stop.err
+
+
+def test_logs_status_tasks_profile_and_stop_here(world, cli, tmp_path):
+    w = world(served(here()))
+    task = w["local"].agent.op_call("hello", {}, "t-0123456789ab")
+    logs = cli("logs", "hello", cwd=tmp_path)
+    assert logs.code == 0 and logs.err.splitlines()[0].split()[1:] == ["agent", "v1", "ready"]
+    status = cli("status", "hello", "--json", cwd=tmp_path)
+    assert json.loads(status.out)["apps"][0]["active_version"] == 1
+    tasks = cli("tasks", "--json", cwd=tmp_path)
+    assert [t["task_id"] for t in json.loads(tasks.out)] == [task["task_id"]] and "host" not in tasks.out
+    profile = cli("profile", task["task_id"], cwd=tmp_path)
+    assert profile.code == 0 and "host:" not in profile.err
+    missing = cli("profile", "t-000000000000", cwd=tmp_path)
+    assert missing.code == 1 and "error: no task t-000000000000" in missing.err
+    stop = cli("stop", "hello", cwd=tmp_path)
+    assert stop.code == 0 and "stopped hello v1 (volumes kept)" in stop.err
+    gone = cli("logs", "nope", cwd=tmp_path)
+    assert gone.code == 1 and "error: nope was never deployed here" in gone.err
+
+
+def test_unlock_here_and_on_three_hosts(world, cli, tmp_path):
+    w = world(here())
+    w["local"].agent.op_lock_acquire("hello", {"who": "ada@desk", "pid": 7, "at": 0, "token": "x"})
+    r = cli("unlock", "hello", cwd=tmp_path)
+    assert r.code == 0 and "removed the lock held by ada@desk" in r.err and w["local"].agent.locks == {}
+    world(three(lock_break=ConnectionError("reset")))
+    r = cli("unlock", "hello", "--json", "--host", "gpu1", cwd=tmp_path)
+    assert r.code == 5
+    assert [(h["host"], h["error"] is None) for h in json.loads(r.out)["hosts"]] == [
+        ("gpu1", True), ("gpu2", False), ("gpu3", True)]
