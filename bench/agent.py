@@ -55,6 +55,13 @@ def inspect(container: str, field: str) -> str:
     return sh("docker", "inspect", "-f", "{{" + field + "}}", container).strip()
 
 
+def address(container: str) -> str:
+    """The container's IP: its own, or its network sandbox's (NetworkMode container:ID, agent/sandboxes.py)."""
+    mode = inspect(container, ".HostConfig.NetworkMode")
+    return inspect(mode.split(":", 1)[1] if mode.startswith("container:") else container,
+                   ".NetworkSettings.IPAddress")
+
+
 def images(repo: str) -> dict[str, str]:
     """{repo:tag: short image id} of one repository."""
     lines = sh("docker", "images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}", repo).splitlines()
@@ -193,7 +200,7 @@ def pct(samples: list[float]) -> dict[str, float]:
 def warm(b: Bench, args: argparse.Namespace, res: dict) -> None:
     ep = b.deploy("bench-noop", NOOP)
     (cid,) = b.app_containers("bench-noop")
-    ip, runtime_pid, agent_pid = inspect(cid, ".NetworkSettings.IPAddress"), int(inspect(cid, ".State.Pid")), \
+    ip, runtime_pid, agent_pid = address(cid), int(inspect(cid, ".State.Pid")), \
         b.agent.pid
     via_agent = lambda: Client(ep["host"], ep["port"], ep["path"], ep["token"])  # noqa: E731
     direct = lambda: Client(ip, 8000, "/tasks")  # noqa: E731
@@ -244,6 +251,8 @@ def cold(b: Bench, args: argparse.Namespace, res: dict) -> None:
     src = REPO / "examples" / "weights"
     yaml_text = (src / "beam.yaml").read_text().replace("name: weights", "name: bench-weights")
     yaml_text = yaml_text.replace("keep_warm_seconds: 30", "keep_warm_seconds: 1")
+    yaml_text = yaml_text.replace("checkpoint_enabled: true", "checkpoint_enabled: false")  # cold boots here;
+    # restores: bench/coldstart.py
     t0 = time.perf_counter()
     ep = b.deploy("bench-weights", {"beam.yaml": yaml_text, "app.py": (src / "app.py").read_text()})
     res["weights_deploy_s"] = time.perf_counter() - t0
