@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from beamctl.agent import cuda_ckpt
-from beamctl.agent.checkpoint import CheckpointError, check_sizes, criu_reason, log_lines, run_bounded
+from beamctl.agent.checkpoint import CheckpointError, check_sizes, criu_reason, log_lines
+from beamctl.agent.engine_start import run_bounded
 
 META = "beamctl-process.json"  # {"root_pid", "cuda_pids", "shell_job", "files": {name: size}}
 PIDFILE = "restore.pid"

@@ -28,8 +28,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from beamctl.agent import digests
+from beamctl.agent.engine_start import engine_for, kill_restore, run_bounded
 
 RUNC_ROOT = "/run/docker/runtime-runc/moby"  # dockerd 20.10's runc state for its containers
 CTRD_TMP = "/tmp/ctrd-checkpoint*"  # containerd 1.6 unpacks a start's checkpoint here (and leaves it)
@@ -127,7 +126,7 @@ def restore(docker: Any, new_container_id: str, snapshot_dir: Path, name: str, *
     running, or raises RestoreFailed with it not running. A restore still going after timeout_s is
     killed (size it to the snapshot: CRIU reads pages at 0.7-1.4 GB/s here). The link folder and
     containerd's unpacked copy are removed either way."""
-    eng = _Sdk(docker) if hasattr(docker, "api") else _Cli(str(docker))
+    eng = engine_for(docker)
     root = docker_root or eng.root()
     cid = new_container_id
     links = root / "containers" / cid / "checkpoints" / name
@@ -150,7 +149,7 @@ def restore(docker: Any, new_container_id: str, snapshot_dir: Path, name: str, *
             err = eng.start(cid, name, timeout_s)
             seconds = time.monotonic() - started
             if err is not None and seconds >= timeout_s:
-                _kill_restore(cid)  # the engine's start call goes on until its runc and criu are gone
+                kill_restore(cid)  # the engine's start call goes on until its runc and criu are gone
                 head, err = f"restore into {cid[:12]} timed out after {timeout_s:.0f} s (stopped)", ""
         finally:
             log = watch.stop()
@@ -212,51 +211,11 @@ def monotonic_offset(pid: int, proc: Path = Path("/proc")) -> float:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def run_bounded(argv: list[str], timeout_s: float, on_timeout: Any) -> tuple[int | None, str]:
-    """(exit status or None on timeout, output); on timeout the whole process group is killed."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # runc starts criu: both must go on a timeout
-    try:
-        out, _ = proc.communicate(timeout=max(timeout_s, 0.1))
-        return proc.returncode, out
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        on_timeout()
-        return None, out
-
-
 def thaw(container_id: str) -> None:
     """A killed dump may leave the container frozen (cgroup v1 freezer): thaw it, best effort."""
     for state in glob.glob(f"/sys/fs/cgroup/freezer/*/{container_id}/freezer.state"):
         try:
             Path(state).write_text("THAWED")
-        except OSError:
-            pass
-
-
-def _kill_restore(cid: str) -> None:
-    """SIGKILL what the container's shim started (runc, criu, the half-restored tasks); the shim and
-    the engine then clean up as after any failed start."""
-    parents: dict[int, list[int]] = {}
-    shim = None
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry))
-        if b"containerd-shim" in cmd and b"\0-id\0" + cid.encode() + b"\0" in cmd:
-            shim = int(entry)
-    todo = list(parents.get(shim, [])) if shim else []
-    while todo:
-        pid = todo.pop()
-        todo += parents.get(pid, [])
-        try:
-            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
 
@@ -310,47 +269,3 @@ class _Tail(threading.Thread):
         self.join()
         self._read()
         return self.text.splitlines()[1 if self.cut else 0:]
-
-
-class _Sdk:
-    def __init__(self, client: Any) -> None:
-        self.client, self.api = client, client.api
-
-    def root(self) -> Path:
-        return Path(self.client.info()["DockerRootDir"])
-
-    def start(self, cid: str, name: str, timeout_s: float) -> str | None:
-        try:  # the SDK has no checkpoint parameter; the Engine API has
-            res = self.api._post(self.api._url("/containers/{0}/start", cid), params={"checkpoint": name},
-                                 timeout=timeout_s)
-            self.api._raise_for_status(res)
-            return None
-        except Exception as e:  # docker.errors.APIError, requests' timeouts
-            return str(getattr(e, "explanation", None) or e)
-
-    def running(self, cid: str) -> bool:
-        return bool(self.api.inspect_container(cid)["State"]["Running"])
-
-    def kill(self, cid: str) -> None:
-        self.api.kill(cid)
-
-
-class _Cli:
-    def __init__(self, docker: str) -> None:
-        self.docker = docker
-
-    def _call(self, *args: str, timeout_s: float = 30) -> tuple[int | None, str]:
-        return run_bounded([self.docker, *args], timeout_s, on_timeout=lambda: None)
-
-    def root(self) -> Path:
-        return Path(self._call("info", "-f", "{{.DockerRootDir}}")[1].strip())
-
-    def start(self, cid: str, name: str, timeout_s: float) -> str | None:
-        rc, out = self._call("start", "--checkpoint", name, cid, timeout_s=timeout_s)
-        return None if rc == 0 else (out.strip() or f"docker start exited {rc}")
-
-    def running(self, cid: str) -> bool:
-        return self._call("inspect", "-f", "{{.State.Running}}", cid)[1].strip() == "true"
-
-    def kill(self, cid: str) -> None:
-        self._call("kill", cid)

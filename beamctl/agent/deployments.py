@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import secret_files
 from beamctl.agent.snapshot_key import args_hash
-from beamctl.agent.containers import volume_dir
+from beamctl.agent.container_args import volume_dir
 from beamctl.agent.pool import Pool
 from beamctl.protocol.spec import AppSpec
 from beamctl.agent.state import AgentState

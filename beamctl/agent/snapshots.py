@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from beamctl.agent import checkpoint, digests, leftovers, snapshot_key
-from beamctl.agent.containers import GPU_FILE
+from beamctl.agent.container_args import GPU_FILE
 from beamctl.agent.gpu_snapshots import GpuStateLost
 from beamctl.agent.resident import Resident
 from beamctl.agent.snapshot_compat import SnapshotKeys, cache_dir_note, explain, refuse

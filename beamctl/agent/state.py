@@ -10,7 +10,8 @@ from typing import Any
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import logs as _logs
 from beamctl.agent import secret_files
-from beamctl.agent.containers import Containers, create_args
+from beamctl.agent.container_args import create_args
+from beamctl.agent.containers import Containers
 from beamctl.agent.paths import agent_id
 from beamctl.agent.pool import Live, Pool
 from beamctl.agent.resident import Resident

@@ -38,7 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from beamctl.agent.containers import DockerContainers, create_args  # noqa: E402
+from beamctl.agent.container_args import create_args  # noqa: E402
+from beamctl.agent.containers import DockerContainers  # noqa: E402
 from beamctl.protocol.spec import AppSpec, VolumeSpec  # noqa: E402
 
 RUNC_ROOT = "/run/docker/runtime-runc/moby"  # dockerd 20.10's runc state for its containers

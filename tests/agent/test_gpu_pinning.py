@@ -7,7 +7,8 @@ import pytest
 
 from beamctl.agent import gpus
 from beamctl.protocol import gpus as rules
-from beamctl.agent.containers import _gpus, create_args
+from beamctl.agent.container_args import create_args
+from beamctl.agent.containers import _gpus
 from beamctl.agent.service import Agent
 from beamctl.protocol.errors import AgentError
 from beamctl.protocol.spec import AppSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from beamctl.agent.containers import death_reason, size_text
+from beamctl.agent.container_args import death_reason, size_text
 from beamctl.agent.pool import Pool, StartFailed
 from beamctl.agent.housekeeping import STARTING_AT_DEATH
 from beamctl.agent.service import Agent

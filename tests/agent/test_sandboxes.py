@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from beamctl.agent import sandboxes as sb
-from beamctl.agent.containers import LABEL_AGENT, LABEL_APP, LABEL_VERSION, DockerContainers
+from beamctl.agent.container_args import LABEL_AGENT, LABEL_APP, LABEL_VERSION
+from beamctl.agent.containers import DockerContainers
 from tests.agent.test_checkpoint import get_text
 
 IMAGE = "beamctl/base:bookworm-python3.11"

@@ -12,7 +12,7 @@ from beamctl.protocol.wire import AgentClient
 from beamctl.transport.local import LocalTransport
 from beamctl.agent import control
 from beamctl.protocol import gpus
-from beamctl.agent.containers import create_args
+from beamctl.agent.container_args import create_args
 from beamctl.protocol.spec import AppSpec, VolumeSpec, spec_from_config
 from beamctl.agent.store import Store
 from beamctl.config import load

@@ -1,0 +1,79 @@
+"""What to create for one container of one app version (pure): `create_args` decides everything about it
+from the spec (tested as a whole value), and why a container stopped, from the engine's inspect. Secret
+values enter here as environment of the container and go nowhere else."""
+
+from __future__ import annotations
+
+import secrets as _secrets
+import signal
+from pathlib import Path
+from typing import Any
+
+from beamctl.protocol.spec import AppSpec
+
+RUNTIME_PORT = 8000  # the runtime's HTTP server inside each container
+STOP_TIMEOUT_S = 5  # SIGTERM, then SIGKILL: the runtime exits at once on SIGTERM
+LABEL_APP, LABEL_VERSION, LABEL_AGENT = "dev.beamctl.app", "dev.beamctl.version", "dev.beamctl.agent"
+GPU_FILE = "gpu.json"  # in a snapshot taken with the GPU checkpoint: its restore needs the driver too
+
+
+def volume_dir(data_dir: Path, app: str, volume: str) -> Path:
+    return data_dir / "volumes" / app / volume
+
+
+def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
+                secret_values: dict[str, str], gpu_count: int = 0,
+                gpu_devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
+    """Keyword arguments for the engine's container create, for one container of one version."""
+    env = {**spec.env, **secret_values,
+           "BEAMCTL_WORKERS": str(spec.workers), "BEAMCTL_TIMEOUT": str(spec.timeout_s),
+           "BEAMCTL_PORT": str(RUNTIME_PORT)}
+    if spec.cache_dir:
+        env["BEAMCTL_MODEL_CACHE"] = spec.cache_dir  # the client's build cache is BEAMCTL_CACHE_DIR
+    if spec.takes_snapshots:  # the runtime pauses after on_start until the agent releases it
+        env["BEAMCTL_CHECKPOINT"] = "1"
+    args: dict[str, Any] = {
+        "image": spec.image,
+        "command": ["serve"],
+        "name": f"beamctl-{spec.app}-v{version}-{_secrets.token_hex(3)}",
+        "environment": env,
+        "labels": {LABEL_APP: spec.app, LABEL_VERSION: str(version), LABEL_AGENT: agent_id},
+        "volumes": {str(volume_dir(data_dir, spec.app, v.name)): {"bind": v.mount_path, "mode": "rw"}
+                    for v in spec.volumes},
+        "nano_cpus": int(spec.cpu * 1e9),
+        "mem_limit": spec.memory_bytes,
+        "stop_signal": "SIGTERM",
+    }
+    if gpu_devices:  # pinned: these GPUs and no others (versions from before pinning: a count)
+        args["gpus"] = [str(i) for i in gpu_devices]
+    elif gpu_count:
+        args["gpus"] = gpu_count
+    return args
+
+
+def size_text(n: int) -> str:
+    """Bytes as beam.yaml writes them: 268435456 -> "256Mi", 1073741824 -> "1Gi"."""
+    for unit, shift in (("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n} bytes"
+
+
+def death_reason(inspect: dict[str, Any]) -> str | None:
+    """Why a container is not running, from the engine's inspect (None while it runs): out of memory
+    (with its limit), a signal (exit code 128+N), or its exit code."""
+    state = inspect.get("State") or {}
+    if state.get("Running") and not state.get("OOMKilled"):
+        return None
+    code = int(state.get("ExitCode") or 0)
+    limit = int((inspect.get("HostConfig") or {}).get("Memory") or 0)
+    if state.get("OOMKilled"):
+        return "killed: out of memory" + (f" (limit {size_text(limit)})" if limit else "")
+    if code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        return f"killed by {name} (exit code {code})"
+    error = state.get("Error") or ""
+    return f"exited with code {code}" + (f": {error}" if error else "")
