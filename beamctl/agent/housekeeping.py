@@ -76,7 +76,9 @@ class Housekeeping:
     def stop(self, app: str) -> dict[str, Any]:
         pool = self.pools.get(app)
         if pool is None or pool.version is None:
-            raise AgentError(f"{app} is not running here")
+            if self.store.token(app) is None:
+                raise AgentError(f"{app} was never deployed here")
+            return {"app": app, "stopped_version": None, "already_stopped": True}  # stopping it again: done
         version = pool.version
         deadline = time.monotonic() + STOP_DRAIN_S
         with pool.cond:  # running tasks finish first (bounded)

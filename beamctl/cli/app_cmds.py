@@ -214,17 +214,17 @@ def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt,
 def stop(name: str = typer.Argument(...), host: Optional[List[str]] = HostOpt,
          file: Optional[Path] = AppFileOpt) -> int:
     """Stop the app's containers (on every host of the app); its volumes and records stay."""
+    from beamctl.cli import views
     from beamctl.hosts.each import ask_all, only
 
     with _hosts(name, host, file) as hosts:
         replies = ask_all(hosts, "stop", app=name)
         local = _local(hosts)
     if local:
-        result = only(replies)
-        console.say(f"stopped {result['app']} v{result['stopped_version']} (volumes kept)")
+        console.say(views.stopped(name, only(replies)))
         return ExitCode.OK
     for r in replies:
         if r.error is None:
-            console.say(f"{console.escape(r.host)}: stopped {name} v{r.result['stopped_version']} (volumes kept)")
+            console.say(f"{console.escape(r.host)}: {views.stopped(name, r.result)}")
     _report_errors(replies)
     return _outcome(replies)

@@ -137,3 +137,10 @@ def host_log_line(entry: dict[str, Any], width: int = 12) -> str:
 def log_line(entry: dict[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(entry["ts"])) + f".{int(entry['ts'] % 1 * 1000):03d}"
     return f"{stamp} {entry['source']:<12} {entry['text']}"
+
+
+def stopped(app: str, result: dict[str, Any]) -> str:
+    """`stop`'s line for one agent's answer (an app stopped before: done, said so)."""
+    if result.get("already_stopped") or result.get("stopped_version") is None:
+        return f"{app} was already stopped (volumes kept)"
+    return f"stopped {app} v{result['stopped_version']} (volumes kept)"

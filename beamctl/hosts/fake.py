@@ -109,6 +109,8 @@ class FakeAgent:
         if app not in self.versions:
             raise Refused(f"{app} was never deployed here")
         stopped, self.active[app] = self.active.get(app), None
+        if stopped is None:
+            return {"app": app, "stopped_version": None, "already_stopped": True}
         return {"app": app, "stopped_version": stopped}
 
     def op_lock_acquire(self, app: str, holder: dict[str, Any]) -> dict[str, Any]:

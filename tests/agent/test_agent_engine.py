@@ -268,6 +268,9 @@ def test_volume_data_survives_redeploy_and_stop(host, lifecycle):
     assert host.call(app)["result"] == {"v": 2, "notes": ["kept"]}
 
     assert host.ok("stop", app).err.strip() == f"stopped {app} v2 (volumes kept)"
+    assert host.ok("stop", app).err.strip() == f"{app} was already stopped (volumes kept)"  # done, exit 0
+    never = host.beamctl("stop", "never-deployed")
+    assert (never.code, never.err.strip()) == (1, "error: never-deployed was never deployed here")
     assert host.status(app)["active_version"] is None and containers_of(app) == []
     assert host.beamctl("call", app).code == 1
 

@@ -213,6 +213,8 @@ def test_logs_status_tasks_profile_and_stop_here(world, cli, tmp_path):
     assert missing.code == 1 and "error: no task t-000000000000" in missing.err
     stop = cli("stop", "hello", cwd=tmp_path)
     assert stop.code == 0 and "stopped hello v1 (volumes kept)" in stop.err
+    again = cli("stop", "hello", cwd=tmp_path)  # stopping a stopped app is done
+    assert again.code == 0 and again.err == "hello was already stopped (volumes kept)\n"
     gone = cli("logs", "nope", cwd=tmp_path)
     assert gone.code == 1 and "error: nope was never deployed here" in gone.err
 
