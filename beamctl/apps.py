@@ -47,7 +47,7 @@ def call(hosts: list[Any], app: str, inputs: dict[str, Any], chosen: Callable[[s
     host = hosts[0]
     if len(hosts) > 1:
         replies = ask_all(hosts, "status", app=app)
-        where = query.pick_host(replies, app)
+        where = query.pick_host(replies, app, query.next_turn(app))
         if where is None:
             for line in error_lines(replies):
                 unanswered(line)

@@ -7,6 +7,7 @@ Which hosts: `--host NAME` (repeatable) if given; else the `hosts:` of the app's
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -97,17 +98,38 @@ def load_of(status: dict[str, Any], app: str) -> tuple[int, bool] | None:
     return None
 
 
-def pick_host(replies: list[Reply], app: str) -> str | None:
-    """The host serving `app` that is least busy; ties: one with a ready container; then the first."""
-    best: tuple[Any, ...] | None = None
-    for i, r in enumerate(replies):
-        if r.error is not None:
-            continue
-        load = load_of(r.result, app)
-        if load is None:
-            continue
-        busy, ready = load
-        key = (busy, not ready, i)
-        if best is None or key < best[0]:
-            best = (key, r.host)
-    return best[1] if best else None
+def pick_host(replies: list[Reply], app: str, turn: int = 0) -> str | None:
+    """The host serving `app` that is least busy; ties: one with a ready container; hosts still tied take
+    turns (`turn`: this client's count of calls to the app), so calls made at once spread out."""
+    loads = [((load[0], not load[1]), r.host) for r in replies if r.error is None
+             for load in [load_of(r.result, app)] if load is not None]
+    if not loads:
+        return None
+    best = min(key for key, _ in loads)
+    tied = [host for key, host in loads if key == best]
+    return tied[turn % len(tied)]
+
+
+def next_turn(app: str) -> int:
+    """This client's next turn for `app` (a counter in the cache, taken under a lock: commands run at
+    once get different turns); 0 when the cache cannot be written."""
+    import fcntl
+
+    from beamctl.paths import cache_dir
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", app):  # an app name (the schema's), never a path
+        return 0
+    path = cache_dir() / "turns" / app
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            text = f.read().strip()
+            turn = int(text) + 1 if text.isdigit() else 0
+            f.seek(0)
+            f.truncate()
+            f.write(str(turn))
+            return turn
+    except OSError:
+        return 0

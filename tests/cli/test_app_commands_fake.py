@@ -177,6 +177,14 @@ def test_call_on_three_hosts_goes_to_the_least_busy_and_survives_one_down(world,
     assert [op for op, _ in w["gpu3"].asked] == ["status", "call"]
 
 
+def test_calls_to_three_idle_hosts_take_turns(world, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("BEAMCTL_CACHE_DIR", str(tmp_path / "cache"))
+    world(served([FakeHost("gpu1"), FakeHost("gpu2"), FakeHost("gpu3")]))
+    served_by = [json.loads(cli("call", "hello", "--json", "--host", "gpu1", cwd=tmp_path).out)["host"]
+                 for _ in range(4)]
+    assert served_by == ["gpu1", "gpu2", "gpu3", "gpu1"]
+
+
 def test_logs_status_tasks_profile_and_stop_on_three_hosts_with_one_down(world, cli, tmp_path):
     w = world(served(three(logs=ConnectionError("reset"), status="the agent failed", tasks=EOFError(),
                            stop=ConnectionError("reset"))))

@@ -45,6 +45,18 @@ def test_ties_go_to_a_ready_container_then_the_first():
     assert query.pick_host([starting, warm], "app") == "warm"
 
 
+def test_hosts_still_tied_take_turns_and_the_turn_counts_per_app(tmp_path, monkeypatch):
+    idle = [Reply(h, status_of("app", busy=[0])) for h in ("a", "b", "c")]
+    assert [query.pick_host(idle, "app", turn) for turn in range(4)] == ["a", "b", "c", "a"]
+    busy_a = [Reply("a", status_of("app", busy=[1])), *idle[1:]]
+    assert [query.pick_host(busy_a, "app", turn) for turn in range(3)] == ["b", "c", "b"]  # least busy first
+    cold_b = [idle[0], Reply("b", status_of("app")), idle[2]]
+    assert [query.pick_host(cold_b, "app", turn) for turn in range(2)] == ["a", "c"]  # a warm one before a cold
+    monkeypatch.setenv("BEAMCTL_CACHE_DIR", str(tmp_path))
+    assert [query.next_turn("app") for _ in range(3)] == [0, 1, 2] and query.next_turn("other") == 0
+    assert query.next_turn("../../etc/passwd") == 0 and not (tmp_path.parent / "etc").exists()
+
+
 def test_no_host_serving_means_no_pick():
     stopped = Reply("a", status_of("app", active=None))
     other = Reply("b", status_of("other", busy=[0]))
