@@ -18,20 +18,24 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
     health_timeout: None takes beam.yaml's rollout.health_timeout."""
     from beamctl import secrets
     from beamctl.fleet import query, rollout
+    from beamctl.hosts import placed
     from beamctl.hosts.inventory import which_hosts
     from beamctl.image import build_app
     from beamctl.protocol.spec import spec_from_config
 
     timeout = health_timeout if health_timeout is not None else config.rollout.health_timeout_s
     secret_values = secrets.gather(config.secrets)  # before anything: fail fast on a missing secret
-    hosts = query.hosts_of(which_hosts(config.hosts)[0] if config.hosts else None)
+    entries = which_hosts(config.hosts)[0] if config.hosts else None
+    hosts = query.hosts_of(entries)
     try:
-        return rollout.rollout(hosts, config.name, tuple(str(g) for g in config.gpu),
+        deployed = rollout.rollout(hosts, config.name, tuple(str(g) for g in config.gpu),
                                build=lambda: build_app(config, progress),
                                spec_for=lambda image: spec_from_config(config, image.image).to_json(),
                                secret_values=secret_values, health_timeout=timeout, progress=progress,
                                max_parallel=config.rollout.max_parallel, lock_wait=lock_wait,
                                checkpoints=config.checkpoint_enabled)
+        placed.record(config.name, entries)  # the app's commands find it by name from any folder
+        return deployed
     finally:
         for h in hosts:
             h.close()

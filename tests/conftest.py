@@ -23,6 +23,12 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BEAMCTL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True)
+def _private_client_config(tmp_path_factory, monkeypatch):
+    """Each test gets its own host inventory and deploy record (hosts/placed.py): none from ~/.config."""
+    monkeypatch.setenv("BEAMCTL_HOSTS_FILE", str(tmp_path_factory.mktemp("config") / "hosts.yaml"))
+
+
 @pytest.fixture
 def cli(capsys, monkeypatch):
     """Run beamctl in-process: cli(*args, cwd=DIR) -> Result(code, stdout, stderr)."""

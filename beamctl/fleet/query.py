@@ -34,15 +34,19 @@ def _app_config(file: Path | None, name: str | None) -> Any:
 
 
 def host_entries(name: str | None, hosts: list[str] | None, file: Path | None) -> list[Any] | None:
-    """The inventory entries to ask, or None for this machine's agent only."""
-    from beamctl.hosts import inventory
+    """The inventory entries to ask, or None for this machine's agent only: --host; else the app's
+    beam.yaml (-f, or ./beam.yaml when it is the app's); else where this client last deployed the app;
+    else, for a command about no app in particular (no name), every host known here."""
+    from beamctl.hosts import inventory, placed
 
     if hosts:
         return inventory.lookup(list(hosts))
     config = _app_config(file, name)
-    if config is None or not config.hosts:
-        return None
-    return inventory.which_hosts(config.hosts)[0]
+    if config is not None:
+        return inventory.which_hosts(config.hosts)[0] if config.hosts else None
+    if name is not None:
+        return placed.hosts_of_app(name)
+    return placed.known_hosts() or None
 
 
 def hosts_of(entries: list[Any] | None, ssh: Any = None) -> list[Any]:

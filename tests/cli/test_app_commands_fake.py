@@ -237,3 +237,43 @@ def test_unlock_here_and_on_three_hosts(world, cli, tmp_path):
     assert r.code == 5
     assert [(h["host"], h["error"] is None) for h in json.loads(r.out)["hosts"]] == [
         ("gpu1", True), ("gpu2", False), ("gpu3", True)]
+
+
+def test_after_a_deploy_the_commands_find_the_app_by_name_from_any_folder(world, cli, tmp_path, monkeypatch):
+    from beamctl.hosts import placed
+
+    w = world(three())
+    asked: list = []
+    monkeypatch.setattr(query, "hosts_of", lambda entries, ssh=None: asked.append(entries) or w.hosts)
+    assert cli("deploy", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"])).code == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    asked.clear()
+    called = cli("call", "hello", "--json", cwd=elsewhere)
+    assert called.code == 0, called.err
+    assert [e.name for e in asked[0]] == ["root@gpu1", "root@gpu2", "root@gpu3"]  # from the deploy's record
+    task = json.loads(called.out)
+    profile = cli("profile", task["task_id"], "--json", cwd=elsewhere)  # the hint `call` prints works as printed
+    assert profile.code == 0 and json.loads(profile.out)["host"] == task["host"]
+    asked.clear()
+    assert cli("tasks", "--json", cwd=elsewhere).code == 0 and [e.name for e in asked[0]] == [
+        "root@gpu1", "root@gpu2", "root@gpu3"]  # no name: every host known here
+    assert placed.hosts_of_app("other") is None
+
+    world(here())  # the app moves to this machine: its record goes
+    (tmp_path / "local").mkdir()
+    assert cli("deploy", cwd=app_dir(tmp_path / "local", [])).code == 0
+    assert placed.hosts_of_app("hello") is None
+
+
+def test_a_damaged_deploy_record_reads_as_none(tmp_path):
+    from beamctl.hosts import placed
+
+    path = tmp_path / "apps.json"
+    for text in ("{not json", "[1, 2]", '{"hello": "gpu1"}', '{"hello": [{"name": "a"}]}'):
+        path.write_text(text)
+        assert placed.hosts_of_app("hello", path) is None
+    placed.record("hello", None, path)  # the app moved to this machine: its damaged entry goes too
+    assert json.loads(path.read_text()) == {}
+    placed.record("hello", None, tmp_path / "none.json")
+    assert not (tmp_path / "none.json").exists()  # nothing recorded, nothing written
