@@ -1,4 +1,6 @@
-"""The one console: human output to stderr (styled when it is a terminal), JSON to stdout.
+"""The one console. What a command exists to print (log lines, a tasks table, a status, a profile, its
+`--json`) goes to stdout, so it can be piped (`out`, `show`, `emit_json`); progress, hints, warnings and
+errors go to stderr (`line`, `say`, `error`). Styled only on a terminal.
 
 Core code never prints; commands call these. rich is imported only when something styled
 is drawn, which keeps plain commands fast to start.
@@ -17,10 +19,10 @@ _TAG = re.compile(r"(?<!\\)\[/?[a-z #0-9_.]*\]")
 
 
 @cache
-def _rich() -> Any:
+def _rich(stderr: bool = True) -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def line(text: str = "") -> None:
@@ -34,6 +36,19 @@ def say(markup: str) -> None:
         _rich().print(markup)
     else:  # no rich import for pipes and CI logs: drop the tags, keep the text
         line(_TAG.sub("", markup).replace("\\[", "["))
+
+
+def out(text: str = "") -> None:
+    """A plain line of the command's output to stdout, exactly as given."""
+    sys.stdout.write(text + "\n")
+
+
+def show(markup: str) -> None:
+    """A styled line of the command's output to stdout (rich markup); plain text when piped."""
+    if sys.stdout.isatty():
+        _rich(stderr=False).print(markup)
+    else:
+        out(_TAG.sub("", markup).replace("\\[", "["))
 
 
 def error(message: str, hint: str | None = None) -> None:

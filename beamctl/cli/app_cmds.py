@@ -113,7 +113,7 @@ def tasks(name: Optional[str] = typer.Argument(None, help="Only this app."), jso
         console.emit_json(rows)
     else:
         for line in views.tasks_table(rows, hosts=not local):
-            console.line(line)
+            console.out(line)
     _report_errors(replies)
     return _outcome(replies)
 
@@ -141,9 +141,9 @@ def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl cal
     kind = "restored" if task["start"] == "restored" else "cold"  # compared with starts of its own kind
     recent = [t["total"] for t in recent_rows if t["start"] == kind and t["total"]]
     if where:
-        console.say(f"host: [bold]{console.escape(where)}[/]")
+        console.show(f"host: [bold]{console.escape(where)}[/]")
     for line in views.profile(task, recent):
-        console.say(line)
+        console.show(line)
     return ExitCode.OK
 
 
@@ -151,7 +151,8 @@ def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl cal
 def logs(name: str = typer.Argument(...), follow: bool = typer.Option(False, "-f", "--follow"),
          task: Optional[str] = typer.Option(None, "--task", help="Only lines about this task."),
          since: float = typer.Option(0, "--since", help="Only the last SECONDS."),
-         lines: int = typer.Option(100, "-n", help="How many lines."),
+         lines: int = typer.Option(100, "-n", min=1, help="How many lines, the last ones (of all hosts together)."),
+         json: bool = typer.Option(False, "--json", help="One JSON object per line (JSON lines) on stdout."),
          host: Optional[List[str]] = HostOpt,
          file: Optional[Path] = typer.Option(None, "--file", help="The app's beam.yaml (or its folder): "
                                                                   "its hosts' logs.")) -> int:
@@ -170,9 +171,13 @@ def logs(name: str = typer.Argument(...), follow: bool = typer.Option(False, "-f
         if local:
             only(replies)
         _report_errors(replies)
+        entries = query.merge_logs(replies)[-lines:]  # each host sent its last N: these are the last N of all
         while True:
-            for e in query.merge_logs(replies):
-                console.line(views.log_line(e) if local else views.host_log_line(e, width))
+            for e in entries:
+                if json:
+                    console.out(_json.dumps(e if not local else {k: v for k, v in e.items() if k != "host"}))
+                else:
+                    console.out(views.log_line(e) if local else views.host_log_line(e, width))
                 seen[e["host"]] = max(seen[e["host"]], e["ts"])
             if not follow:
                 return _outcome(replies)
@@ -181,6 +186,7 @@ def logs(name: str = typer.Argument(...), follow: bool = typer.Option(False, "-f
             if local:
                 only(replies)
             replies = [r._replace(result=[e for e in r.result or [] if e["ts"] > seen[r.host]]) for r in replies]
+            entries = query.merge_logs(replies)
 
 
 @app.command()
@@ -199,14 +205,14 @@ def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt,
             console.emit_json(data)
         else:
             for line in views.status(data):
-                console.say(line)
+                console.show(line)
         return ExitCode.OK
     if json:
         console.emit_json({"hosts": [{"host": r.host, **({"status": r.result} if r.error is None
                                                          else {"error": r.error})} for r in replies]})
     else:
         for line in views.host_status(replies):
-            console.say(line)
+            console.show(line)
     return _outcome(replies)
 
 

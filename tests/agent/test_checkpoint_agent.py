@@ -116,13 +116,13 @@ def test_capture_after_on_start_root_only(host: Host, app: tuple[str, Path]) -> 
     assert key["kernel"] == os.uname().release and key["image_id"].startswith("sha256:")
     assert not folder.with_suffix(".partial").exists()
     assert on_start_count(host, name) == 1
-    assert "checkpoint: [green]ready" not in host.ok("status", name).err  # markup rendered, not printed
-    assert "checkpoint: ready" in host.ok("status", name).err
+    assert "checkpoint: [green]ready" not in host.ok("status", name).out  # markup rendered, not printed
+    assert "checkpoint: ready" in host.ok("status", name).out
     # held in memory by the agent (resident.py): every file of it locked, as the kernel counts it
     assert held_in_memory(host, name, 1)
     images = [p for p in folder.iterdir() if p.is_file()]  # not CRIU's log (work/): restores do not read it
     assert locked_bytes(host.agent_pid()) >= sum(p.stat().st_size for p in images) > 20_000_000
-    assert ", in memory" in host.ok("status", name).err
+    assert ", in memory" in host.ok("status", name).out
 
 
 def test_scale_to_zero_then_a_cold_start_restores(host: Host, app: tuple[str, Path]) -> None:
@@ -226,7 +226,7 @@ def test_a_failed_capture_falls_back_to_cold_boots_and_a_redeploy_retries(host: 
     snap = snapshot_of(host, name, 2)
     assert snap["state"] == "checkpoint_failed" and "open TCP connection" in snap["reason"], snap
     assert snapshot_of(host, name, 1) is None and not folder_of(host, name, 1).exists()  # retired: deleted
-    assert "checkpoint_failed" in host.ok("status", name).err
+    assert "checkpoint_failed" in host.ok("status", name).out
 
     task = cold_call(host, name, 15)  # calls work by cold boot
     assert task["start"] == "cold" and task["result"]["v"] == 2

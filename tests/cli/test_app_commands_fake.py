@@ -191,7 +191,7 @@ def test_logs_status_tasks_profile_and_stop_on_three_hosts_with_one_down(world, 
     task = w["gpu3"].agent.op_call("hello", {}, "t-0123456789ab")
     logs = cli("logs", "hello", "--host", "gpu1", cwd=tmp_path)
     assert logs.code == 5
-    assert [line.split()[0] for line in logs.err.splitlines() if "v1 ready" in line] == ["gpu1", "gpu3"]
+    assert [line.split()[0] for line in logs.out.splitlines() if "v1 ready" in line] == ["gpu1", "gpu3"]
     assert "error: gpu2: unreachable: the connection broke: reset" in logs.err
     status = cli("status", "hello", "--json", "--host", "gpu1", cwd=tmp_path)
     assert status.code == 5
@@ -210,13 +210,13 @@ def test_logs_status_tasks_profile_and_stop_here(world, cli, tmp_path):
     w = world(served(here()))
     task = w["local"].agent.op_call("hello", {}, "t-0123456789ab")
     logs = cli("logs", "hello", cwd=tmp_path)
-    assert logs.code == 0 and logs.err.splitlines()[0].split()[1:] == ["agent", "v1", "ready"]
+    assert logs.code == 0 and logs.err == "" and logs.out.splitlines()[0].split()[1:] == ["agent", "v1", "ready"]
     status = cli("status", "hello", "--json", cwd=tmp_path)
     assert json.loads(status.out)["apps"][0]["active_version"] == 1
     tasks = cli("tasks", "--json", cwd=tmp_path)
     assert [t["task_id"] for t in json.loads(tasks.out)] == [task["task_id"]] and "host" not in tasks.out
     profile = cli("profile", task["task_id"], cwd=tmp_path)
-    assert profile.code == 0 and "host:" not in profile.err
+    assert profile.code == 0 and "host:" not in profile.out and "cold start, succeeded" in profile.out
     missing = cli("profile", "t-000000000000", cwd=tmp_path)
     assert missing.code == 1 and "error: no task t-000000000000" in missing.err
     stop = cli("stop", "hello", cwd=tmp_path)
@@ -277,3 +277,21 @@ def test_a_damaged_deploy_record_reads_as_none(tmp_path):
     assert json.loads(path.read_text()) == {}
     placed.record("hello", None, tmp_path / "none.json")
     assert not (tmp_path / "none.json").exists()  # nothing recorded, nothing written
+
+
+def test_logs_n_is_n_lines_in_all_and_json_lines_are_one_object_each(world, cli, tmp_path):
+    w = world(served(three()))
+    for h in w.hosts:
+        for i in range(5):
+            h.agent._log("hello", f"{h.name} line {i}")
+    r = cli("logs", "hello", "-n", "4", "--host", "gpu1", cwd=tmp_path)
+    assert r.code == 0 and len(r.out.splitlines()) == 4  # not 4 per host
+    stamps = [line.split()[1] for line in r.out.splitlines()]
+    assert stamps == sorted(stamps)
+    rows = [json.loads(line) for line in cli("logs", "hello", "-n", "3", "--json", "--host", "gpu1",
+                                             cwd=tmp_path).out.splitlines()]
+    assert len(rows) == 3 and all({"ts", "source", "text", "host"} <= set(row) for row in rows)
+    assert [row["ts"] for row in rows] == sorted(row["ts"] for row in rows)
+    everything = [json.loads(line) for line in cli("logs", "hello", "-n", "100", "--json", "--host", "gpu1",
+                                                   cwd=tmp_path).out.splitlines()]
+    assert rows == everything[-3:]  # the last 3 of all hosts together

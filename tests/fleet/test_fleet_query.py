@@ -183,8 +183,8 @@ def test_app_commands_across_two_hosts(cli, two, app_dir, monkeypatch):
     assert [h["host"] for h in hosts] == ["testhost-1", "testhost-2"]
     assert [h["status"]["apps"][0]["active_version"] for h in hosts] == [version, version]
     text = cli("status", "helloq", "-f", f)
-    assert text.code == 0 and f"testhost-1  helloq  active: v{version}" in text.err
-    assert f"testhost-2  helloq  active: v{version}" in text.err
+    assert text.code == 0 and f"testhost-1  helloq  active: v{version}" in text.out  # the output: stdout
+    assert f"testhost-2  helloq  active: v{version}" in text.out
 
     called = cli("call", "helloq", '{"name": "Ada"}', "-f", f, "--json")
     assert called.code == 0, called.err
@@ -197,7 +197,7 @@ def test_app_commands_across_two_hosts(cli, two, app_dir, monkeypatch):
     assert [(t["task_id"], t["host"]) for t in listed.out and json.loads(listed.out)] == \
         [(task["task_id"], task["host"])]
     table = cli("tasks", "helloq", "-f", f)
-    assert "HOST" in table.err and task["host"] in table.err
+    assert "HOST" in table.out and task["host"] in table.out
 
     prof = cli("profile", task["task_id"], "-f", f, "--json")
     assert prof.code == 0, prof.err
@@ -206,7 +206,7 @@ def test_app_commands_across_two_hosts(cli, two, app_dir, monkeypatch):
 
     logs = cli("logs", "helloq", "--file", f)
     assert logs.code == 0, logs.err
-    assert any(line.startswith(task["host"]) for line in logs.err.splitlines())
+    assert any(line.startswith(task["host"]) for line in logs.out.splitlines())
 
     one = cli("status", "helloq", "--host", "testhost-2", "--json")
     assert [h["host"] for h in json.loads(one.out)["hosts"]] == ["testhost-2"]
@@ -261,8 +261,8 @@ def test_logs_follow_polls_every_host_from_its_own_last_line(monkeypatch, capsys
     monkeypatch.setenv("BEAMCTL_HOSTS_FILE", str(tmp_path / "hosts.yaml"))  # none: --host names are targets
     monkeypatch.setattr(query, "hosts_of", lambda entries, ssh=None: [{"a": a, "b": b}[e.name] for e in entries])
     with pytest.raises(Done):
-        app_cmds.logs("app", True, None, 0.0, 100, ["a", "b"], None)
-    texts = [line.split()[-1] for line in capsys.readouterr().err.splitlines()]
+        app_cmds.logs("app", True, None, 0.0, 100, False, ["a", "b"], None)
+    texts = [line.split()[-1] for line in capsys.readouterr().out.splitlines()]  # log lines: stdout
     assert texts == ["a1.0", "b2.0", "a3.0", "a5.0", "b6.0"]  # the repeated a3.0 is not shown twice
     assert a.asked == [0.0, 3.0, 5.0] and b.asked == [0.0, 2.0, 2.0]
     assert a.closed and b.closed  # also when following ends by an exception (Ctrl-C)
