@@ -32,6 +32,7 @@ from beamctl.agent.resident import Resident
 from beamctl.agent.snapshot_compat import SnapshotKeys, cache_dir_note, explain, refuse
 from beamctl.agent.store import Store
 from beamctl.protocol.spec import takes_snapshots
+from beamctl.units import human_bytes
 
 CAPTURE_TIMEOUT_S = 300.0  # one runc checkpoint; ~1 s per GB here
 CAPTURE_TRIES = 3  # inside one start (the runtime stays paused between tries), with back-off:
@@ -135,7 +136,7 @@ class Snapshots:
         if self.resident.budget:  # not on the paused runtime's time: its first task is waiting
             threading.Thread(target=self._hold, args=(app, version), daemon=True, name="hold-snapshot").start()
         tries = f", {attempt} tries" if attempt > 1 else ""
-        self.on_event(app, f"checkpoint of v{version} ready: {_size(result.size_bytes)} in "
+        self.on_event(app, f"checkpoint of v{version} ready: {human_bytes(result.size_bytes)} in "
                            f"{result.seconds:.2f} s{tries} + digests {result.digest_s:.2f} s")
         return True
 
@@ -298,10 +299,6 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 class AppSnapshots:

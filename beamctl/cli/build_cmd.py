@@ -11,6 +11,7 @@ from beamctl import console
 from beamctl.cli import app
 from beamctl.cli.config_cmds import FileOpt, JsonOpt
 from beamctl.errors import ExitCode
+from beamctl.units import human_bytes
 
 
 @app.command()
@@ -41,7 +42,7 @@ def build(
         console.emit_json(result.as_json())
     else:
         verb = "reused" if result.reused else "built"
-        console.say(f"[bold green]{verb}[/] {result.image} ({result.size_bytes / 1e6:.1f} MB, "
+        console.say(f"[bold green]{verb}[/] {result.image} ({human_bytes(result.size_bytes)}, "
                     f"{result.layers_built} layers built, {result.layers_cached} cached, {result.seconds:.1f} s)")
         for ref in result.pruned:
             console.say(f"[dim]pruned {ref}[/]")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from beamctl.units import human_bytes
+
 GIB = 1 << 30
 _REFUSALS = {"HostKeyUnknown", "HostKeyChanged", "AuthFailed", "KeyNeedsPassphrase"}
 
@@ -89,7 +91,7 @@ def criu_phrase(c: Any) -> str:
 
 def install_lines(r: Any) -> list[str]:
     """One host's `hosts install` result (an ok one): its line, and the CRIU hint when checkpoints are off."""
-    line = f"{r.host}: {r.action} {r.version} ({r.bytes_sent / 1e6:.1f} MB sent, {r.seconds:.1f} s)"
+    line = f"{r.host}: {r.action} {r.version} ({human_bytes(r.bytes_sent)} sent, {r.seconds:.1f} s)"
     if r.criu is None:
         return [line]
     return [f"{line}; {criu_phrase(r.criu)}"] + ([f"  hint: {r.criu.hint}"] if r.criu.hint else [])

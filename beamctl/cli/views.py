@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from beamctl.units import human_bytes
+
 BAR_WIDTH = 48  # characters for the whole task in `beamctl profile`
 PHASE_LABELS = {"queue": "queue", "image_load": "image load", "container_start": "container start",
                 "imports": "imports", "application_start": "application start (on_start)",
@@ -91,7 +93,7 @@ def checkpoint(snap: dict[str, Any]) -> str:
     state = snap["state"]
     if state == "ready":
         size = snap.get("size_bytes") or 0
-        shown = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+        shown = human_bytes(size)
         took = f" (captured in {snap['capture_s']:.2f} s)" if snap.get("capture_s") is not None else ""
         held = ", in memory" if snap.get("in_memory") else ""
         return f"[green]ready[/], {shown}{took}{held}"

@@ -30,6 +30,7 @@ from beamctl.fleet import layers, sources
 from beamctl.fleet.stream import CHUNK, AllGone, Fanout, Feeder, Progress, compressor, load_argv
 from beamctl.transport import bulk
 from beamctl.transport.errors import HostUnreachable, RemoteError, tail
+from beamctl.units import human_bytes
 
 
 @dataclass(frozen=True)
@@ -224,5 +225,5 @@ def _verify(s: _Host, image_ref: str, image_id: str, diff_ids: list[str], progre
     seconds = time.monotonic() - s.started
     sent_layers = len(diff_ids) - max(s.keep_from, 0)
     s.result = ShipResult(s.name, "sent", s.sent, seconds, sent_layers, len(diff_ids), s.via, s.attempts)
-    progress(f"{s.name}: {sent_layers} of {len(diff_ids)} layers, {s.sent / 1e6:.1f} MB sent in {seconds:.1f} s "
+    progress(f"{s.name}: {sent_layers} of {len(diff_ids)} layers, {human_bytes(s.sent)} sent in {seconds:.1f} s "
              f"({s.via}); id verified")

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from beamctl.errors import BeamctlError
 from beamctl.protocol.layout import LOAD_ARGV, LOAD_STEP_PREFIX as STEP_PREFIX, PYTHON as AGENT_PYTHON
 from beamctl.transport.errors import RemoteEnded, RemoteError, tail
+from beamctl.units import human_bytes
 
 CHUNK = 1 << 20
 QUEUE_CHUNKS = 16  # per host: at most this many MiB wait for a slow host
@@ -33,7 +34,7 @@ class ShipProgress:
     done: bool = False
 
     def __str__(self) -> str:
-        return f"{self.host}: {self.sent / 1e6:.1f} MB sent{' (done)' if self.done else ''}"
+        return f"{self.host}: {human_bytes(self.sent)} sent{' (done)' if self.done else ''}"
 
 
 def load_argv() -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from beamctl.protocol.criu import MIN_CRIU, criu_too_old
 from beamctl.hosts.prereqs import criu_problem
+from beamctl.units import human_bytes
 
 PREFIX = "/opt/beamctl/criu"  # on the host, as on this machine
 WRAPPER = "/usr/local/bin/criu"  # early on PATH: runc (through dockerd) finds `criu` there
@@ -172,7 +173,7 @@ def criu_step(conn: Any, label: str, facts: dict[str, str], progress: Callable[[
     if step == "carry":
         data, state = prefix_tar(prefix), "installed"  # type: ignore[arg-type]
         found = f"CRIU {facts['criu']}" if facts.get("criu") else "no CRIU"
-        progress(f"{label}: sending CRIU ({len(data) / 1e6:.1f} MB) for checkpoints (the host has {found})")
+        progress(f"{label}: sending CRIU ({human_bytes(len(data))}) for checkpoints (the host has {found})")
     done = conn.run(argv(step), data, idle_timeout=STEP_TIMEOUT_S)
     if done.exit != 0:
         why = (done.stderr.strip().splitlines() or [f"exit status {done.exit}"])[-1]

@@ -25,6 +25,7 @@ import beamctl
 from beamctl.hosts import criu
 from beamctl.protocol.layout import AGENT_ARGV, DATA_DIR, PYTHON, ROOT
 from beamctl.transport.errors import RemoteError, SshError, tail
+from beamctl.units import human_bytes
 
 UNIT = "beamctl-agent.service"
 RUNTIME_REQUIREMENTS = ("docker>=7", "zstandard>=0.22")  # what the agent imports besides beamctl, stdlib
@@ -215,7 +216,7 @@ def install_agent(host: Any, progress: Progress, force: bool = False) -> Install
                                   platform=f"manylinux2014_{facts.get('arch') or 'x86_64'}")
             wheel = agent_wheel(cache)
             data = payload(wheel, list(deps.wheels))
-            progress(f"{label}: sending agent {version} ({len(data) / 1e6:.1f} MB), starting it ({mode})")
+            progress(f"{label}: sending agent {version} ({human_bytes(len(data))}), starting it ({mode})")
             wheel_name, sent = wheel.name, len(data)
         else:
             data = b""

@@ -65,7 +65,7 @@ def test_a_capture_lands_whole_root_only_with_its_key(book) -> None:
     assert snaps.describe("app") == {1: {"state": "ready", "reason": None, "size_bytes": 1000, "capture_s": 0.25,
                                          "in_memory": False}}  # the book's default budget: none held
     assert not snaps.wants_capture("app", 1)
-    assert events[-1] == "checkpoint of v1 ready: 0.0 MB in 0.25 s + digests 0.01 s"
+    assert events[-1] == "checkpoint of v1 ready: 1.0 kB in 0.25 s + digests 0.01 s"
 
 
 def test_transient_failures_are_retried_inside_one_start(book) -> None:

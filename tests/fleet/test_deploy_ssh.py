@@ -225,7 +225,10 @@ def deploy(cli, app_dir):
 
 
 def sent_bytes(err: str) -> dict[str, float]:
-    return {m[0]: float(m[1]) for m in re.findall(r"(testhost-\d): \d+ of \d+ layers, ([\d.]+) MB sent", err)}
+    """host -> MB sent, from the ship's lines (beamctl/units.py: B, kB, MB or GB)."""
+    scale = {"B": 1e-6, "kB": 1e-3, "MB": 1.0, "GB": 1e3}
+    return {m[0]: float(m[1]) * scale[m[2]]
+            for m in re.findall(r"(testhost-\d): \d+ of \d+ layers, ([\d.]+) (B|kB|MB|GB) sent", err)}
 
 
 def running_images(host) -> list[str]:
