@@ -98,8 +98,8 @@ class Agent:
     def task(self, task_id: str) -> dict[str, Any]:
         return self._tasks.task(task_id)
 
-    def tasks(self, app: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        return self._tasks.tasks(app, limit)
+    def tasks(self, app: str | None = None, limit: int = 20, status: str | None = None) -> list[dict[str, Any]]:
+        return self._tasks.tasks(app, limit, status)
 
     # status, logs, stop -------------------------------------------------------------------------------
     def status(self, app: str | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS apps (
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, app TEXT NOT NULL, version INTEGER, status TEXT NOT NULL, start TEXT,
     received REAL NOT NULL, finished REAL, phases TEXT, total REAL, result TEXT, error TEXT,
-    container TEXT);
+    container TEXT, trace TEXT);
 CREATE INDEX IF NOT EXISTS tasks_app ON tasks (app, received);
 CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL, app TEXT NOT NULL, message TEXT NOT NULL);
@@ -44,6 +44,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
+            if "trace" not in columns:  # an agent.db from before 0.2.1
+                self._db.execute("ALTER TABLE tasks ADD COLUMN trace TEXT")
 
     def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -125,19 +128,21 @@ class Store:
 
     def task_finished(self, task: dict[str, Any]) -> None:
         self._q("UPDATE tasks SET version = ?, status = ?, start = ?, finished = ?, phases = ?, total = ?, "
-                "result = ?, error = ?, container = ? WHERE id = ?",
+                "result = ?, error = ?, trace = ?, container = ? WHERE id = ?",
                 (task["version"], task["status"], task["start"], task["finished"], json.dumps(task["phases"]),
-                 task["total"], json.dumps(task["result"]), task["error"], task["container"], task["task_id"]))
+                 task["total"], json.dumps(task["result"]), task["error"], task.get("trace"), task["container"],
+                 task["task_id"]))
 
     def task(self, task_id: str) -> dict[str, Any] | None:
         rows = self._q("SELECT * FROM tasks WHERE id = ?", (task_id,))
         return _task(rows[0]) if rows else None
 
-    def tasks(self, app: str | None, limit: int) -> list[dict[str, Any]]:
-        if app:
-            rows = self._q("SELECT * FROM tasks WHERE app = ? ORDER BY received DESC LIMIT ?", (app, limit))
-        else:
-            rows = self._q("SELECT * FROM tasks ORDER BY received DESC LIMIT ?", (limit,))
+    def tasks(self, app: str | None, limit: int, status: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; only `app`'s and only those in `status` when given."""
+        where = [c for c, v in (("app = ?", app), ("status = ?", status)) if v]
+        args = tuple(v for v in (app, status) if v)
+        rows = self._q("SELECT * FROM tasks" + (f" WHERE {' AND '.join(where)}" if where else "")
+                       + " ORDER BY received DESC LIMIT ?", (*args, limit))
         return [_task(r) for r in rows]
 
     def mark_lost(self) -> int:
@@ -166,4 +171,4 @@ def _task(r: sqlite3.Row) -> dict[str, Any]:
             "start": r["start"], "received": r["received"], "finished": r["finished"],
             "phases": json.loads(r["phases"]) if r["phases"] else None, "total": r["total"],
             "result": json.loads(r["result"]) if r["result"] else None, "error": r["error"],
-            "container": r["container"]}
+            "trace": r["trace"], "container": r["container"]}

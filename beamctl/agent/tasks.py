@@ -57,7 +57,8 @@ class Tasks:
         task = {"task_id": task_id, "app": app, "version": version, "status": payload.get("status", "failed"),
                 "start": kind, "received": received_wall, "finished": time.time(), "phases": phase_s,
                 "total": round(done - received, 6), "result": payload.get("result"),
-                "error": payload.get("error"), "container": live.id[:12] if live else None}
+                "error": payload.get("error"), "trace": payload.get("trace"),
+                "container": live.id[:12] if live else None}
         self.store.task_finished(task)
         return task
 
@@ -67,5 +68,5 @@ class Tasks:
             raise AgentError(f"no task {task_id} on this host")
         return task
 
-    def tasks(self, app: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        return self.store.tasks(app, limit)
+    def tasks(self, app: str | None = None, limit: int = 20, status: str | None = None) -> list[dict[str, Any]]:
+        return self.store.tasks(app, limit, status)

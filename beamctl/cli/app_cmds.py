@@ -98,7 +98,9 @@ def _inputs(text: str | None) -> dict[str, Any]:
 
 @app.command()
 def tasks(name: Optional[str] = typer.Argument(None, help="Only this app."), json: bool = JsonOpt,
-          limit: int = typer.Option(20, "-n", help="How many, newest first."),
+          limit: int = typer.Option(20, "-n", min=1, help="How many, newest first."),
+          failed: bool = typer.Option(False, "--failed", help="Only failed tasks (`beamctl profile ID` shows "
+                                                              "where each failed)."),
           host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
     """Recent tasks: status, cold or warm, durations."""
     from beamctl.cli import views
@@ -106,7 +108,7 @@ def tasks(name: Optional[str] = typer.Argument(None, help="Only this app."), jso
     from beamctl.hosts.each import ask_all, only
 
     with _hosts(name, host, file) as hosts:
-        replies = ask_all(hosts, "tasks", app=name, limit=limit)
+        replies = ask_all(hosts, "tasks", app=name, limit=limit, **({"status": "failed"} if failed else {}))
         local = _local(hosts)
     rows = only(replies) if local else query.merge_tasks(replies, limit)
     if json:
@@ -135,8 +137,10 @@ def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl cal
         raise found.exc or AgentFailed(found.error or f"no task {task_id}")
     task, where = found.result, None if local else found.host
     if json:
-        console.emit_json({"task_id": task["task_id"], "app": task["app"], "start": task["start"],
-                           "phases": task["phases"], "total": task["total"], **({"host": where} if where else {})})
+        console.emit_json({"task_id": task["task_id"], "app": task["app"], "status": task.get("status"),
+                           "start": task["start"], "phases": task["phases"], "total": task["total"],
+                           "error": task.get("error"), "trace": task.get("trace"),
+                           **({"host": where} if where else {})})
         return ExitCode.OK
     kind = "restored" if task["start"] == "restored" else "cold"  # compared with starts of its own kind
     recent = [t["total"] for t in recent_rows if t["start"] == kind and t["total"]]

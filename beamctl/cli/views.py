@@ -43,6 +43,8 @@ def profile(task: dict[str, Any], recent_cold: list[float]) -> list[str]:
         lines.append(f"  recent {kind} starts of {task['app']}: {len(recent_cold)}, average total {ms(avg)}")
     if task.get("error"):
         lines.append(f"  [red]error:[/] {escape(task['error'])}")
+    for line in (task.get("trace") or "").splitlines():  # where the handler failed (its last lines)
+        lines.append(f"  [dim]|[/] {escape(line)}")
     return lines
 
 

@@ -87,8 +87,9 @@ class FakeAgent:
                 return row
         raise Refused(f"no task {task_id}")
 
-    def op_tasks(self, app: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        rows = [t for t in self.task_rows if app is None or t["app"] == app]
+    def op_tasks(self, app: str | None = None, limit: int = 20, status: str | None = None) -> list[dict[str, Any]]:
+        rows = [t for t in self.task_rows if (app is None or t["app"] == app) and (status is None or
+                                                                                  t["status"] == status)]
         return sorted(rows, key=lambda t: t["received"], reverse=True)[:limit]
 
     def op_status(self, app: str | None = None) -> dict[str, Any]:

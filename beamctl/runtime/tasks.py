@@ -12,6 +12,7 @@ from .pool import Job
 from .state import Runtime
 
 MAX_TASK_ID_CHARS = 256  # ids go into log lines; the agent's are far shorter
+TRACE_LINES = 12  # of a failed handler's traceback, kept in the task's record (the whole one is in the logs)
 _ENCODE = json.JSONEncoder(allow_nan=False).encode  # strict JSON: NaN is no JSON number
 
 
@@ -61,8 +62,15 @@ def run(rt: Runtime, task_id: str, inputs: Dict[str, Any], queued: float) -> byt
     head = json.dumps({"task_id": task_id, "status": status})
     clock = rt.host_clock  # the agent's clock, also in a restored process's own time namespace
     tail = json.dumps({"error": error, "timings": {"queued": clock(queued), "start": clock(start),
-                                                   "end": clock(end)}})
+                                                   "end": clock(end)},
+                       **({"trace": trace_tail(trace)} if error and trace else {})})
     return f'{head[:-1]}, "result": {result_json}, {tail[1:]}'.encode()  # result encoded once
+
+
+def trace_tail(trace: str, lines: int = TRACE_LINES) -> str:
+    """The last lines of the handler's traceback (where it failed), for the task's record."""
+    kept = trace.splitlines()
+    return "\n".join((["..."] if len(kept) > lines else []) + kept[-lines:])
 
 
 def late(job: Job) -> None:

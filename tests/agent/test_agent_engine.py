@@ -337,6 +337,14 @@ def test_handler_exception_fails_the_task_and_the_container_serves_on(host, work
     task = failed.json()
     assert (task["status"], task["error"], task["result"]) == ("failed", "RuntimeError: asked to fail", None)
     assert f"error: task {task['task_id']} failed: RuntimeError: asked to fail" in failed.err
+    record = host.ok("profile", task["task_id"], "--json").json()  # where it failed, kept with the task
+    assert record["trace"].splitlines() == ["Traceback (most recent call last):",
+                                            '  File "/app/app.py", line 3, in handler',
+                                            '    raise RuntimeError("asked to fail")',
+                                            "RuntimeError: asked to fail"]
+    shown = host.ok("profile", task["task_id"]).out
+    assert "  | RuntimeError: asked to fail" in shown and '  |   File "/app/app.py", line 3, in handler' in shown
+    assert [t["task_id"] for t in host.ok("tasks", work, "--failed", "--json").json()] == [task["task_id"]]
 
     after = host.call(work, {"x": 1})
     assert (after["status"], after["start"], after["result"]) == ("succeeded", "warm", {"echo": {"x": 1}})

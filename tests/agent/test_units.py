@@ -176,3 +176,26 @@ def test_a_versions_health_timeout_travels_in_its_spec_and_older_records_take_th
     row = {"spec": json.loads(json.dumps(spec.to_json()))}  # as stored
     assert unchanged(row, {**spec.to_json(), "health_timeout_s": 5.0}, {}, {})
     assert not unchanged(row, {**spec.to_json(), "workers": spec.workers + 1}, {}, {})
+
+
+def test_an_agent_db_from_before_traces_gains_the_column_and_keeps_its_tasks(tmp_path):
+    import sqlite3
+
+    from beamctl.agent.store import Store
+
+    db = sqlite3.connect(str(tmp_path / "agent.db"))
+    db.executescript("CREATE TABLE tasks (id TEXT PRIMARY KEY, app TEXT NOT NULL, version INTEGER, status TEXT "
+                     "NOT NULL, start TEXT, received REAL NOT NULL, finished REAL, phases TEXT, total REAL, "
+                     "result TEXT, error TEXT, container TEXT);"
+                     "INSERT INTO tasks (id, app, status, received) VALUES ('t-0123456789ab', 'a', 'failed', 1);")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "agent.db")
+    assert store.task("t-0123456789ab")["trace"] is None
+    store.task_started("t-aaaaaaaaaaaa", "a", 2.0)
+    store.task_finished({"task_id": "t-aaaaaaaaaaaa", "version": 1, "status": "failed", "start": "warm",
+                         "finished": 3.0, "phases": {}, "total": 1.0, "result": None, "error": "E: x",
+                         "trace": "Traceback\nE: x", "container": "c"})
+    assert store.task("t-aaaaaaaaaaaa")["trace"] == "Traceback\nE: x"
+    assert [t["task_id"] for t in store.tasks("a", 10, "failed")] == ["t-aaaaaaaaaaaa", "t-0123456789ab"]
+    assert store.tasks(None, 10, "succeeded") == []

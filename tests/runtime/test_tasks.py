@@ -48,11 +48,15 @@ def test_a_handler_exception_fails_the_task_and_the_container_keeps_serving(serv
     rt.wait_for("READY")
     doc = rt.task("t-bad", n=-1)
     assert (doc["status"], doc["result"], doc["error"]) == ("failed", None, "ValueError: n must be >= 0, not -1")
+    trace = doc["trace"].splitlines()  # the app's own frames, for the task's record
+    assert trace[0] == "Traceback (most recent call last):" and trace[-1] == "ValueError: n must be >= 0, not -1"
+    assert [t for t in trace if t.lstrip().startswith("File")][-1].endswith("line 6, in check")
+    assert "beamctl_runtime" not in doc["trace"] and "trace" not in rt.task("t-fine", n=1)
     assert rt.task("t-zero", n=0)["error"] == "ZeroDivisionError: integer division or modulo by zero"
     assert rt.task("t-good", n=5)["result"] == 2
     assert rt.task("t-args", m=1)["error"] == "TypeError: handler() got an unexpected keyword argument 'm'"
     health = rt.health()
-    assert (health["served"], health["busy"], health["state"]) == (4, 0, "READY")
+    assert (health["served"], health["busy"], health["state"]) == (5, 0, "READY")
     out, err = rt.logs()
     assert "beamctl-runtime: task t-bad failed in 0.0" in out
     lines = err.splitlines()
@@ -113,3 +117,12 @@ def test_unknown_paths_and_methods(serve):
     assert rt.request("POST", "/health", {}) == (404, {"error": "no such path: POST /health (try /tasks)"})
     assert rt.request("DELETE", "/tasks") == (501, {"error": "Unsupported method ('DELETE')"})
     assert rt.health()["state"] == "READY"  # a new connection after each closed one
+
+
+def test_a_long_traceback_keeps_its_last_lines_in_the_record():
+    from beamctl.runtime.tasks import TRACE_LINES, trace_tail
+
+    trace = "\n".join(f"line {i}" for i in range(40))
+    kept = trace_tail(trace).splitlines()
+    assert kept[0] == "..." and kept[1:] == [f"line {i}" for i in range(40 - TRACE_LINES, 40)]
+    assert trace_tail("a\nb") == "a\nb"
