@@ -135,7 +135,7 @@ def test_scale_to_zero_then_a_cold_start_restores(host: Host, app: tuple[str, Pa
     assert set(profile["phases"]) == {"queue", "image_load", "checkpoint_restore", "task_run", "other"}
     assert profile["phases"]["checkpoint_restore"] > 0
     assert abs(sum(profile["phases"].values()) - profile["total"]) <= 0.05 * profile["total"] + 0.002
-    assert "checkpoint restore" in host.ok("profile", task["task_id"]).err
+    assert "checkpoint restore" in host.ok("profile", task["task_id"]).out
     warm = host.call(name, {"x": 8})
     assert warm["start"] == "warm" and warm["result"]["sum"] == EXPECTED_SUM
 

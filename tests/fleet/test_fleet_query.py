@@ -217,8 +217,8 @@ def test_app_commands_across_two_hosts(cli, two, app_dir, monkeypatch):
     finally:
         two[1].unpause()
     assert partial.code == ExitCode.PARTIAL == 5, partial.err
-    assert f"testhost-1  helloq  active: v{version}" in partial.err
-    assert "testhost-2  error:" in partial.err and "unreachable" in partial.err
+    assert f"testhost-1  helloq  active: v{version}" in partial.out
+    assert "testhost-2  error:" in partial.out and "unreachable" in partial.out
 
     stopped = cli("stop", "helloq", "-f", f)
     assert stopped.code == 0, stopped.err

@@ -104,7 +104,7 @@ def test_three_hosts_deploy_redeploy_noop_logs_rollback(cli, three, app_dir, mon
 
     logs = cli("logs", "hello3", "--file", str(app_dir), "-n", "200")
     assert logs.code == 0, logs.err
-    assert {line.split()[0] for line in logs.err.splitlines() if line.split()} >= set(HOSTS), logs.err[-2000:]
+    assert {line.split()[0] for line in logs.out.splitlines() if line.split()} >= set(HOSTS), logs.out[-2000:]
 
     back = cli("rollback", "hello3", "-f", str(app_dir), "--json")
     assert back.code == 0, back.err
@@ -125,7 +125,7 @@ def test_checkpoints_on_the_hosts_then_a_restored_start_over_ssh(cli, three, app
         active = next(v for v in app["versions"] if v["version"] == app["active_version"])
         assert active["checkpoint"]["state"] == "ready" and active["checkpoint"]["size_bytes"] > 1_000_000, h
     text = cli("status", "hello3", "-f", str(app_dir))
-    assert sum("checkpoint: ready" in line for line in text.err.splitlines()) == len(HOSTS), text.err
+    assert sum("checkpoint: ready" in line for line in text.out.splitlines()) == len(HOSTS), text.out
 
     quick = tmp_path / "quick"
     quick.mkdir()
