@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -84,13 +84,29 @@ def check(hosts: list[str] = typer.Argument(None, help="Inventory names or targe
 
 
 @hosts_app.command()
-def trust(host: str = typer.Argument(..., help="An inventory name or a target."),
-          yes: bool = typer.Option(False, "--yes", "-y", help="Accept the key offered now (for scripts).")) -> int:
-    """Show a host's key fingerprint and, once you confirm, add it to ~/.ssh/known_hosts."""
-    from beamctl.hosts import inventory, trust as trusting
+def trust(hosts: list[str] = typer.Argument(..., help="Inventory names or targets."),
+          yes: bool = typer.Option(False, "--yes", "-y", help="Accept the keys offered now (for scripts).")) -> int:
+    """Show each host's key fingerprint and, once you confirm it, add it to ~/.ssh/known_hosts."""
+    from beamctl.errors import BeamctlError
+    from beamctl.hosts import inventory
 
-    entry = inventory.lookup([host])[0]
-    offered = trusting.offer(_ssh(), entry.host, entry.name)
+    entries = inventory.lookup(list(hosts))
+    ssh, codes = _ssh(), []
+    for entry in entries:
+        try:
+            codes.append(_trust_one(ssh, entry, yes))
+        except BeamctlError as e:
+            if len(entries) == 1:
+                raise
+            console.error(e.message, e.hint)  # one host's refusal (a changed key) never stops the others
+            codes.append(int(e.exit_code))
+    return max(codes, default=ExitCode.OK)
+
+
+def _trust_one(ssh: Any, entry: Any, yes: bool) -> int:
+    from beamctl.hosts import trust as trusting
+
+    offered = trusting.offer(ssh, entry.host, entry.name)
     offer = offered.text
     who = console.escape(f"{entry.name} ({offered.target.known_as})")
     if offered.known:
@@ -104,7 +120,7 @@ def trust(host: str = typer.Argument(..., help="An inventory name or a target.")
                              hint=f"compare it with the host's (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub "
                              f"there), then: beamctl hosts trust {entry.name} --yes")
         if not answer:
-            console.say("not trusted; nothing was written")
+            console.say(f"{console.escape(entry.name)}: not trusted; nothing was written")
             return ExitCode.FAILURE
     path = trusting.accept(offered)
     console.say(f"[green]trusted[/] {who}: accepted {offer}; added to {console.escape(str(path))}")

@@ -114,6 +114,24 @@ def test_a_changed_host_key_is_refused_loudly_until_the_old_one_is_removed(cli, 
     assert cli("hosts", "check", "box").code == 0
 
 
+def test_trust_several_hosts_at_once_each_fingerprint_shown_one_refusal_never_stops_the_rest(cli, home,
+                                                                                            sshd_factory):
+    a, b = sshd_factory("a"), sshd_factory("b")
+    home.write_config("".join(f"Host {n}\n  HostName {s.address}\n  Port {s.port}\n  User root\n"
+                              for n, s in (("a", a), ("b", b))))
+    both = cli("hosts", "trust", "a", "b", "--yes")
+    assert both.code == 0, both.err
+    assert [line.split()[0] for line in both.err.splitlines() if line.startswith(("trusted", "a", "b"))] == [
+        "a", "trusted", "b", "trusted"]
+    assert a.fingerprint in both.err and b.fingerprint in both.err and len(known_lines(home)) == 2
+    b.new_host_key()
+    again = cli("hosts", "trust", "a", "b", "--yes")
+    assert again.code == 4  # b's changed key: REMOTE, with its fix; a is still said
+    assert f"a ({a.known_as}) is already trusted: ssh-ed25519 {a.fingerprint}" in again.err
+    assert "error: b: HOST KEY CHANGED" in again.err and "ssh-keygen -R" in again.err
+    assert len(known_lines(home)) == 2
+
+
 def _fp_of_line(line: str) -> str:
     import base64
     import hashlib
