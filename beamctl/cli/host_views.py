@@ -92,6 +92,9 @@ def criu_phrase(c: Any) -> str:
 def install_lines(r: Any) -> list[str]:
     """One host's `hosts install` result (an ok one): its line, and the CRIU hint when checkpoints are off."""
     line = f"{r.host}: {r.action} {r.version} ({human_bytes(r.bytes_sent)} sent, {r.seconds:.1f} s)"
+    reboot = ([f"  note: no systemd on {r.host}: the agent runs under a restart loop that a reboot ends; after "
+               f"a reboot run: beamctl hosts install {r.host} (containers and volumes stay)"]
+              if r.supervisor == "background" else [])
     if r.criu is None:
-        return [line]
-    return [f"{line}; {criu_phrase(r.criu)}"] + ([f"  hint: {r.criu.hint}"] if r.criu.hint else [])
+        return [line, *reboot]
+    return [f"{line}; {criu_phrase(r.criu)}"] + ([f"  hint: {r.criu.hint}"] if r.criu.hint else []) + reboot

@@ -122,6 +122,7 @@ class InstallResult:
     error: str | None = None
     hint: str | None = None
     criu: criu.CriuResult | None = None  # the host's CRIU after the install (None: not reached)
+    supervisor: str | None = None  # systemd | background (a restart loop: a reboot ends it)
 
     @property
     def ok(self) -> bool:
@@ -231,7 +232,7 @@ def install_agent(host: Any, progress: Progress, force: bool = False) -> Install
         raise SshError(f"{label}: the agent does not answer as {version} through the bridge: "
                        f"{answer.get('error') or got}", f"see {DATA_DIR}/agent.log on the host")
     return InstallResult(label, action, version, sent + criu_state.bytes_sent, time.monotonic() - start,
-                         answer["result"].get("pid"), criu=criu_state)
+                         answer["result"].get("pid"), criu=criu_state, supervisor=mode)
 
 
 def install_hosts(hosts: list[Any], progress: Progress, force: bool = False) -> list[InstallResult]:

@@ -51,6 +51,8 @@ def prerequisites(f: HostFacts, host: str) -> list[Prereq]:
     """Every part beamctl relies on, in a fixed order; NVIDIA's toolkit only where the host has GPUs."""
     install = f"beamctl hosts install {host}"
     parts = [_docker(f), _runc(f), _criu(f, install), _decompressor(f, install), _disk(f)]
+    if f.systemd is not None:
+        parts.append(_supervisor(f, install))
     if f.gpus:
         parts.append(_nvidia(f))
     return parts
@@ -99,6 +101,13 @@ def _decompressor(f: HostFacts, install: str) -> Prereq:
     if f.zstandard_version is None:
         return Prereq("decompressor", False, f"unavailable: {f.zstandard_error or 'not probed'}", install)
     return Prereq("decompressor", True, f"zstandard {f.zstandard_version} in the agent's Python")
+
+
+def _supervisor(f: HostFacts, install: str) -> Prereq:
+    if f.systemd is False:
+        return Prereq("supervisor", True, "no systemd: the agent runs under a restart loop that a reboot ends",
+                      f"after every reboot: {install} (it starts the agent; containers and volumes stay)")
+    return Prereq("supervisor", True, "systemd: the agent starts again after a reboot")
 
 
 def _disk(f: HostFacts) -> Prereq:

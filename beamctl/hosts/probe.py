@@ -17,6 +17,7 @@ from beamctl.protocol.layout import PYTHON as AGENT_PYTHON, VERSION_ARGV as AGEN
 _SCRIPT = r"""PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin"
 s() { printf '\n@@beamctl %s\n' "$1"; }
 s system; uname -nrm; nproc 2>/dev/null; grep -m1 '^MemTotal:' /proc/meminfo 2>/dev/null
+[ -d /run/systemd/system ] && echo "@@systemd yes" || echo "@@systemd no"
 s docker; out=$(docker info --format '@@{{.ServerVersion}}|{{.DockerRootDir}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}|{{.ExperimentalBuild}}' 2>&1); rc=$?
 printf '%s\n@@rc %s\n' "$out" "$rc"
 root=$(printf '%s\n' "$out" | sed -n 's/^@@[^|]*|\([^|]*\).*/\1/p' | head -n1)
@@ -57,6 +58,7 @@ class HostFacts:
     docker_root: str | None = None
     docker_error: str | None = None
     docker_runtimes: tuple[str, ...] | None = None  # as `docker info` lists them (None: not asked)
+    systemd: bool | None = None  # runs the agent's unit (back after a reboot); None: not probed
     docker_experimental: bool | None = None  # restores use `docker start --checkpoint`: experimental only
     gpus: tuple[Gpu, ...] = ()
     gpu_note: str | None = None  # why there are none: no nvidia-smi, or what it said
@@ -116,6 +118,8 @@ def _system(lines: list[str], rc: int | None) -> dict[str, Any]:
             out["cpus"] = int(line)
         elif line.startswith("MemTotal:"):
             out["memory_bytes"] = int(line.split()[1]) * 1024
+        elif line.startswith("@@systemd "):
+            out["systemd"] = line.split()[1] == "yes"
     return out
 
 

@@ -62,6 +62,12 @@ def test_install_lines_carry_the_checkpoint_state_in_one_line():
     off = InstallResult(**base, criu=CriuResult("missing", "4.1.1", None, problem=OLD, hint="install CRIU ..."))
     assert install_lines(off) == [f"gpu1: installed 0.1.0 (21.3 MB sent, 3.2 s); checkpoints off: {OLD}",
                                   "  hint: install CRIU ..."]
+    looped = InstallResult(**base, supervisor="background")  # no systemd: a reboot ends the agent, said
+    assert install_lines(looped) == ["gpu1: installed 0.1.0 (21.3 MB sent, 3.2 s)",
+                                     "  note: no systemd on gpu1: the agent runs under a restart loop that a reboot "
+                                     "ends; after a reboot run: beamctl hosts install gpu1 (containers and volumes stay)"]
+    assert install_lines(InstallResult(**base, supervisor="systemd")) == [
+        "gpu1: installed 0.1.0 (21.3 MB sent, 3.2 s)"]
     assert criu_phrase(CriuResult("present", "4.2.1", None)) == "checkpoints on: CRIU 4.2.1 present"
     assert off.as_json()["criu"]["can_checkpoint"] is False
 

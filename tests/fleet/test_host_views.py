@@ -96,6 +96,20 @@ def test_every_part_s_fix():
         "decompressor", False, "unavailable: the agent's Python has no zstandard module", "beamctl hosts install h")
     no_runc = replace(READY, runc_version=None, runc_error="not installed")
     assert checkpoint_problem(no_runc) == "runc: not installed"
+    no_systemd = prerequisites(replace(READY, gpus=(), systemd=False), "h")[-1]
+    assert no_systemd == Prereq("supervisor", True, "no systemd: the agent runs under a restart loop that a reboot "
+                                "ends", "after every reboot: beamctl hosts install h (it starts the agent; containers "
+                                "and volumes stay)")
+    assert prerequisites(replace(READY, gpus=(), systemd=True), "h")[-1].fix is None
+
+
+def test_the_probe_says_whether_the_host_runs_systemd():
+    from beamctl.hosts.probe import parse_probe
+
+    text = "\n@@beamctl system\ngpu1 6.1.0 x86_64\n8\n@@systemd no\n@@rc 0\n"
+    assert parse_probe(text).systemd is False
+    assert parse_probe(text.replace("@@systemd no", "@@systemd yes")).systemd is True
+    assert parse_probe("\n@@beamctl system\ngpu1 6.1.0 x86_64\n@@rc 0\n").systemd is None
 
 
 def test_no_view_holds_markup_or_a_repository_script():

@@ -147,6 +147,8 @@ def test_install_then_current_then_forced_upgrade(cli, host):
     r, _ = installed(cli)
     assert (r["host"], r["action"], r["version"], r["ok"]) == (host.name, "installed", __version__, True)
     assert r["bytes_sent"] > 100_000
+    has_systemd = host.exec(["sh", "-c", "test -d /run/systemd/system && echo yes || echo no"]).stdout.strip()
+    assert r["supervisor"] == ("systemd" if has_systemd == "yes" else "background")
     answer = ask(host)
     assert answer["ok"] and answer["result"]["version"] == __version__ and answer["result"]["pid"] == r["pid"]
     packages = host.exec(["/opt/beamctl/agent/venv/bin/python", "-m", "pip", "list", "--format", "json"]).stdout
