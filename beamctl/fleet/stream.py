@@ -118,7 +118,7 @@ class Feeder:
             try:
                 self.sink.write(chunk)
             except BeamctlError as e:
-                s.error = load_failure(s.name, e.exit_code, e.stderr) if isinstance(e, RemoteEnded) else e
+                s.error = load_failure(s.name, e.remote_exit, e.stderr) if isinstance(e, RemoteEnded) else e
                 self.alive = False
                 self.sink.abort()
                 while self.q.get() is not None:  # let the producer go on for the others

@@ -96,7 +96,8 @@ class RemoteError(SshError):
                  hint: str | None = None) -> None:
         status = "was cut off" if exit_code is None else f"exited with {exit_code}"
         super().__init__(f"{host}: `{command}` {status}" + (f": {stderr_tail}" if stderr_tail else ""), hint)
-        self.host, self.command, self.exit_code, self.stderr_tail = host, command, exit_code, stderr_tail
+        self.host, self.command, self.remote_exit, self.stderr_tail = host, command, exit_code, stderr_tail
+        # remote_exit: the command's status on the host; exit_code stays beamctl's own (REMOTE)
 
 
 class RemoteEnded(SshError):
@@ -105,7 +106,7 @@ class RemoteEnded(SshError):
 
     def __init__(self, host: str, exit_code: int, stdout: str, stderr: str) -> None:
         super().__init__(f"{host}: the remote command ended early (exit {exit_code}): {tail(stderr)}")
-        self.host, self.exit_code, self.stdout, self.stderr = host, exit_code, stdout, stderr
+        self.host, self.remote_exit, self.stdout, self.stderr = host, exit_code, stdout, stderr
 
 
 def tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:

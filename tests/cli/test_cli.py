@@ -60,3 +60,18 @@ def test_console_script_runs(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {tmp_path / 'x.yaml'}: no such file\n")
     assert proc.stdout == ""
+
+
+def test_a_remote_command_that_failed_exits_4_whatever_its_own_status(monkeypatch, capsys):
+    """A RemoteError carries the host command's status apart (remote_exit): beamctl exits REMOTE (4), never 127,
+    and a command cut off (no status) is no crash."""
+    from beamctl.cli import main
+    from beamctl.transport.errors import RemoteError
+
+    for remote in (127, None):
+        def boom(*args, **kwargs):
+            raise RemoteError("gpu1", "docker load", remote, "sh: 1: docker: not found")
+
+        monkeypatch.setattr("beamctl.hosts.inventory.lookup", boom)
+        assert main(["hosts", "check", "gpu1"]) == 4
+        assert "error: gpu1: `docker load`" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 from beamctl.agent import load_image
+from beamctl.errors import ExitCode
 from beamctl.fleet import stream
 from beamctl.transport import bulk
 from beamctl.transport.errors import HostUnreachable, RemoteEnded
@@ -97,7 +98,8 @@ def test_a_command_that_ended_early_is_its_failure_not_an_unreachable_host():
     with pytest.raises(RemoteEnded) as e:
         for _ in range(1000):
             sink.write(b"x" * 65536)
-    assert (e.value.host, e.value.exit_code, e.value.stderr) == ("gpu-1", 127, "sh: 1: zstd: not found\n")
+    assert (e.value.host, e.value.remote_exit, e.value.stderr) == ("gpu-1", 127, "sh: 1: zstd: not found\n")
+    assert e.value.exit_code == ExitCode.REMOTE  # beamctl's own exit code, never the remote command's
     assert not isinstance(e.value, HostUnreachable)
     assert "unreachable" not in e.value.message
 
