@@ -81,7 +81,8 @@ def _deployed_to_hosts(result: Any, json: bool) -> int:
         for line in h.log_tail:
             console.line(f"  {h.host} | {line}")
         serving = f"; v{h.serving} keeps serving" if h.serving else ""
-        console.error(f"{h.host}: {result.app} not deployed: {h.reason}{serving}")
+        console.error(f"{h.host}: {result.app} not deployed: {h.reason}{serving}",
+                      h.error.hint if h.error is not None else None)  # the fix (a host key's, a lock's)
     code = outcome(hosts)
     ready = sum(h.status == "ready" for h in hosts)
     if code == ExitCode.PARTIAL:

@@ -179,7 +179,12 @@ def _where(hosts: list[Any]) -> str:
 
 
 def outcome(hosts: list[HostDeploy]) -> ExitCode:
+    """All ready: OK; some: PARTIAL; none: FAILURE, or REMOTE when no host could be reached or trusted
+    (every one failed for that reason: the fix is on the way to the hosts, not in the app)."""
     ready = sum(h.status == "ready" for h in hosts)
     if hosts and ready == len(hosts):
         return ExitCode.OK
-    return ExitCode.PARTIAL if ready else ExitCode.FAILURE
+    if ready:
+        return ExitCode.PARTIAL
+    remote = hosts and all(h.error is not None and h.error.exit_code == ExitCode.REMOTE for h in hosts)
+    return ExitCode.REMOTE if remote else ExitCode.FAILURE

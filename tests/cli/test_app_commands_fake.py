@@ -295,3 +295,19 @@ def test_logs_n_is_n_lines_in_all_and_json_lines_are_one_object_each(world, cli,
     everything = [json.loads(line) for line in cli("logs", "hello", "-n", "100", "--json", "--host", "gpu1",
                                                    cwd=tmp_path).out.splitlines()]
     assert rows == everything[-3:]  # the last 3 of all hosts together
+
+
+def test_a_deploy_no_host_could_be_reached_for_exits_4_with_each_fix(world, cli, tmp_path):
+    from beamctl.transport.errors import SshError
+
+    def changed(name):
+        return SshError(f"{name}: HOST KEY CHANGED", hint=f"ssh-keygen -R '{name}', then beamctl hosts trust {name}")
+
+    world([FakeHost(n, fail={"install": changed(n)}) for n in ("gpu1", "gpu2", "gpu3")])
+    r = cli("deploy", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
+    assert r.code == 4  # REMOTE: nothing about the app was wrong
+    assert "hint: ssh-keygen -R 'gpu2', then beamctl hosts trust gpu2" in r.err
+    world([FakeHost("gpu1", fail={"install": changed("gpu1")}),
+           FakeHost("gpu2", agent=FakeAgent(start_fails={1: "ValueError: boom"}))])
+    (tmp_path / "b").mkdir()
+    assert cli("deploy", cwd=app_dir(tmp_path / "b", ["gpu1", "gpu2"])).code == 1  # the app failed on gpu2
