@@ -148,3 +148,12 @@ def stopped(app: str, result: dict[str, Any]) -> str:
     if result.get("already_stopped") or result.get("stopped_version") is None:
         return f"{app} was already stopped (volumes kept)"
     return f"stopped {app} v{result['stopped_version']} (volumes kept)"
+
+
+def apps_table(rows: list[dict[str, Any]]) -> list[str]:
+    """`beamctl apps`: every app and where it runs."""
+    if not rows:
+        return ["no apps deployed on the hosts known here"]
+    head = f"{'APP':<20} {'HOST':<20} {'VER':>4} {'STATE':<15} {'CONTAINERS':>10} {'BUSY':>5}  CHECKPOINT"
+    return [head] + [f"{r['app']:<20} {r['host']:<20} {('v' + str(r['version'])) if r['version'] else '-':>4} "
+                     f"{r['state']:<15} {r['containers']:>10} {r['busy']:>5}  {r['checkpoint'] or '-'}" for r in rows]

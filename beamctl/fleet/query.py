@@ -137,3 +137,19 @@ def next_turn(app: str) -> int:
             return turn
     except OSError:
         return 0
+
+
+def app_rows(replies: list[Reply]) -> list[dict[str, Any]]:
+    """`beamctl apps`: one row per app per host that answered, by app then host (pure)."""
+    rows = []
+    for r in replies:
+        for a in (r.result or {}).get("apps", []) if r.error is None else []:
+            containers = a.get("containers") or []
+            active = a.get("active_version")
+            snap = next((v.get("checkpoint") for v in a.get("versions") or [] if v.get("version") == active), None)
+            state = ("stopped" if not active else "serving" if any(c.get("state") == "ready" for c in containers)
+                     else "starting" if containers else "scaled to zero")
+            rows.append({"app": a.get("app"), "host": r.host, "version": active, "state": state,
+                         "containers": len(containers), "busy": sum(c.get("busy") or 0 for c in containers),
+                         "image": a.get("image"), "checkpoint": (snap or {}).get("state")})
+    return sorted(rows, key=lambda row: (row["app"] or "", row["host"]))

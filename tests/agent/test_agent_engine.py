@@ -349,6 +349,8 @@ def test_handler_exception_fails_the_task_and_the_container_serves_on(host, work
     after = host.call(work, {"x": 1})
     assert (after["status"], after["start"], after["result"]) == ("succeeded", "warm", {"echo": {"x": 1}})
     assert [c["id"] for c in host.status(work)["containers"]] == before
+    listed = {r["app"]: r for r in host.ok("apps", "--json").json()}  # this machine: no hosts known here
+    assert (listed[work]["host"], listed[work]["state"], listed[work]["containers"]) == ("local", "serving", 1)
 
 
 def test_http_endpoint_checks_token_and_body(host, work):

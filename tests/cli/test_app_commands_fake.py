@@ -311,3 +311,16 @@ def test_a_deploy_no_host_could_be_reached_for_exits_4_with_each_fix(world, cli,
            FakeHost("gpu2", agent=FakeAgent(start_fails={1: "ValueError: boom"}))])
     (tmp_path / "b").mkdir()
     assert cli("deploy", cwd=app_dir(tmp_path / "b", ["gpu1", "gpu2"])).code == 1  # the app failed on gpu2
+
+
+def test_apps_lists_every_app_on_every_known_host(world, cli, tmp_path):
+    w = world(served(three(status=ConnectionError("reset"))))
+    w["gpu3"].agent.op_deploy({"app": "embed", "image": "beamctl/embed:1"}, {})
+    w["gpu3"].agent.op_stop("hello")
+    r = cli("apps", "--json", "--host", "gpu1", cwd=tmp_path)
+    assert r.code == 5 and "error: gpu2: unreachable" in r.err
+    assert [(a["app"], a["host"], a["version"], a["state"]) for a in json.loads(r.out)] == [
+        ("embed", "gpu3", 1, "serving"), ("hello", "gpu1", 1, "serving"), ("hello", "gpu3", None, "stopped")]
+    table = cli("apps", "--host", "gpu1", cwd=tmp_path).out.splitlines()
+    assert table[0].split() == ["APP", "HOST", "VER", "STATE", "CONTAINERS", "BUSY", "CHECKPOINT"]
+    assert table[1].split() == ["embed", "gpu3", "v1", "serving", "1", "0", "-"] and len(table) == 4

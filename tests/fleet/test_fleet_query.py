@@ -266,3 +266,15 @@ def test_logs_follow_polls_every_host_from_its_own_last_line(monkeypatch, capsys
     assert texts == ["a1.0", "b2.0", "a3.0", "a5.0", "b6.0"]  # the repeated a3.0 is not shown twice
     assert a.asked == [0.0, 3.0, 5.0] and b.asked == [0.0, 2.0, 2.0]
     assert a.closed and b.closed  # also when following ends by an exception (Ctrl-C)
+
+
+def test_app_rows_say_where_each_app_runs_and_in_what_state():
+    up = {"apps": [{"app": "a", "active_version": 2, "image": "i", "containers": [
+        {"state": "ready", "busy": 1}, {"state": "starting", "busy": 0}],
+        "versions": [{"version": 2, "checkpoint": {"state": "ready"}}]}]}
+    cold = {"apps": [{"app": "a", "active_version": 2, "image": "i", "containers": [], "versions": []},
+                     {"app": "b", "active_version": 1, "image": "j", "containers": [{"state": "starting"}]}]}
+    rows = query.app_rows([Reply("h2", cold), Reply("h1", up), Reply("h3", error="down")])
+    assert [(r["app"], r["host"], r["state"], r["containers"], r["busy"], r["checkpoint"]) for r in rows] == [
+        ("a", "h1", "serving", 2, 1, "ready"), ("a", "h2", "scaled to zero", 0, 0, None),
+        ("b", "h2", "starting", 1, 0, None)]
