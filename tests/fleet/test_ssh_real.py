@@ -304,7 +304,7 @@ def test_commands_keep_their_words_exit_status_and_stdin(home, sshd_factory):
         assert (len(big.stdout), len(big.stderr)) == (3000000, 3000000)  # both streams drained at once
         with pytest.raises(RemoteError) as e:
             conn.check(["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo line$i >&2; done; exit 7"])
-        assert e.value.exit_code == 7 and e.value.stderr_tail == "\n".join(f"line{i}" for i in range(3, 11))
+        assert e.value.remote_exit == 7 and e.value.stderr_tail == "\n".join(f"line{i}" for i in range(3, 11))
         with pytest.raises(RemoteError, match="was cut off: no output for 1 s"):
             conn.run(["sleep", "5"], idle_timeout=1)
 

@@ -52,7 +52,8 @@ def test_check_reports_each_host_over_ssh(cli, fleet_env):
         assert facts["hostname"] == h.name  # the answer came from that host
         assert facts["docker_version"] == engine != "" and facts["docker_root"] == "/var/lib/docker"
         prereqs = {p["name"]: p for p in r["prerequisites"]}
-        assert list(prereqs) == ["docker", "runc", "criu", "decompressor", "disk"], prereqs
+        assert list(prereqs) == ["docker", "runc", "criu", "decompressor", "disk", "supervisor"], prereqs
+        assert prereqs["supervisor"]["found"].startswith("no systemd")  # test hosts are containers: a restart loop
         assert not prereqs["decompressor"]["ok"]  # no agent yet: `hosts install` brings it
         assert prereqs["decompressor"]["fix"] == f"beamctl hosts install {h.name}"
         if h.kind == "full":
