@@ -40,7 +40,8 @@ def _root(
     """Serverless-style GPU apps on your own machines."""
 
 
-from beamctl.cli import config_cmds, build_cmd, deploy_cmd, app_cmds, release_cmds, apps_cmd, hosts_cmds  # noqa: E402,F401,I001  (register, in help order)
+from beamctl.cli import (  # noqa: E402,F401,I001  (register, in help order)
+    config_cmds, build_cmd, deploy_cmd, app_cmds, release_cmds, apps_cmd, hosts_cmds, secrets_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
