@@ -41,6 +41,24 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
             h.close()
 
 
+def plan_deploy(config: AppConfig, progress: Callable[[Any], None]) -> tuple[Any, list[Any]]:
+    """`deploy --dry-run`: the image built here (cached) and what a deploy would do on each host (plan.py);
+    nothing on any host changes. Secrets are checked as a deploy would, their values go nowhere."""
+    from beamctl import secrets
+    from beamctl.fleet import plan, query
+    from beamctl.hosts.inventory import which_hosts
+    from beamctl.image import build_app
+
+    secrets.gather(config.secrets)
+    hosts = query.hosts_of(which_hosts(config.hosts)[0] if config.hosts else None)
+    try:
+        image = build_app(config, progress)
+        return image, plan.plan(hosts, config.name, tuple(str(g) for g in config.gpu), image)
+    finally:
+        for h in hosts:
+            h.close()
+
+
 def call(hosts: list[Any], app: str, inputs: dict[str, Any], chosen: Callable[[str], None],
          unanswered: Callable[[str], None]) -> tuple[dict[str, Any], str]:
     """One task on the least busy host that serves the app (the only one, when there is one): (task, host).

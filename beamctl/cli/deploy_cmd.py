@@ -19,7 +19,9 @@ def deploy(file: Path = FileOpt, json: bool = JsonOpt,
            health_timeout: Optional[float] = typer.Option(
                None, min=1, help="Seconds to wait for READY (default: beam.yaml's rollout.health_timeout, 300)."),
            lock_wait: float = typer.Option(
-               0, min=0, help="Seconds to wait for another deploy of the app to finish (default: refuse).")) -> int:
+               0, min=0, help="Seconds to wait for another deploy of the app to finish (default: refuse)."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Build here, then say what the deploy would do on "
+                                                                 "each host; change nothing there.")) -> int:
     """Build the app, start the new version, wait until READY, then retire the old one (on every host)."""
     from beamctl import apps
     from beamctl.config import load
@@ -29,11 +31,30 @@ def deploy(file: Path = FileOpt, json: bool = JsonOpt,
         console.line(w.render())
     from beamctl.cli.progress import reporter
 
+    if dry_run:
+        with reporter() as progress:
+            image, plans = apps.plan_deploy(config, progress)
+        return _planned(config.name, image, plans, json)
     with reporter() as progress:
         result = apps.deploy(config, progress, health_timeout, lock_wait)
     if not config.hosts:
         return _deployed_here(result, json)
     return _deployed_to_hosts(result, json)
+
+
+def _planned(app_name: str, image: Any, plans: list[Any], json: bool) -> int:
+    """The dry run's plan: one line per host (stdout), nothing changed anywhere."""
+    if json:
+        console.emit_json({"app": app_name, "image": image.image, "hosts": [p.as_json() for p in plans]})
+        return ExitCode.OK
+    console.out(f"{app_name}: {image.image} (dry run: nothing was changed on any host)")
+    for p in plans:
+        layers = ("" if p.layers_missing is None else
+                  f"; layers to send: {p.layers_missing} of {p.layers_total}" if p.layers_missing else
+                  "; nothing to send")
+        snap = f"; v{p.serving} checkpoint: {p.checkpoint}" if p.checkpoint else ""
+        console.out(f"{p.host}: {p.action}; agent {p.agent}{layers}{snap}")
+    return ExitCode.OK
 
 
 def _deployed_here(result: Any, json: bool) -> int:

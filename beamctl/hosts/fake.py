@@ -95,6 +95,8 @@ class FakeAgent:
     def op_status(self, app: str | None = None) -> dict[str, Any]:
         names = [app] if app else sorted(self.versions)
         return {"apps": [{"app": a, "active_version": self.active.get(a), "endpoint": None, "token": None,
+                          "image": (self.versions[a][self.active[a] - 1]["spec"]["image"] if self.active.get(a)
+                                    else None),
                           "lock": None, "containers": [{"state": "ready", "busy": 0, "idle_s": 0, "version":
                                                         self.active.get(a)}] if self.active.get(a) else [],
                           "versions": []} for a in names if a in self.versions]}

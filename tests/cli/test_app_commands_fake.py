@@ -324,3 +324,25 @@ def test_apps_lists_every_app_on_every_known_host(world, cli, tmp_path):
     table = cli("apps", "--host", "gpu1", cwd=tmp_path).out.splitlines()
     assert table[0].split() == ["APP", "HOST", "VER", "STATE", "CONTAINERS", "BUSY", "CHECKPOINT"]
     assert table[1].split() == ["embed", "gpu3", "v1", "serving", "1", "0", "-"] and len(table) == 4
+
+
+def test_deploy_dry_run_says_what_each_host_would_get_and_changes_nothing(world, cli, tmp_path, monkeypatch):
+    hosts = [FakeHost("gpu1"), FakeHost("gpu2"), FakeHost("gpu3", fail={"version": ConnectionError("reset")})]
+    hosts[0].agent.op_deploy({"app": "hello", "image": IMAGE}, {})
+    w = world(hosts)
+    surveyed: list = []
+    monkeypatch.setattr("beamctl.fleet.plan.layer_survey",
+                        lambda host, image: surveyed.append(host.name) or ((0, 5) if host.name == "gpu1" else (2, 5)))
+    r = cli("deploy", "--dry-run", "--json", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
+    assert r.code == 0, r.err
+    plans = {p["host"]: p for p in json.loads(r.out)["hosts"]}
+    assert plans["gpu1"]["action"].startswith("unchanged image: v1 keeps serving")
+    assert (plans["gpu1"]["layers_missing"], plans["gpu2"]["layers_missing"]) == (0, 2)
+    assert plans["gpu2"]["action"] == "start the first version" and plans["gpu2"]["agent"] == "current"
+    assert plans["gpu3"]["agent"].startswith("would be installed") and plans["gpu3"]["layers_missing"] is None
+    assert sorted(surveyed) == ["gpu1", "gpu2"] and w.builds == 1 and w.shipped == []
+    for h in hosts:  # asked, never changed: no install, no lock, no deploy
+        assert {op for op, _ in h.asked} <= {"version", "status"} and h.installs == 0
+    text = cli("deploy", "--dry-run", cwd=tmp_path / "hello").out.splitlines()
+    assert text[0] == f"hello: {IMAGE} (dry run: nothing was changed on any host)"
+    assert text[2] == "gpu2: start the first version; agent current; layers to send: 2 of 5"

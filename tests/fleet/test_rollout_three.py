@@ -88,6 +88,12 @@ def test_three_hosts_deploy_redeploy_noop_logs_rollback(cli, three, app_dir, mon
     v1 = data["version"]
 
     greeting(app_dir, "hi")
+    planned = cli("deploy", "--dry-run", "--json", "-f", str(app_dir))  # asks, changes nothing
+    assert planned.code == 0, planned.err
+    for p in json.loads(planned.out)["hosts"]:
+        assert (p["agent"], p["serving"], p["action"]) == ("current", v1, f"start a new version, then retire v{v1}")
+        assert 0 < p["layers_missing"] < p["layers_total"], p  # the code layer only
+    assert call_each(cli, app_dir) == {h: "hello, Ada" for h in HOSTS}  # still v1 everywhere
     second, data2 = deploy(cli, app_dir)
     assert second.code == 0, second.err
     for h, r in by_host(data2).items():
