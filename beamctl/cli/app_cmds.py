@@ -1,5 +1,5 @@
 """Commands about deployed apps: call, tasks, profile, logs, status, stop (deploy: deploy_cmd.py; rollback and
-unlock: release_cmds.py). Each takes its hosts from `_hosts` (fleet/query.app_hosts)."""
+unlock: release_cmds.py). Each takes its hosts from cli/reach.py."""
 
 from __future__ import annotations
 
@@ -14,38 +14,11 @@ import typer
 from beamctl import console
 from beamctl.cli import app
 from beamctl.cli.config_cmds import JsonOpt
+from beamctl.cli import reach
+from beamctl.cli.reach import AppFileOpt, HostOpt
 from beamctl.errors import ExitCode, UsageError
 
 FOLLOW_POLL_S = 0.5
-
-
-HostOpt = typer.Option(None, "--host", help="Ask this host's agent (repeatable); default: the app's hosts.")
-AppFileOpt = typer.Option(None, "-f", "--file", help="The app's beam.yaml (or its folder): ask its hosts.")
-
-
-def _hosts(name: str | None, host: list[str] | None, file: Path | None) -> Any:
-    from beamctl.fleet import query
-
-    return query.app_hosts(name, host, file)
-
-
-def _local(hosts: list[Any]) -> bool:
-    from beamctl.fleet.query import is_local
-
-    return is_local(hosts)
-
-
-def _report_errors(replies: list[Any]) -> None:
-    from beamctl.hosts.each import error_lines
-
-    for line in error_lines(replies):
-        console.error(line)
-
-
-def _outcome(replies: list[Any]) -> int:
-    from beamctl.hosts.each import outcome
-
-    return outcome(replies)
 
 
 @app.command()
@@ -56,8 +29,8 @@ def call(name: str = typer.Argument(..., help="The app."),
     from beamctl import apps
 
     data = _inputs(inputs)
-    with _hosts(name, host, file) as hosts:
-        local = _local(hosts)
+    with reach.hosts(name, host, file) as hosts:
+        local = reach.local(hosts)
         task, where = apps.call(hosts, name, data,
                                 lambda h: console.say(f"[dim]calling {name} on {console.escape(h)}[/]"),
                                 console.error)
@@ -107,17 +80,17 @@ def tasks(name: Optional[str] = typer.Argument(None, help="Only this app."), jso
     from beamctl.fleet import query
     from beamctl.hosts.each import ask_all, only
 
-    with _hosts(name, host, file) as hosts:
+    with reach.hosts(name, host, file) as hosts:
         replies = ask_all(hosts, "tasks", app=name, limit=limit, **({"status": "failed"} if failed else {}))
-        local = _local(hosts)
+        local = reach.local(hosts)
     rows = only(replies) if local else query.merge_tasks(replies, limit)
     if json:
         console.emit_json(rows)
     else:
         for line in views.tasks_table(rows, hosts=not local):
             console.out(line)
-    _report_errors(replies)
-    return _outcome(replies)
+    reach.report_errors(replies)
+    return reach.outcome(replies)
 
 
 @app.command()
@@ -128,12 +101,12 @@ def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl cal
     from beamctl.cli import views
     from beamctl.protocol.errors import AgentFailed
 
-    with _hosts(None, host, file) as hosts:
+    with reach.hosts(None, host, file) as hosts:
         found, replies, recent_rows = apps.find_task(hosts, task_id, recent=not json)
-        local = _local(hosts)
+        local = reach.local(hosts)
     if not found.ok:
         if not local:
-            _report_errors(replies)
+            reach.report_errors(replies)
         raise found.exc or AgentFailed(found.error or f"no task {task_id}")
     task, where = found.result, None if local else found.host
     if json:
@@ -167,14 +140,14 @@ def logs(name: str = typer.Argument(...), follow: bool = typer.Option(False, "-f
     from beamctl.hosts.each import only
 
     start = time.time() - since if since else 0.0
-    with _hosts(name, host, file) as hosts:
-        local = _local(hosts)
+    with reach.hosts(name, host, file) as hosts:
+        local = reach.local(hosts)
         width = max(len(h.name) for h in hosts)
         seen = {h.name: start for h in hosts}
         replies = apps.logs(hosts, name, seen, lines, task)
         if local:
             only(replies)
-        _report_errors(replies)
+        reach.report_errors(replies)
         entries = query.merge_logs(replies)[-lines:]  # each host sent its last N: these are the last N of all
         while True:
             for e in entries:
@@ -184,7 +157,7 @@ def logs(name: str = typer.Argument(...), follow: bool = typer.Option(False, "-f
                     console.out(views.log_line(e) if local else views.host_log_line(e, width))
                 seen[e["host"]] = max(seen[e["host"]], e["ts"])
             if not follow:
-                return _outcome(replies)
+                return reach.outcome(replies)
             time.sleep(FOLLOW_POLL_S)
             replies = apps.logs(hosts, name, seen, 10_000, task)
             if local:
@@ -200,9 +173,9 @@ def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt,
     from beamctl.cli import views
     from beamctl.hosts.each import ask_all, only
 
-    with _hosts(name, host, file) as hosts:
+    with reach.hosts(name, host, file) as hosts:
         replies = ask_all(hosts, "status", app=name)
-        local = _local(hosts)
+        local = reach.local(hosts)
     if local:
         data = only(replies)
         if json:
@@ -217,7 +190,7 @@ def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt,
     else:
         for line in views.host_status(replies):
             console.show(line)
-    return _outcome(replies)
+    return reach.outcome(replies)
 
 
 @app.command()
@@ -227,14 +200,14 @@ def stop(name: str = typer.Argument(...), host: Optional[List[str]] = HostOpt,
     from beamctl.cli import views
     from beamctl.hosts.each import ask_all, only
 
-    with _hosts(name, host, file) as hosts:
+    with reach.hosts(name, host, file) as hosts:
         replies = ask_all(hosts, "stop", app=name)
-        local = _local(hosts)
+        local = reach.local(hosts)
     if local:
         console.say(views.stopped(name, only(replies)))
         return ExitCode.OK
     for r in replies:
         if r.error is None:
             console.say(f"{console.escape(r.host)}: {views.stopped(name, r.result)}")
-    _report_errors(replies)
-    return _outcome(replies)
+    reach.report_errors(replies)
+    return reach.outcome(replies)

@@ -10,7 +10,8 @@ import typer
 
 from beamctl import console
 from beamctl.cli import app
-from beamctl.cli.app_cmds import HostOpt, _hosts, _outcome, _report_errors
+from beamctl.cli import reach
+from beamctl.cli.reach import HostOpt
 from beamctl.cli.config_cmds import JsonOpt
 
 
@@ -22,7 +23,7 @@ def apps_list(json: bool = JsonOpt, host: Optional[List[str]] = HostOpt,
     from beamctl.fleet import query
     from beamctl.hosts.each import ask_all
 
-    with _hosts(None, host, file) as hosts:
+    with reach.hosts(None, host, file) as hosts:
         replies = ask_all(hosts, "status")
     rows = query.app_rows(replies)
     if json:
@@ -30,5 +31,5 @@ def apps_list(json: bool = JsonOpt, host: Optional[List[str]] = HostOpt,
     else:
         for line in views.apps_table(rows):
             console.out(line)
-    _report_errors(replies)
-    return _outcome(replies)
+    reach.report_errors(replies)
+    return reach.outcome(replies)

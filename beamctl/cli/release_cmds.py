@@ -1,5 +1,5 @@
 """Commands that change which release an app runs outside a deploy: rollback, and unlock (a dead
-deploy's lock). Hosts are chosen as for the other app commands (app_cmds._hosts)."""
+deploy's lock). Hosts are chosen as for every app command (cli/reach.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import typer
 
 from beamctl import console
 from beamctl.cli import app
-from beamctl.cli import app_cmds
-from beamctl.cli.app_cmds import AppFileOpt, HostOpt
+from beamctl.cli import reach
+from beamctl.cli.reach import AppFileOpt, HostOpt
 from beamctl.cli.config_cmds import JsonOpt
 from beamctl.errors import ExitCode
 
@@ -27,9 +27,9 @@ def rollback(name: str = typer.Argument(..., help="The app."),
     """Bring an earlier version back (on every host of the app): start it, wait READY, switch; volumes stay."""
     from beamctl import apps
 
-    with app_cmds._hosts(name, host, file) as hosts:
+    with reach.hosts(name, host, file) as hosts:
         replies = apps.rollback(hosts, name, version, health_timeout, _say)
-        local = app_cmds._local(hosts)
+        local = reach.local(hosts)
     if local and replies[0].exc is not None:
         if json:
             console.emit_json({"app": name, "hosts": [{"host": "local", "status": "refused",
@@ -61,10 +61,10 @@ def _rolled_back(name: str, replies: list[Any], json: bool, local: bool) -> int:
             continue
         for line in (r.result or {}).get("log_tail") or []:
             console.line(f"  {'' if local else r.host + ' '}| {line}")
-    app_cmds._report_errors(checked if not local else [])
+    reach.report_errors(checked if not local else [])
     if local and checked[0].error is not None:
         console.error(f"rollback of {name} failed: {checked[0].error}")
-    code = app_cmds._outcome(checked)
+    code = reach.outcome(checked)
     if code == ExitCode.PARTIAL:
         ok = sum(c.error is None for c in checked)
         console.error(f"partial rollback: {ok} of {len(checked)} hosts run the earlier version")
@@ -78,9 +78,9 @@ def unlock(name: str = typer.Argument(..., help="The app."), json: bool = JsonOp
     from beamctl.fleet import locks
     from beamctl.hosts.each import only
 
-    with app_cmds._hosts(name, host, file) as hosts:
+    with reach.hosts(name, host, file) as hosts:
         replies = locks.break_locks(hosts, name)
-        local = app_cmds._local(hosts)
+        local = reach.local(hosts)
     if local:
         only(replies)
     if json:
@@ -92,5 +92,5 @@ def unlock(name: str = typer.Argument(..., help="The app."), json: bool = JsonOp
             said = (f"removed the lock held by {console.escape(locks.describe(r.result))}" if r.result
                     else f"no lock on {name}")
             console.say(f"{where}{said}")
-    app_cmds._report_errors(replies)
-    return app_cmds._outcome(replies)
+    reach.report_errors(replies)
+    return reach.outcome(replies)

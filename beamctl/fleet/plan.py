@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import beamctl
+from beamctl.errors import BeamctlError
 from beamctl.hosts.each import ask, each, parallel
 
 
@@ -39,7 +40,7 @@ def plan(hosts: list[Any], app: str, prefs: tuple[str, ...], image: Any,
     if answered and prefs:
         try:
             placed = place(answered, prefs, app)
-        except Exception as e:  # noqa: BLE001 - the plan says it; the deploy would refuse with the same words
+        except BeamctlError as e:  # no host can take it: the plan says so, as the deploy would refuse
             placed = e
     return [p.result if p.ok else HostPlan(p.host, "?", f"unknown: {p.error}")
             for p in each(hosts, lambda h: _one(h, app, about[h.name], placed, image, survey))]
@@ -53,7 +54,7 @@ def _one(host: Any, app: str, about: Any, placed: Any, image: Any, survey: Calla
     theirs = (about.result or {}).get("version")
     agent = "current" if theirs == version else f"would be upgraded from {theirs}"
     if isinstance(placed, Exception):
-        return HostPlan(host.name, agent, f"refused: {getattr(placed, 'message', placed)}")
+        return HostPlan(host.name, agent, f"refused: {placed.message}")
     if placed is not None and host.name in placed.skipped:
         return HostPlan(host.name, agent, f"skipped: {placed.skipped[host.name]}")
     status = ask(host, "status", app=app)

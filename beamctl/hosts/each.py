@@ -47,12 +47,11 @@ def attempt(host: Any, fn: Callable[[], Any], op: str = "", args: dict[str, Any]
     except socket.timeout:
         text = f"{name}: no answer from the agent in time"
         return Reply(name, error=text, exc=BeamctlError(text))
-    except (ConnectionError, EOFError) as e:
+    except (OSError, EOFError) as e:  # the stream ended (EOF, reset): the agent, or the way to it, went away
         text = f"{name}: unreachable: the connection broke: {e or type(e).__name__}"
-        return Reply(name, error=text, stopped=True, exc=_stopped(host, op, args) if op else BeamctlError(text))
-    except OSError as e:
-        text = f"{name}: unreachable: the connection broke: {e or type(e).__name__}"
-        return Reply(name, error=text, exc=BeamctlError(text))
+        ended = isinstance(e, (ConnectionError, EOFError))
+        return Reply(name, error=text, stopped=ended,
+                     exc=_stopped(host, op, args) if ended and op else BeamctlError(text))
     except Exception as e:  # noqa: BLE001 - one host's surprise must not hide the others' answers
         text = f"{name}: internal error: {type(e).__name__}: {e}"
         return Reply(name, error=text, exc=BeamctlError(text, "rerun with --debug, and report it"))
