@@ -34,6 +34,16 @@ class BeamctlError(Exception):
         self.hint = hint
 
 
+class Interrupted(BeamctlError):
+    """Ctrl-C in the middle of work on hosts: `lines` say where each host was left."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(self, message: str, lines: list[str] | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.lines = lines or []
+
+
 class ConfigError(BeamctlError):
     """beam.yaml has problems; `problems` holds every one of them, with its place."""
 

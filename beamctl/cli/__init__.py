@@ -75,6 +75,8 @@ def _render(e: BeamctlError) -> None:
     if isinstance(e, ConfigError):
         for p in e.problems + e.warnings:
             console.line(p.render())
+    for line in getattr(e, "lines", []):
+        console.line(f"  {line}")
     console.error(e.message, e.hint)
 
 

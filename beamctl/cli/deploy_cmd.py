@@ -12,6 +12,7 @@ from beamctl import console
 from beamctl.cli import app
 from beamctl.cli.config_cmds import FileOpt, JsonOpt
 from beamctl.errors import ExitCode
+from beamctl.units import human_bytes
 
 
 @app.command()
@@ -49,8 +50,9 @@ def _planned(app_name: str, image: Any, plans: list[Any], json: bool) -> int:
         return ExitCode.OK
     console.out(f"{app_name}: {image.image} (dry run: nothing was changed on any host)")
     for p in plans:
+        size = f" ({human_bytes(p.bytes_missing)} before compression)" if p.bytes_missing is not None else ""
         layers = ("" if p.layers_missing is None else
-                  f"; layers to send: {p.layers_missing} of {p.layers_total}" if p.layers_missing else
+                  f"; layers to send: {p.layers_missing} of {p.layers_total}{size}" if p.layers_missing else
                   "; nothing to send")
         snap = f"; v{p.serving} checkpoint: {p.checkpoint}" if p.checkpoint else ""
         console.out(f"{p.host}: {p.action}; agent {p.agent}{layers}{snap}")
@@ -72,12 +74,20 @@ def _deployed_here(result: Any, json: bool) -> int:
             from beamctl.cli import views
 
             console.line(f"  {views.snapshot(host.checkpoint)}")
-        return ExitCode.OK
+        return _interrupted(1, 1) if result.interrupted else ExitCode.OK
     for line in host.log_tail:
         console.line(f"  | {line}")
     serving = f"v{host.serving} keeps serving" if host.serving else "nothing was serving before"
     console.error(f"v{result.version} of {result.app} did not start: {host.reason} ({serving})")
     return ExitCode.FAILURE
+
+
+def _interrupted(ready: int, total: int) -> int:
+    """Ctrl-C came during the switch: what was started finished (shown above), nothing more was."""
+    rest = f"; the other {total - ready} keep their version" if ready < total else ""
+    console.error(f"interrupted (Ctrl-C): the switch that had started finished; {ready} of {total} "
+                  f"host{'s' if total != 1 else ''} run the new version{rest}")
+    return ExitCode.INTERRUPTED
 
 
 def _deployed_to_hosts(result: Any, json: bool) -> int:
@@ -106,6 +116,8 @@ def _deployed_to_hosts(result: Any, json: bool) -> int:
                       h.error.hint if h.error is not None else None)  # the fix (a host key's, a lock's)
     code = outcome(hosts)
     ready = sum(h.status == "ready" for h in hosts)
+    if result.interrupted:
+        return _interrupted(ready, len(hosts))
     if code == ExitCode.PARTIAL:
         console.error(f"partial deploy: {ready} of {len(hosts)} hosts run the new version")
     return code

@@ -26,12 +26,15 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import tarfile
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable
+
+from beamctl.protocol.layout import STAGED_ARGV
 
 BUFFER = 1 << 20
 SPOOL_IN_MEMORY = 8 << 20  # small unknown layers never touch the disk
@@ -72,9 +75,17 @@ def parse_held(text: str) -> list[list[str]]:
     return held
 
 
-# Fixed text (nothing from the user in it): every image's layer list on the host's engine, one per line.
-HELD_LAYERS_SCRIPT = ("ids=$(docker image ls -aq --no-trunc | sort -u); [ -z \"$ids\" ] || "
-                      "docker image inspect --format '{{json .RootFS.Layers}}' $ids")
+# Fixed text (nothing from the user in it): every image's layer list on the host's engine, one per line;
+# then, when the engine answered, the layers a cut ship left staged there, one `staged DIFFID` per line.
+HELD_LAYERS_SCRIPT = ("ids=$(docker image ls -aq --no-trunc | sort -u); { [ -z \"$ids\" ] || "
+                      "docker image inspect --format '{{json .RootFS.Layers}}' $ids; } && "
+                      f"{{ {shlex.join(STAGED_ARGV)} 2>/dev/null | sed 's/^/staged /'; true; }}")
+
+
+def parse_staged(text: str) -> frozenset[str]:
+    """The staged layers in the host's answer to HELD_LAYERS_SCRIPT."""
+    return frozenset(line.split(" ", 1)[1] for line in text.splitlines()
+                     if line.startswith("staged sha256:") and len(line) == len("staged sha256:") + 64)
 
 
 class V1Ids:
@@ -129,12 +140,17 @@ class FilterStats:
 
 
 def filter_archive(src: IO[bytes], dst: IO[bytes], diff_ids: list[str], keep_from: int,
-                   v1ids: V1Ids | None = None) -> FilterStats:
-    """Copy `docker save`'s tar from src to dst, leaving out the tars of layers below `keep_from`.
+                   v1ids: V1Ids | None = None, leave_out: frozenset[str] = frozenset()) -> FilterStats:
+    """Copy `docker save`'s tar from src to dst, leaving out the tars of layers below `keep_from` and
+    those in `leave_out` (diffIDs the host kept from a cut ship: its loader puts them back).
 
     keep_from = 0 copies everything (the whole image); len(diff_ids) leaves out every layer tar
     (the host holds them all and only needs the config and the tag)."""
     chains = chain_ids(diff_ids)
+
+    def needed(i: int) -> bool:
+        return i >= keep_from and diff_ids[i] not in leave_out
+
     place_of_chain = {c: i for i, c in enumerate(chains)}
     v1ids = v1ids or V1Ids(None)
     stats = FilterStats()
@@ -166,13 +182,13 @@ def filter_archive(src: IO[bytes], dst: IO[bytes], diff_ids: list[str], keep_fro
         for member in tin:
             folder, _, leaf = member.name.partition("/")
             if member.isfile() and leaf == "layer.tar" and "/" not in folder:
-                if keep_from <= 0:
+                if keep_from <= 0 and not leave_out:
                     tout.addfile(member, tin.extractfile(member))
                     stats.layers_sent += 1
                     continue
                 where = place(folder)
                 if where is not None:
-                    if where < keep_from:
+                    if not needed(where):
                         stats.layers_skipped += 1
                     else:
                         tout.addfile(member, tin.extractfile(member))
@@ -184,7 +200,7 @@ def filter_archive(src: IO[bytes], dst: IO[bytes], diff_ids: list[str], keep_fro
                     at = [i for i, d in enumerate(diff_ids) if d == digest]
                     if len(at) == 1:
                         places[folder] = at[0]
-                    if at and all(i < keep_from for i in at):
+                    if at and not any(needed(i) for i in at):
                         stats.layers_skipped += 1
                         continue
                     spool.seek(0)

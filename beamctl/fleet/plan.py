@@ -6,7 +6,7 @@ the remote hosts, which of the image's layers each engine already holds. The ima
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import beamctl
 from beamctl.errors import BeamctlError
@@ -21,6 +21,7 @@ class HostPlan:
     serving: int | None = None  # the app's active version there now
     layers_missing: int | None = None  # of the image's layers the host's engine lacks (None: not asked)
     layers_total: int | None = None
+    bytes_missing: int | None = None  # those layers' size before compression (None: not known)
     checkpoint: str | None = None  # the serving version's snapshot state
 
     def as_json(self) -> dict[str, Any]:
@@ -28,9 +29,9 @@ class HostPlan:
 
 
 def plan(hosts: list[Any], app: str, prefs: tuple[str, ...], image: Any,
-         survey: Callable[[Any, Any], tuple[int, int]] | None = None) -> list[HostPlan]:
-    """One HostPlan per host, in their order. `survey(host, image) -> (missing, total)` layers for a remote
-    host (default: over its SSH connection)."""
+         survey: Callable[[Any, Any], Survey] | None = None) -> list[HostPlan]:
+    """One HostPlan per host, in their order. `survey(host, image) -> Survey` for a remote host (default:
+    over its SSH connection)."""
     from beamctl.fleet.rollout import place
 
     survey = survey or layer_survey
@@ -61,22 +62,34 @@ def _one(host: Any, app: str, about: Any, placed: Any, image: Any, survey: Calla
     row = next(iter((status.result or {}).get("apps", [])), {}) if status.ok else {}
     serving, active_image = row.get("active_version"), row.get("image")
     snap = next((v.get("checkpoint") for v in row.get("versions") or [] if v.get("version") == serving), None)
-    missing = total = None
-    if not host.local:
-        missing, total = survey(host, image)
+    lacks = survey(host, image) if not host.local else Survey(None, None)
     if serving and active_image == image.image:
         action = f"unchanged image: v{serving} keeps serving (a new version only if settings or secrets changed)"
     else:
         action = (f"start a new version, then retire v{serving}" if serving else "start the first version")
-    return HostPlan(host.name, agent, action, serving, missing, total, (snap or {}).get("state"))
+    return HostPlan(host.name, agent, action, serving, lacks.missing, lacks.total, lacks.bytes,
+                    (snap or {}).get("state"))
 
 
-def layer_survey(host: Any, image: Any) -> tuple[int, int]:
-    """(layers the host's engine lacks, layers in the image), over the host's SSH connection."""
+class Survey(NamedTuple):
+    """What a host lacks of the image: layers (of total) and their bytes before compression."""
+
+    missing: int | None
+    total: int | None
+    bytes: int | None = None
+
+
+def layer_survey(host: Any, image: Any) -> Survey:
+    """What the host lacks (as a ship would send it: neither held by its engine nor kept from a cut send),
+    over the host's SSH connection."""
     from beamctl.fleet import layers, ship
 
     ours = ship.local_layers(image.image)
     conn = host.connection()
     if ship.remote_id(conn, host.name, image.image) == image.id:
-        return 0, len(ours)
-    return len(ours) - layers.present_prefix(ours, ship.held_layers(conn, host.name)), len(ours)
+        return Survey(0, len(ours), 0)
+    held, staged = ship.held_layers(conn, host.name)
+    keep_from = layers.present_prefix(ours, held)
+    lacks = [d for d in ours[keep_from:] if d not in staged]
+    sizes = ship.layer_sizes(image.image, image.id, ours)
+    return Survey(len(lacks), len(ours), sum(sizes[d] for d in lacks) if sizes is not None else None)

@@ -14,17 +14,27 @@ This machine is a host like any other: its agent is started, not installed, and 
    failure the hosts after it are not touched (the health gate) and keep their version.
 One host's failure is its own result and never hides another's success; `outcome` turns the results
 into an exit code (all ready: OK, some: PARTIAL, none: FAILURE).
+
+Ctrl-C: before the switch, nothing has changed on any host (the lock is released; layers that reached a
+host whole are kept there for the next deploy): `Interrupted` says so. During the switch, a host whose
+agent was asked to deploy carries it through on its own (the new version becomes ready and takes over,
+or fails its health check and the old one keeps serving); so the first Ctrl-C starts no further batch
+and waits for those hosts, whose results are then shown (`Deployed.interrupted`); a second Ctrl-C
+leaves at once, naming the hosts that finish on their own.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from beamctl.errors import BeamctlError, ExitCode
-from beamctl.hosts.each import Reply, ask, each, parallel
+from beamctl.errors import BeamctlError, ExitCode, Interrupted
+from beamctl.hosts.each import Reply, ask, each
 
 Progress = Callable[[Any], None]
+SWITCH_POLL_S = 0.2  # how often the wait for a batch looks at Ctrl-C
 ANSWER_SLACK_S = 60  # beyond the health timeout, for the agent's own work (image check, records)
 
 
@@ -53,6 +63,7 @@ class Deployed:
     app: str
     image: str | None
     hosts: list[HostDeploy]
+    interrupted: bool = False  # Ctrl-C during the switch: the started hosts finished, the rest were left
 
     @property
     def version(self) -> int | None:
@@ -114,20 +125,96 @@ def deploy_one(host: Any, spec_json: dict[str, Any], secret_values: dict[str, st
 
 
 def deploy_rolling(hosts: list[Any], spec_json: dict[str, Any], secret_values: dict[str, str],
-                   health_timeout: float, progress: Progress, max_parallel: int | None = None) -> list[HostDeploy]:
-    """`max_parallel` hosts at a time (default all); after a batch with a failure, the rest are left alone."""
+                   health_timeout: float, progress: Progress, max_parallel: int | None = None
+                   ) -> tuple[list[HostDeploy], bool]:
+    """`max_parallel` hosts at a time (default all); after a batch with a failure, the rest are left alone.
+    Returns the results and whether Ctrl-C stopped the rollout (after the batch it came in finished)."""
     batch = max(1, max_parallel or len(hosts) or 1)
     results: list[HostDeploy] = []
+    interrupted = False
     for i in range(0, len(hosts), batch):
         group = hosts[i:i + batch]
+        if interrupted:
+            results += [skipped(h.name, "not started: the deploy was interrupted (Ctrl-C) before this host's "
+                                        "turn; it keeps its version") for h in group]
+            continue
         if any(r.status != "ready" for r in results):
             bad = ", ".join(r.host for r in results if r.status != "ready")
             results += [skipped(h.name, f"not deployed: the rollout stopped after {bad} failed "
                                         "(it keeps its version; fix and deploy again)") for h in group]
             continue
-        done = parallel(group, lambda h: deploy_one(h, spec_json, secret_values, health_timeout, progress))
+        done, interrupted = switch(group, lambda h: deploy_one(h, spec_json, secret_values, health_timeout,
+                                                               progress), progress, results, hosts[i + batch:])
         results += [r.result if r.ok else failed_reply(r) for r in done]
-    return results
+    return results, interrupted
+
+
+def switch(group: list[Any], fn: Callable[[Any], Reply], progress: Progress, before: list[HostDeploy],
+           after: list[Any]) -> tuple[list[Reply], bool]:
+    """fn(host) on every host of the batch at once (threads that never hold the process up at exit).
+    Ctrl-C is counted here, not raised wherever it lands: the first waits for the batch (each host's
+    agent finishes what it was asked either way) and says so; a second raises Interrupted naming where
+    each host was left."""
+    replies: dict[str, Reply] = {}
+    lock, wake = threading.Lock(), threading.Event()
+    presses: list[int] = []
+
+    def run(host: Any) -> None:
+        reply = fn(host)
+        with lock:
+            replies[host.name] = reply
+        wake.set()
+
+    def pressed(signum: int, frame: Any) -> None:
+        presses.append(signum)
+        wake.set()
+
+    old = _catch_sigint(pressed)
+    try:
+        for h in group:
+            threading.Thread(target=run, args=(h,), daemon=True, name=f"deploy-{h.name}").start()
+        said = False
+        while True:
+            wake.wait(SWITCH_POLL_S)
+            wake.clear()
+            with lock:
+                busy = [h.name for h in group if h.name not in replies]
+            if not busy:
+                break
+            if len(presses) > 1:
+                raise left_switching(busy, before, after)
+            if presses and not said:
+                said = True
+                untouched = f"; {', '.join(h.name for h in after)} will not be started" if after else ""
+                one = len(busy) == 1
+                progress(f"interrupted: {', '.join(busy)} {'is' if one else 'are'} switching to the new version and "
+                         f"will finish (or keep the old one if the new fails its health check); waiting for "
+                         f"{'it' if one else 'them'}{untouched}. Ctrl-C again to leave now")
+    finally:
+        _restore_sigint(old)
+    return [replies[h.name] for h in group], bool(presses)
+
+
+def _catch_sigint(handler: Callable[[int, Any], None]) -> Any:
+    """Our handler for SIGINT while the batch runs (only the main thread can set one; elsewhere None)."""
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        return None
+
+
+def _restore_sigint(old: Any) -> None:
+    if old is not None:
+        signal.signal(signal.SIGINT, old)
+
+
+def left_switching(busy: list[str], before: list[HostDeploy], after: list[Any]) -> Interrupted:
+    lines = [f"{r.host}: {'ready on v' + str(r.version) if r.status == 'ready' else r.status}" for r in before]
+    lines += [f"{name}: was switching: it finishes on its own, or keeps its old version if the new one fails "
+              "its health check" for name in busy]
+    lines += [f"{h.name}: not started: keeps its version" for h in after]
+    return Interrupted("deploy interrupted during the switch", lines,
+                       "beamctl status APP shows where each host ended")
 
 
 def rollout(hosts: list[Any], app: str, prefs: tuple[str, ...], build: Callable[[], Any],
@@ -159,16 +246,24 @@ def rollout(hosts: list[Any], app: str, prefs: tuple[str, ...], build: Callable[
         live = [h for h in live if h.name in held]
         progress(f"deploying {image.image} to {_where(live)}")
         remote = [h for h in live if not h.local]
-        shipped = ship(remote, image.image, image.id, progress) if remote else {}
+        try:
+            shipped = ship(remote, image.image, image.id, progress) if remote else {}
+        except KeyboardInterrupt:
+            raise Interrupted("deploy interrupted while sending the image: nothing changed on any host",
+                              [f"{h.name}: not changed: keeps its version" for h in live],
+                              "layers that reached a host whole are kept there: the next deploy sends only "
+                              "the rest") from None
         for name, got in shipped.items():
             if isinstance(got, BeamctlError):
                 results[name] = failed(name, got.message, got)
         live = [h for h in live if h.name not in results]
-        for r in deploy_rolling(live, spec_for(image), secret_values, health_timeout, progress, max_parallel):
+        rolled, interrupted = deploy_rolling(live, spec_for(image), secret_values, health_timeout, progress,
+                                             max_parallel)
+        for r in rolled:
             got = shipped.get(r.host)
             r.ship, r.cold_boot = (got.as_json() if got is not None else None), cold.get(r.host)
             results[r.host] = r
-    return Deployed(app, image.image, [results[h.name] for h in hosts])
+    return Deployed(app, image.image, [results[h.name] for h in hosts], interrupted)
 
 
 def _where(hosts: list[Any]) -> str:

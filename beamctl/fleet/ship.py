@@ -65,11 +65,12 @@ def remote_id(conn: Any, label: str, image_ref: str) -> str | None:
     return done.stdout.strip() or None
 
 
-def held_layers(conn: Any, label: str) -> list[list[str]]:
+def held_layers(conn: Any, label: str) -> tuple[list[list[str]], frozenset[str]]:
+    """The layer lists of the host engine's images, and the layers a cut ship left staged there."""
     done = conn.run(held_argv())
     if done.exit != 0:
         raise RemoteError(label, "docker image inspect (layers)", done.exit, tail(done.stderr))
-    return layers.parse_held(done.stdout)
+    return layers.parse_held(done.stdout), layers.parse_staged(done.stdout)
 
 
 def local_layers(image_ref: str) -> list[str]:
@@ -83,6 +84,29 @@ def local_layers(image_ref: str) -> list[str]:
     return list(json.loads(done.stdout))
 
 
+def layer_sizes(image_ref: str, image_id: str, diff_ids: list[str]) -> dict[str, int] | None:
+    """Each layer's size before compression (diffID -> bytes), from the engine's history of the image;
+    None when its entries cannot be matched to the layers for certain."""
+    from beamctl.image import layer_cache
+
+    argv = ["docker", "history", "--no-trunc", "--human=false", "--format", "{{.Size}}", image_ref]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        sizes = [int(x) for x in done.stdout.split()][::-1] if done.returncode == 0 else []
+    except (OSError, ValueError):
+        return None
+    config = layer_cache.config_bytes(image_id)
+    try:
+        flags = [not h.get("empty_layer") for h in json.loads(config).get("history") or []] if config else []
+    except (ValueError, AttributeError):
+        flags = []
+    if len(flags) == len(sizes):  # the config says which history entries made a layer
+        picks = [n for n, layer in zip(sizes, flags) if layer]
+    else:  # only when every layer has bytes is the match certain
+        picks = [n for n in sizes if n > 0]
+    return dict(zip(diff_ids, picks)) if len(picks) == len(diff_ids) else None
+
+
 class _Host:
     """One host during a ship: its connection (the host's own, shared), what it lacks, its result or error."""
 
@@ -91,6 +115,7 @@ class _Host:
         self.target: Any = None
         self.conn: Any = None
         self.keep_from = 0
+        self.staged: frozenset[str] = frozenset()  # our layers above keep_from the host kept from a cut ship
         self.present = False
         self.result: ShipResult | None = None
         self.error: BeamctlError | None = None
@@ -116,8 +141,8 @@ def ship_images(hosts: list[Any], image_ref: str, image_id: str, progress: Progr
         for s in todo:
             s.error, s.sent = None, 0
         _survey(todo, image_ref, image_id, diff_ids, progress, fresh=attempt > 1)
-        for keep_from, group in _groups([s for s in todo if s.error is None and not s.present]).items():
-            _send(group, image_ref, image_id, diff_ids, keep_from, progress)
+        for (keep_from, staged), group in _groups([s for s in todo if s.error is None and not s.present]).items():
+            _send(group, image_ref, image_id, diff_ids, keep_from, staged, progress)
         for s in todo:
             if s.error is None:
                 _verify(s, image_ref, image_id, diff_ids, progress)
@@ -131,6 +156,9 @@ def _retryable(s: _Host) -> bool:
         return True
     if isinstance(s.error, RemoteError) and "layer" in s.error.message.lower() and s.keep_from > 0:
         s.keep_from = -1  # the host's store changed under us: send the whole image
+        return True
+    if isinstance(s.error, RemoteError) and "layer" in s.error.message.lower() and s.staged:
+        s.keep_from = -1  # a staged layer was damaged or gone: send the whole image
         return True
     return False
 
@@ -147,7 +175,9 @@ def _survey(states: list[_Host], image_ref: str, image_id: str, diff_ids: list[s
                 progress(f"{s.name}: {image_ref} is present; nothing sent")
                 return
             whole = s.keep_from < 0
-            s.keep_from = 0 if whole else layers.present_prefix(diff_ids, held_layers(s.conn, s.name))
+            held, staged = held_layers(s.conn, s.name)
+            s.keep_from = 0 if whole else layers.present_prefix(diff_ids, held)
+            s.staged = frozenset() if whole else frozenset(diff_ids[s.keep_from:]) & staged
         except BeamctlError as e:
             s.error = e
 
@@ -155,22 +185,25 @@ def _survey(states: list[_Host], image_ref: str, image_id: str, diff_ids: list[s
         list(pool.map(one, states))
 
 
-def _groups(states: list[_Host]) -> dict[int, list[_Host]]:
-    groups: dict[int, list[_Host]] = {}
+def _groups(states: list[_Host]) -> dict[tuple[int, frozenset[str]], list[_Host]]:
+    """Hosts that lack the same layers: one archive for each group."""
+    groups: dict[tuple[int, frozenset[str]], list[_Host]] = {}
     for s in states:
-        groups.setdefault(s.keep_from, []).append(s)
+        groups.setdefault((s.keep_from, s.staged), []).append(s)
     return groups
 
 
 def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str], keep_from: int,
-          progress: Progress) -> None:
+          staged: frozenset[str], progress: Progress) -> None:
     """One archive (cache or `docker save | filter`), compressed once here, the same bytes to every host
     of the group."""
-    source = sources.pick(image_ref, image_id, diff_ids, keep_from)
-    missing = len(diff_ids) - keep_from
+    source = sources.pick(image_ref, image_id, diff_ids, keep_from, staged)
+    missing = len(diff_ids) - keep_from - len(staged)
     names = ", ".join(s.name for s in group)
+    there = [f"{keep_from} held there"] if keep_from else []
+    there += [f"{len(staged)} kept there from a cut send"] if staged else []
     progress(f"{names}: sending {image_ref}: {missing} of {len(diff_ids)} layers "
-             f"({'whole image' if keep_from == 0 else f'{keep_from} held there'}; {source.what})")
+             f"({'; '.join(there) or 'whole image'}; {source.what})")
     sinks: dict[str, Any] = {}
     for s in group:
         s.attempts += 1
@@ -223,7 +256,7 @@ def _verify(s: _Host, image_ref: str, image_id: str, diff_ids: list[str], progre
                               f"the image arrived as {got or 'nothing'}, not {image_id}: nothing is used")
         return
     seconds = time.monotonic() - s.started
-    sent_layers = len(diff_ids) - max(s.keep_from, 0)
+    sent_layers = len(diff_ids) - max(s.keep_from, 0) - len(s.staged)
     s.result = ShipResult(s.name, "sent", s.sent, seconds, sent_layers, len(diff_ids), s.via, s.attempts)
     progress(f"{s.name}: {sent_layers} of {len(diff_ids)} layers, {human_bytes(s.sent)} sent in {seconds:.1f} s "
              f"({s.via}); id verified")

@@ -22,17 +22,19 @@ def v1_cache() -> layers.V1Ids:
     return layers.V1Ids(cache_dir() / "v1ids.json")
 
 
-def pick(image_ref: str, image_id: str, diff_ids: list[str], keep_from: int) -> Any:
+def pick(image_ref: str, image_id: str, diff_ids: list[str], keep_from: int,
+         staged: frozenset[str] = frozenset()) -> Any:
     """Where the group's archive comes from: beamctl's own layer cache when it holds every layer the
-    group lacks (an assembled app image: no `docker save` at all), else `docker save`, filtered."""
+    group lacks (an assembled app image: no `docker save` at all), else `docker save`, filtered. The
+    group lacks the layers from `keep_from` on, but for those its hosts kept (`staged`)."""
     from beamctl.image import layer_cache
 
     config = layer_cache.config_bytes(image_id)
     if config is not None:
-        paths = {d: layer_cache.layer_path(d) for d in diff_ids[keep_from:]}
+        paths = {d: layer_cache.layer_path(d) for d in diff_ids[max(keep_from, 0):] if d not in staged}
         if all(p is not None for p in paths.values()):
             return CachedSource(config, paths, image_ref)  # type: ignore[arg-type]
-    return SaveSource(image_ref, diff_ids, keep_from)
+    return SaveSource(image_ref, diff_ids, keep_from, staged)
 
 
 class CachedSource:
@@ -59,8 +61,9 @@ class CachedSource:
 class SaveSource:
     what = "docker save, filtered"
 
-    def __init__(self, image_ref: str, diff_ids: list[str], keep_from: int) -> None:
-        self.image_ref, self.diff_ids, self.keep_from = image_ref, diff_ids, keep_from
+    def __init__(self, image_ref: str, diff_ids: list[str], keep_from: int,
+                 staged: frozenset[str] = frozenset()) -> None:
+        self.image_ref, self.diff_ids, self.keep_from, self.staged = image_ref, diff_ids, keep_from, staged
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -69,7 +72,7 @@ class SaveSource:
 
     def write(self, out: Any) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        layers.filter_archive(self.proc.stdout, out, self.diff_ids, self.keep_from, v1_cache())
+        layers.filter_archive(self.proc.stdout, out, self.diff_ids, self.keep_from, v1_cache(), self.staged)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

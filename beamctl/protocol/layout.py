@@ -12,6 +12,8 @@ AGENT_ARGV = (PYTHON, "-m", "beamctl.agent", "--data-dir", DATA_DIR)
 BRIDGE_ARGV = (PYTHON, "-m", "beamctl.agent.bridge", "--data-dir", DATA_DIR)  # control lines over SSH
 VERSION_ARGV = (PYTHON, "-m", "beamctl.agent", "--version")
 LOAD_ARGV = (PYTHON, "-m", "beamctl.agent.load_image")  # zstd docker-save stream on stdin -> docker load
+STAGED_DIR = f"{DATA_DIR}/incoming"  # layers a cut ship left whole (agent/load_image.py), root-only
+STAGED_ARGV = (*LOAD_ARGV, "--staged")  # their diffIDs, one per line
 LOAD_STEP_PREFIX = "beamctl-load: "  # the loader's stderr line naming the step that failed
 
 

@@ -7,11 +7,16 @@ tests/agent (the agent on Docker)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from beamctl.fleet import query
+from beamctl.fleet.plan import Survey
 from beamctl.fleet.ship import ShipResult
 from beamctl.hosts.fake import FakeAgent, FakeHost
 
@@ -128,6 +133,86 @@ def test_deploy_to_three_hosts_one_not_installed_never_builds_for_it(world, cli,
     assert r.code == 5
     assert w.shipped == [["gpu1", "gpu3"]] and w["gpu2"].asked == []
     assert "gpu2: hello not deployed: gpu2: unreachable: the connection broke: no route" in r.err
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------------------
+
+def ctrl_c(times: int = 1) -> None:
+    """Ctrl-C as the terminal sends it: SIGINT to this process (the main thread, where the command runs)."""
+    for _ in range(times):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+
+
+def one_at_a_time(d: Path) -> Path:
+    (d / "beam.yaml").write_text((d / "beam.yaml").read_text() + "rollout:\n  max_parallel: 1\n")
+    return d
+
+
+def switching(host: FakeHost, presses: int, release: threading.Event | None = None) -> None:
+    """`host`'s deploy: Ctrl-C pressed `presses` times while it runs; it then ends (after `release`)."""
+    def deploy(spec_json, secret_values, health_timeout=None):
+        ctrl_c(presses)
+        if release is not None:
+            release.wait(10)
+        return {"ok": True, "result": host.agent.op_deploy(spec_json, secret_values)}
+
+    host.answers["deploy"] = lambda args: deploy(**args)
+
+
+def test_ctrl_c_during_the_switch_waits_for_the_started_host_and_starts_no_other(world, cli, tmp_path):
+    hosts = three()
+    switching(hosts[0], presses=1)
+    w = world(hosts)
+    r = cli("deploy", cwd=one_at_a_time(app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"])))
+    assert r.code == 130, r.err
+    assert "interrupted: gpu1 is switching to the new version and will finish (or keep the old one if the new " \
+           "fails its health check); waiting for it; gpu2, gpu3 will not be started. Ctrl-C again to leave now" in r.err
+    assert "ready  gpu1: hello v1" in r.err
+    assert "error: gpu2: hello not deployed: not started: the deploy was interrupted (Ctrl-C) before this host's " \
+           "turn; it keeps its version" in r.err
+    assert r.err.rstrip().endswith("error: interrupted (Ctrl-C): the switch that had started finished; 1 of 3 hosts "
+                                   "run the new version; the other 2 keep their version")
+    assert [h.agent.active.get("hello") for h in hosts] == [1, None, None]
+    assert "deploy" not in w["gpu2"].ops() and "deploy" not in w["gpu3"].ops()
+    assert all(h.agent.locks == {} for h in hosts)  # given back
+
+
+def test_ctrl_c_twice_leaves_at_once_and_names_what_each_host_does(world, cli, tmp_path):
+    hosts = three()
+    release = threading.Event()
+    switching(hosts[0], presses=2, release=release)
+    world(hosts)
+    started = time.monotonic()
+    r = cli("deploy", cwd=one_at_a_time(app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"])))
+    left_after = time.monotonic() - started
+    release.set()
+    assert r.code == 130 and left_after < 5, r.err
+    assert "  gpu1: was switching: it finishes on its own, or keeps its old version if the new one fails its " \
+           "health check\n  gpu2: not started: keeps its version\n  gpu3: not started: keeps its version\n" \
+           "error: deploy interrupted during the switch\nhint: beamctl status APP shows where each host ended" in r.err
+    for _ in range(50):  # the host goes on without us
+        if hosts[0].agent.active.get("hello") == 1:
+            break
+        time.sleep(0.1)
+    assert [h.agent.active.get("hello") for h in hosts] == [1, None, None]
+    assert all(h.agent.locks == {} for h in hosts)
+
+
+def test_ctrl_c_while_sending_changes_nothing_and_says_so(world, cli, tmp_path, monkeypatch):
+    hosts = three()
+    world(hosts)
+
+    def ship(remote, image_ref, image_id, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("beamctl.fleet.ship.ship_images", ship)
+    r = cli("deploy", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
+    assert r.code == 130
+    assert "  gpu1: not changed: keeps its version\n" in r.err
+    assert "error: deploy interrupted while sending the image: nothing changed on any host\nhint: layers that " \
+           "reached a host whole are kept there: the next deploy sends only the rest" in r.err
+    assert all("deploy" not in h.ops() and h.agent.locks == {} for h in hosts)
 
 
 # --- rollback --------------------------------------------------------------------------------------------
@@ -332,7 +417,8 @@ def test_deploy_dry_run_says_what_each_host_would_get_and_changes_nothing(world,
     w = world(hosts)
     surveyed: list = []
     monkeypatch.setattr("beamctl.fleet.plan.layer_survey",
-                        lambda host, image: surveyed.append(host.name) or ((0, 5) if host.name == "gpu1" else (2, 5)))
+                        lambda host, image: surveyed.append(host.name) or
+                        (Survey(0, 5, 0) if host.name == "gpu1" else Survey(2, 5, 3_500_000)))
     r = cli("deploy", "--dry-run", "--json", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
     assert r.code == 0, r.err
     plans = {p["host"]: p for p in json.loads(r.out)["hosts"]}
@@ -345,4 +431,5 @@ def test_deploy_dry_run_says_what_each_host_would_get_and_changes_nothing(world,
         assert {op for op, _ in h.asked} <= {"version", "status"} and h.installs == 0
     text = cli("deploy", "--dry-run", cwd=tmp_path / "hello").out.splitlines()
     assert text[0] == f"hello: {IMAGE} (dry run: nothing was changed on any host)"
-    assert text[2] == "gpu2: start the first version; agent current; layers to send: 2 of 5"
+    assert text[2] == "gpu2: start the first version; agent current; layers to send: 2 of 5 (3.5 MB before compression)"
+    assert plans["gpu2"]["bytes_missing"] == 3_500_000

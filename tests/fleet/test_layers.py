@@ -79,6 +79,24 @@ def test_held_layers_are_left_out_whatever_order_the_folders_come_in(order):
     assert stats.learned == {f: c for f, c in zip(FOLDERS, layers.chain_ids(diff_ids))}
 
 
+@pytest.mark.parametrize("order", [[0, 1, 2, 3], [2, 0, 3, 1]])
+def test_layers_the_host_kept_from_a_cut_send_are_left_out_anywhere_in_the_chain(order):
+    diff_ids = [digest(b) for b in BLOBS]
+    out = io.BytesIO()
+    kept = frozenset({diff_ids[1], diff_ids[3], "sha256:" + "0" * 64})
+    stats = layers.filter_archive(io.BytesIO(save_archive(BLOBS, FOLDERS, order)), out, diff_ids, 0,
+                                  leave_out=kept)
+    got = sorted(n for n in members(out.getvalue()) if n.endswith("layer.tar"))
+    assert got == sorted([f"{FOLDERS[0]}/layer.tar", f"{FOLDERS[2]}/layer.tar"])
+    assert (stats.layers_sent, stats.layers_skipped) == (2, 2)
+
+
+def test_the_survey_answer_names_the_staged_layers_apart_from_the_engines():
+    d = "sha256:" + "ab" * 32
+    text = f'["sha256:1"]\nstaged {d}\nstaged sha256:short\nstaged {d}x\n'
+    assert layers.parse_held(text) == [["sha256:1"]] and layers.parse_staged(text) == frozenset({d})
+
+
 def test_keep_from_zero_sends_everything_and_all_held_sends_no_layer():
     diff_ids = [digest(b) for b in BLOBS]
     src = save_archive(BLOBS, FOLDERS)
