@@ -114,6 +114,34 @@ def logs(hosts: list[Any], app: str, since: dict[str, float], tail: int, task: s
     return parallel(hosts, lambda h: ask(h, "logs", app=app, since=since[h.name], tail=tail, task_id=task))
 
 
+def exec_target(hosts: list[Any], app: str) -> tuple[Any, str]:
+    """Where `exec` runs: (host, container id) of a ready container of the serving version, the least busy,
+    on the first host (in the app's order) that has one. Raises when none runs (scaled to zero, stopped)."""
+    from beamctl.errors import BeamctlError
+
+    replies = ask_all(hosts, "status", app=app)
+    by_name = {h.name: h for h in hosts}
+    for r in replies:
+        rows = (r.result or {}).get("apps", []) if r.ok else []
+        for row in rows:
+            ready = [c for c in row.get("containers") or []
+                     if c.get("state") == "ready" and c.get("version") == row.get("active_version") and c.get("id")]
+            if ready:
+                return by_name[r.host], min(ready, key=lambda c: c.get("busy", 0))["id"]
+    errors = error_lines(replies)
+    if errors and len(errors) == len(replies):
+        raise BeamctlError(f"no host answered about {app}: " + "; ".join(errors))
+    unasked = f" (no answer from: {'; '.join(errors)})" if errors else ""
+    raise BeamctlError(f"no container of {app} is running{unasked}",
+                       f"it scaled to zero or was stopped: `beamctl call {app}` starts one (it stays for the idle "
+                       "timeout), then run this again")
+
+
+def exec_argv(container: str, command: list[str], tty: bool) -> list[str]:
+    """`docker exec` in the container: stdin kept open (pipe into it), a terminal when this is one."""
+    return ["docker", "exec", "-i", *(["-t"] if tty else []), container, *command]
+
+
 def rollback(hosts: list[Any], app: str, version: int | None, health_timeout: float | None,
              say: Callable[[Any], None]) -> list[Reply]:
     """The app's lock on every host, then each agent's rollback (start the version, READY, switch)."""

@@ -234,7 +234,7 @@ def _send(group: list[_Host], image_ref: str, image_id: str, diff_ids: list[str]
         if not ended:  # every host failed, the archive broke, or we were interrupted: stop reading it
             source.stop()
         for f in feeders.values():
-            f.close()
+            f.close() if ended or problem is not None else f.cancel()
     if problem is not None:
         for sink in sinks.values():
             sink.abort()

@@ -109,12 +109,21 @@ class Feeder:
         self.q.put(None)  # the thread reads until this, even after its sink failed
         self.thread.join()
 
+    def cancel(self) -> None:
+        """Stop now (Ctrl-C): what is queued is dropped, the stream to the host cut (its loader keeps the
+        layers that arrived whole, and loads nothing)."""
+        self.alive = False
+        self.sink.abort()
+        self.close()
+
     def _run(self) -> None:
         s = self.state
         while True:
             chunk = self.q.get()
             if chunk is None:
                 return
+            if not self.alive:
+                continue  # cancelled: drop it
             try:
                 self.sink.write(chunk)
             except BeamctlError as e:

@@ -97,8 +97,9 @@ class FakeAgent:
         return {"apps": [{"app": a, "active_version": self.active.get(a), "endpoint": None, "token": None,
                           "image": (self.versions[a][self.active[a] - 1]["spec"]["image"] if self.active.get(a)
                                     else None),
-                          "lock": None, "containers": [{"state": "ready", "busy": 0, "idle_s": 0, "version":
-                                                        self.active.get(a)}] if self.active.get(a) else [],
+                          "lock": None, "containers": [{"id": f"c0ffee{self.active[a]:06d}", "state": "ready",
+                                                        "busy": 0, "idle_s": 0, "version": self.active.get(a)}]
+                          if self.active.get(a) else [],
                           "versions": []} for a in names if a in self.versions]}
 
     def op_logs(self, app: str, since: float = 0.0, tail: int = 200, task_id: str | None = None) -> list[dict[str, Any]]:
@@ -158,6 +159,8 @@ class FakeHost:
         self.answers = dict(answers or {})
         self.asked: list[tuple[str, dict[str, Any]]] = []
         self.installs = 0
+        self.attached: list[tuple[list[str], bool]] = []
+        self.attach_exit = 0
         self.closed = False
 
     def request(self, op: str, *, timeout: float | None = None, **args: Any) -> dict[str, Any]:
@@ -180,6 +183,11 @@ class FakeHost:
         failure = self.fail.get("install")
         if failure is not None:
             raise failure if isinstance(failure, BaseException) else BeamctlError(failure)
+
+    def attach(self, argv: list[str], tty: bool) -> int:
+        """Recorded in `attached`; the exit status is `attach_exit`."""
+        self.attached.append((argv, tty))
+        return self.attach_exit
 
     def ops(self) -> list[str]:
         """The operations asked, without the deploy lock's."""

@@ -23,6 +23,8 @@ class Host(Protocol):
 
     def install(self, progress: Progress, force: bool = False) -> Any: ...
 
+    def attach(self, argv: list[str], tty: bool) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -51,6 +53,10 @@ class LocalHost:
     def install(self, progress: Progress, force: bool = False) -> None:
         """Nothing to install here: the agent runs from this beamctl; started if it is not running."""
         self._agent()
+
+    def attach(self, argv: list[str], tty: bool) -> int:
+        """argv here, on this terminal (stdin, stdout, stderr); its exit status."""
+        return _attached(argv, self.name)
 
     def close(self) -> None:
         with self._lock:
@@ -108,6 +114,19 @@ class SshHost:
 
         return install_agent(self, progress, force)
 
+    def attach(self, argv: list[str], tty: bool) -> int:
+        """argv on the host, on this terminal (a remote terminal when `tty`): OpenSSH with the same trust
+        and options as every other connection; its exit status (255: ssh itself failed, and said why)."""
+        from beamctl.errors import EnvironmentProblem
+        from beamctl.transport.bulk import openssh_argv
+
+        ssh = openssh_argv(self.target, argv, tty=tty)
+        if ssh is None:
+            raise EnvironmentProblem(f"{self.name}: an interactive command needs OpenSSH's ssh here, and a host "
+                                     "reached without a ProxyJump", "install openssh-client, or run it on the "
+                                     "host itself")
+        return _attached(ssh, self.name)
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:
@@ -115,6 +134,17 @@ class SshHost:
             if self._conn is not None:
                 self._conn.close()
             self._client = self._conn = None
+
+
+def _attached(argv: list[str], name: str) -> int:
+    import subprocess
+
+    from beamctl.errors import EnvironmentProblem
+
+    try:
+        return subprocess.run(argv).returncode
+    except FileNotFoundError:
+        raise EnvironmentProblem(f"{name}: {argv[0]} is not installed") from None
 
 
 def ssh_hosts(entries: list[Any], ssh: Any = None) -> list[SshHost]:

@@ -49,15 +49,17 @@ def mode() -> str:
     return value if value in ("auto", "openssh", "paramiko") else "auto"
 
 
-def openssh_argv(target: Target, remote: list[str], identity_files: list[Path] | None = None) -> list[str] | None:
-    """`ssh` with every option from the resolved target, or None when OpenSSH cannot be told the same."""
+def openssh_argv(target: Target, remote: list[str], identity_files: list[Path] | None = None,
+                 tty: bool = False) -> list[str] | None:
+    """`ssh` with every option from the resolved target, or None when OpenSSH cannot be told the same.
+    `tty`: a terminal on the host for an interactive command (`beamctl shell`)."""
     exe = shutil.which("ssh")
     if exe is None or target.jump is not None:
         return None
     keys = identity_files if identity_files is not None else _identity_files(target)
     known = " ".join(_quote_path(p) for p in target.user_known_hosts) or "/dev/null"
     global_known = " ".join(_quote_path(p) for p in target.global_known_hosts) or "/dev/null"
-    argv = [exe, "-F", "/dev/null", "-T", "-e", "none", "-x", "-a",
+    argv = [exe, "-F", "/dev/null", "-t" if tty else "-T", "-e", "none", "-x", "-a",
             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "UpdateHostKeys=no",
             "-o", "CheckHostIP=no", "-o", f"UserKnownHostsFile={known}",
             "-o", f"GlobalKnownHostsFile={global_known}",

@@ -368,6 +368,15 @@ def test_http_endpoint_checks_token_and_body(host, work):
     assert code == 400 and "JSON object" in body["error"]
 
 
+def test_exec_runs_in_the_warm_container_here_and_its_status_is_ours(host, work):
+    (container,) = [c["id"] for c in host.status(work)["containers"]]
+    run = host.beamctl("exec", work, "--", "sh", "-c", "echo $((6 * 7)) > /tmp/exec-here; cat /tmp/exec-here; exit 4")
+    assert (run.code, run.out) == (4, "42\n"), run.err
+    assert f"{work}: container {container}" in run.err and " on " not in run.err  # this machine: no host named
+    seen = subprocess.run(["docker", "exec", container, "cat", "/tmp/exec-here"], capture_output=True, text=True)
+    assert seen.stdout == "42\n"
+
+
 def test_call_with_inputs_that_are_not_json_is_a_usage_error(host, work):
     run = host.beamctl("call", work, "not json")
     assert run.code == 2 and run.out == ""

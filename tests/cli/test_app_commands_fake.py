@@ -433,3 +433,41 @@ def test_deploy_dry_run_says_what_each_host_would_get_and_changes_nothing(world,
     assert text[0] == f"hello: {IMAGE} (dry run: nothing was changed on any host)"
     assert text[2] == "gpu2: start the first version; agent current; layers to send: 2 of 5 (3.5 MB before compression)"
     assert plans["gpu2"]["bytes_missing"] == 3_500_000
+
+
+# --- exec, shell -----------------------------------------------------------------------------------------
+
+def test_exec_runs_in_a_ready_container_of_the_first_host_serving_and_passes_its_exit_status(world, cli, tmp_path):
+    hosts = three()
+    for h in hosts[1:]:
+        h.agent.op_deploy({"app": "hello", "image": IMAGE}, {})
+    hosts[1].attach_exit = 3
+    world(hosts)
+    r = cli("exec", "hello", "--", "ls", "-la", "/app", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
+    assert r.code == 3, r.err
+    assert hosts[1].attached == [(["docker", "exec", "-i", "c0ffee000001", "ls", "-la", "/app"], False)]
+    assert hosts[0].attached == hosts[2].attached == []
+    assert "hello: container c0ffee000001 on gpu2" in r.err
+
+
+def test_shell_starts_bash_or_sh_where_the_app_runs(world, cli, tmp_path):
+    hosts = three()
+    hosts[2].agent.op_deploy({"app": "hello", "image": IMAGE}, {})
+    world(hosts)
+    r = cli("shell", "hello", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
+    assert r.code == 0, r.err
+    assert hosts[2].attached == [(["docker", "exec", "-i", "c0ffee000001", "sh", "-c",
+                                   "command -v bash >/dev/null 2>&1 && exec bash || exec sh"], False)]
+
+
+def test_exec_with_nothing_running_says_how_to_start_one(world, cli, tmp_path):
+    hosts = three(version=ConnectionError("reset"), status=ConnectionError("reset"))
+    hosts[0].agent.op_deploy({"app": "hello", "image": IMAGE}, {})
+    hosts[0].agent.op_stop("hello")
+    world(hosts)
+    r = cli("exec", "hello", "--", "true", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
+    assert r.code == 1 and all(h.attached == [] for h in hosts)
+    assert "error: no container of hello is running (no answer from: gpu2: unreachable: the connection broke: " \
+           "reset)\nhint: it scaled to zero or was stopped: `beamctl call hello` starts one" in r.err
+    bare = cli("exec", "hello", cwd=tmp_path)
+    assert bare.code == 2 and "error: exec needs a command: beamctl exec APP -- CMD [ARGS...]" in bare.err

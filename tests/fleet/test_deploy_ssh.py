@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -231,6 +233,12 @@ def sent_bytes(err: str) -> dict[str, float]:
             for m in re.findall(r"(testhost-\d): \d+ of \d+ layers, ([\d.]+) (B|kB|MB|GB) sent", err)}
 
 
+def running_ids(host) -> str:
+    out = host.exec(["docker", "ps", "--filter", "label=dev.beamctl.app=hellossh", "--format", "{{.ID}}"])
+    (one,) = out.stdout.split()
+    return one
+
+
 def running_images(host) -> list[str]:
     out = host.exec(["docker", "ps", "--filter", "label=dev.beamctl.app=hellossh", "--format", "{{.Image}}"])
     return out.stdout.split()
@@ -248,6 +256,16 @@ def test_deploy_to_two_hosts_then_nothing_sent_then_partial(cli, two, app_dir, m
     image = data["image"]
     for host in two:
         assert running_images(host) == [image]
+
+    # exec: a real command in the running container on the host asked for, over OpenSSH; its status is ours
+    done = subprocess.run([sys.executable, "-m", "beamctl", "exec", "hellossh", "--host", "testhost-2", "--",
+                           "sh", "-c", "read x; echo got $x | tee /tmp/exec-marker; exit 3"],
+                          input="piped\n", capture_output=True, text=True, timeout=60)
+    container = running_ids(two[1])
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.split() == ["got", "piped"]
+    assert f"hellossh: container {container[:12]} on testhost-2" in done.stderr
+    assert two[1].exec(["docker", "exec", container, "cat", "/tmp/exec-marker"]).stdout == "got piped\n"
 
     again, data2 = deploy(cli, app_dir)
     assert again.code == 0, again.err
@@ -271,3 +289,80 @@ def test_deploy_to_two_hosts_then_nothing_sent_then_partial(cli, two, app_dir, m
     assert "partial deploy: 1 of 2 hosts" in partial.err
     assert data3["image"] in running_images(two[0])
     assert running_images(two[1]) == [image]  # the paused host keeps serving its old version
+
+
+# --- a send cut short (Ctrl-C, the network) -------------------------------------------------------------
+
+LAYER_MB = 6
+
+
+@pytest.fixture
+def three_layer_image(tmp_path):
+    """A local image of three layers of random bytes (no host holds any of them): (ref, id)."""
+    import os
+
+    import docker
+
+    ref = "beamctl-test/cutship:1"
+    for name in "abc":
+        (tmp_path / name).write_bytes(os.urandom(LAYER_MB << 20))
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY a /a\nCOPY b /b\nCOPY c /c\n")
+    client = docker.from_env()
+    image, _ = client.images.build(path=str(tmp_path), tag=ref, rm=True)
+    yield ref, image.id
+    client.images.remove(ref, force=True)
+    client.close()
+
+
+def staged_on(host) -> list[str]:
+    from beamctl.protocol.layout import STAGED_ARGV
+
+    return host.exec(list(STAGED_ARGV)).stdout.split()
+
+
+@pytest.mark.integration
+def test_a_cut_send_keeps_the_whole_layers_there_and_the_next_sends_only_the_rest(two, three_layer_image,
+                                                                                  monkeypatch):
+    import time
+
+    from beamctl.fleet import query
+    from beamctl.hosts.inventory import lookup
+
+    two.apply_env(monkeypatch)
+    ref, image_id = three_layer_image
+    (host,) = query.hosts_of(lookup(["testhost-1"]))
+    lines: list = []
+    real_write = stream.Fanout.write
+
+    def cut(self, chunk):  # Ctrl-C once 10 MB are out: the first layer (6 MB) is there whole
+        if sum(f.state.sent for f in self.feeders) >= 10 << 20:
+            time.sleep(0.5)  # what was written reaches the host
+            raise KeyboardInterrupt
+        while any(f.q.qsize() > 1 for f in self.feeders):  # what is counted is what was written
+            time.sleep(0.01)
+        return real_write(self, chunk)
+
+    try:
+        host.install(lambda _: None)
+        monkeypatch.setattr(stream.Fanout, "write", cut)
+        with pytest.raises(KeyboardInterrupt):
+            ship.ship_images([host], ref, image_id, lines.append)
+        monkeypatch.setattr(stream.Fanout, "write", real_write)
+        kept: list[str] = []
+        for _ in range(50):  # the host's loader sees the stream end and keeps what is whole
+            before, kept = kept, staged_on(two[0])
+            if kept and kept == before:
+                break
+            time.sleep(0.3)
+        assert 1 <= len(kept) <= 2, kept
+        assert two[0].exec(["docker", "image", "inspect", ref], check=False).returncode != 0  # nothing loaded
+
+        got = ship.ship_images([host], ref, image_id, lines.append)["testhost-1"]
+        assert got.action == "sent" and got.layers_sent == 3 - len(kept), (got, lines)
+        assert got.bytes_sent < (3 - len(kept) + 0.5) * (LAYER_MB << 20)
+        assert any(f"{len(kept)} kept there from a cut send" in str(line) for line in lines), lines
+        assert two[0].exec(["docker", "image", "inspect", "--format", "{{.Id}}", ref]).stdout.strip() == image_id
+        assert staged_on(two[0]) == []  # used, so removed
+    finally:
+        two[0].exec(["docker", "image", "rm", "-f", ref], check=False)
+        host.close()
