@@ -33,6 +33,7 @@ class Containers(Protocol):
     def list(self, agent_id: str) -> list[ContainerInfo]: ...
     def forget(self, app: str) -> None: ...  # the app stopped here: what was kept for its next start goes
     def image_id(self, ref: str) -> str: ...
+    def usage(self, container_ids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]: ...  # usage.py
     # issue 6: CRIU snapshots (agent/checkpoint.py); both raise checkpoint.CheckpointError subclasses
     # gpu: the container's CUDA processes go through the driver's checkpoint API too (gpu_snapshots.py);
     # restore does that when the snapshot holds GPU_FILE
@@ -75,6 +76,12 @@ class DockerContainers:
 
     def image_id(self, ref: str) -> str:
         return self.api.inspect_image(ref)["Id"]
+
+    def usage(self, container_ids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The host's CPU, memory and GPU use, and each container's (usage.py)."""
+        from beamctl.agent import usage
+
+        return usage.sample(self.api, container_ids)
 
     def capture(self, container_id: str, folder: Path, timeout_s: float, gpu: bool = False) -> Any:
         from beamctl.agent import checkpoint

@@ -104,15 +104,19 @@ class Agent:
     # status, logs, stop -------------------------------------------------------------------------------
     def status(self, app: str | None = None) -> dict[str, Any]:
         apps = [app] if app else self.store.apps()
+        for name in apps:
+            if self.store.token(name) is None:
+                raise AgentError(f"{name} was never deployed here")
+        running = [c.id for name in apps for c in (self.pools[name].live if name in self.pools else []) if c.id]
+        host, used = self.containers.usage(running)
         out = []
         for name in apps:
             token = self.store.token(name)
-            if token is None:
-                raise AgentError(f"{name} was never deployed here")
             pool = self.pools.get(name)
             now = time.monotonic()
             live = [{"id": c.id[:12], "version": c.version, "state": c.state, "busy": c.busy,
-                     "idle_s": round(now - c.last_used, 1) if c.state == "ready" and not c.busy else 0}
+                     "idle_s": round(now - c.last_used, 1) if c.state == "ready" and not c.busy else 0,
+                     "usage": used.get(c.id)}
                     for c in (pool.live if pool else [])]
             versions = self.store.versions(name)
             active = self.store.active_version(name)
@@ -124,7 +128,7 @@ class Agent:
                         "versions": [{**{k: v[k] for k in ("version", "image", "state", "reason", "created")},
                                       "checkpoint": snaps.get(v["version"])} for v in versions[-5:]]})
         return {"agent": {"data_dir": str(self.data_dir), "pid": os.getpid(), "endpoint": self.endpoint,
-                          "gpus": [g.name for g in self.gpus]}, "apps": out}
+                          "gpus": [g.name for g in self.gpus]}, "host": host, "apps": out}
 
     def logs(self, app: str, since: float = 0.0, tail: int = 200, task_id: str | None = None) -> list[dict[str, Any]]:
         if self.store.token(app) is None:

@@ -37,7 +37,9 @@ def _app_hosts(file: Optional[Path]):  # type: ignore[no-untyped-def]
 
 
 @hosts_app.command("ls")
-def ls(file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
+def ls(file: Optional[Path] = AppFileOpt, json: bool = JsonOpt,
+       usage: bool = typer.Option(False, "--usage", help="Also ask each host's agent what the host uses now: "
+                                                         "CPU, memory, GPUs (connects to every host).")) -> int:
     """List the inventory (~/.config/beamctl/hosts.yaml), and beam.yaml's hosts with -f."""
     from beamctl.cli.host_views import inventory_lines
     from beamctl.hosts import inventory
@@ -45,20 +47,49 @@ def ls(file: Optional[Path] = AppFileOpt, json: bool = JsonOpt) -> int:
     entries, path = inventory.load(), inventory.inventory_file()
     app_hosts = _app_hosts(file)
     used, source = inventory.which_hosts(app_hosts)
+    replies = _usage(used) if usage else []
     if json:
         app_json = None if file is None else {"file": str(file), "hosts": [h.target for h in app_hosts]}
         console.emit_json({"inventory": {"file": str(path), "hosts": [e.as_json() for e in entries]},
-                           "app": app_json, "used": {"source": source, "hosts": [e.as_json() for e in used]}})
-        return ExitCode.OK
+                           "app": app_json, "used": {"source": source, "hosts": [e.as_json() for e in used]},
+                           **({"usage": {r.host: (r.result or {}).get("host") if r.ok else {"error": r.error}
+                                         for r in replies}} if usage else {})})
+        return _usage_outcome(replies)
     for line in inventory_lines(entries):
         console.line(line)
+    if usage:
+        from beamctl.cli.views import host_usage
+
+        for r in replies:
+            text = host_usage((r.result or {}).get("host")) or "no numbers (an agent older than this beamctl)" \
+                if r.ok else f"error: {r.error}"
+            console.out(f"{r.host}: {text}")
     where = console.escape(str(path))
     console.say(f"[dim]{len(entries)} host{'s' * (len(entries) != 1)} in {where}[/]" if entries else
                 f"no hosts in {where}; add one with: beamctl hosts add NAME user@host")
     if app_hosts:
         console.say(console.escape(f"{file} names its own hosts, which win for that app: "
                                    + ", ".join(h.target for h in app_hosts)))
-    return ExitCode.OK
+    return _usage_outcome(replies)
+
+
+def _usage(entries: list[Any]) -> list[Any]:
+    """Each host's agent's `status` (its `host` part is the host's use now); one Reply per host."""
+    from beamctl.fleet import query
+    from beamctl.hosts.each import ask_all
+
+    hosts = query.hosts_of(entries)
+    try:
+        return ask_all(hosts, "status")
+    finally:
+        for h in hosts:
+            h.close()
+
+
+def _usage_outcome(replies: list[Any]) -> int:
+    from beamctl.hosts.each import outcome
+
+    return outcome(replies) if replies else ExitCode.OK
 
 
 @hosts_app.command()

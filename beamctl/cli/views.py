@@ -66,7 +66,7 @@ def tasks_table(tasks: list[dict[str, Any]], hosts: bool = False) -> list[str]:
 
 
 def status(data: dict[str, Any]) -> list[str]:
-    lines = []
+    lines = [f"host: {use}"] if (use := host_usage(data.get("host"))) else []
     for app in data["apps"]:
         lines.append(f"[bold]{app['app']}[/]  active: v{app['active_version']}  {app['image'] or ''}"
                      if app["active_version"] else f"[bold]{app['app']}[/]  not running")
@@ -79,7 +79,9 @@ def status(data: dict[str, Any]) -> list[str]:
             lines.append(f"  locked:   {escape(describe(app['lock']))} (beamctl unlock {app['app']})")
         for c in app["containers"]:
             idle = f", idle {c['idle_s']:.0f} s" if c["idle_s"] else ""
-            lines.append(f"  container {c['id']} v{c['version']} {c['state']}, {c['busy']} busy{idle}")
+            use = container_usage(c.get("usage"))
+            lines.append(f"  container {c['id']} v{c['version']} {c['state']}, {c['busy']} busy{idle}"
+                         + (f"; {use}" if use else ""))
         if not app["containers"] and app["active_version"]:
             lines.append("  no container running (scaled to zero: the next task starts one cold)")
         for v in app["versions"]:
@@ -88,6 +90,37 @@ def status(data: dict[str, Any]) -> list[str]:
             if v.get("checkpoint"):
                 lines.append(f"      checkpoint: {checkpoint(v['checkpoint'])}")
     return lines or ["no apps deployed on this machine"]
+
+
+def container_usage(use: dict[str, Any] | None) -> str:
+    """`cpu 12.5%, mem 312.0 MB of 2.10 GB, gpu mem 20.10 GB` (what is known of it)."""
+    if not use:
+        return ""
+    parts = []
+    if use.get("cpu_pct") is not None:
+        parts.append(f"cpu {use['cpu_pct']:.1f}%")
+    if use.get("mem_used") is not None:
+        limit = use.get("mem_limit")
+        parts.append(f"mem {human_bytes(use['mem_used'])}" + (f" of {human_bytes(limit)}" if limit else ""))
+    if use.get("gpu_mem"):
+        parts.append(f"gpu mem {human_bytes(use['gpu_mem'])}")
+    return ", ".join(parts)
+
+
+def host_usage(host: dict[str, Any] | None) -> str:
+    """`cpu 140% of 16 cores (load 1.52), mem 10.20 GB of 128.00 GB; gpu0 45% 30.10 GB of 141.00 GB`."""
+    if not host:
+        return ""
+    parts = []
+    if host.get("cpu_pct") is not None:
+        load = f" (load {host['load1']:.2f})" if host.get("load1") is not None else ""
+        parts.append(f"cpu {host['cpu_pct']:.0f}% of {host.get('cpus', '?')} cores{load}")
+    if host.get("mem_used") is not None and host.get("mem_total"):
+        parts.append(f"mem {human_bytes(host['mem_used'])} of {human_bytes(host['mem_total'])}")
+    text = ", ".join(parts)
+    gpus = [f"gpu{g['index']} {g['util_pct']:.0f}% {human_bytes(g['mem_used'])} of {human_bytes(g['mem_total'])}"
+            for g in host.get("gpus") or []]
+    return "; ".join([t for t in (text, ", ".join(gpus)) if t])
 
 
 def checkpoint(snap: dict[str, Any]) -> str:

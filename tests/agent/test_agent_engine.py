@@ -377,6 +377,15 @@ def test_exec_runs_in_the_warm_container_here_and_its_status_is_ours(host, work)
     assert seen.stdout == "42\n"
 
 
+def test_status_says_what_the_host_and_each_container_use(host, work):
+    data = host.ok("status", work, "--json").json()
+    (row,) = data["apps"][0]["containers"]
+    assert 0 < row["usage"]["mem_used"] < row["usage"]["mem_limit"] and row["usage"]["cpu_pct"] is not None
+    assert 0 < data["host"]["mem_used"] < data["host"]["mem_total"] and data["host"]["cpus"] >= 1
+    text = host.ok("status", work).out
+    assert text.startswith("host: cpu ") and f"  container {row['id']} v" in text and "; cpu " in text
+
+
 def test_call_with_inputs_that_are_not_json_is_a_usage_error(host, work):
     run = host.beamctl("call", work, "not json")
     assert run.code == 2 and run.out == ""

@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -110,7 +111,8 @@ def test_an_unreadable_lock_still_counts_and_can_be_broken(tmp_path):
 def test_agent_ops_through_the_control_protocol(tmp_path):
     from beamctl.agent.service import Agent
 
-    agent = Agent(tmp_path, containers=None, gpus=[])
+    no_engine = SimpleNamespace(usage=lambda ids: ({}, {}))  # status asks what containers use: none run
+    agent = Agent(tmp_path, containers=no_engine, gpus=[])
     ask = lambda op, **args: control.handle(agent, {"op": op, "args": args})  # noqa: E731
     got = ask("lock_acquire", app="app", holder=WHO)["result"]
     assert got["acquired"]

@@ -52,6 +52,9 @@ class FakeContainers:
     def has_image(self, ref: str) -> bool:
         return True
 
+    def usage(self, ids: list[str]) -> tuple[dict, dict]:
+        return {}, {}  # no numbers from a fake engine
+
     def create(self, args: dict) -> str:
         time.sleep(self.create_delay)  # the engine takes its time: other tasks arrive meanwhile
         cid = f"c{len(self.created):063d}"

@@ -267,6 +267,12 @@ def test_deploy_to_two_hosts_then_nothing_sent_then_partial(cli, two, app_dir, m
     assert f"hellossh: container {container[:12]} on testhost-2" in done.stderr
     assert two[1].exec(["docker", "exec", container, "cat", "/tmp/exec-marker"]).stdout == "got piped\n"
 
+    listed = cli("hosts", "ls", "--usage", "--json")  # each host's own numbers, asked of its agent
+    assert listed.code == 0, listed.err
+    used = json.loads(listed.out)["usage"]
+    assert set(used) == {"testhost-1", "testhost-2"}
+    assert all(0 < u["mem_used"] < u["mem_total"] and u["cpus"] >= 1 for u in used.values()), used
+
     again, data2 = deploy(cli, app_dir)
     assert again.code == 0, again.err
     assert data2["image"] == image and sent_bytes(again.err) == {}
