@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     data_dir = args.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # every file the agent (and what it runs) makes is its user's alone (agent/private.py)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = (data_dir / "agent.lock").open("a")  # held for the agent's life; the kernel drops it on death
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

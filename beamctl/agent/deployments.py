@@ -3,7 +3,6 @@ and the start-and-switch path both share (start a version, wait for READY, make 
 
 from __future__ import annotations
 
-import secrets as _secrets
 import threading
 import time
 from contextlib import contextmanager
@@ -74,7 +73,7 @@ class Deployments:
             version = self.store.new_version(spec.app, spec.image, stored)
         secret_files.write(self.state.secrets_path(spec.app, version), secret_values)  # per version: a failed
         # deploy never changes what the serving version starts with
-        token = self.store.ensure_app(spec.app, _secrets.token_urlsafe(32))
+        token = self.state.token_for(spec.app)
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
         return self._start_and_switch(spec, version, token, health_timeout)
 
@@ -96,7 +95,7 @@ class Deployments:
         if spec.takes_snapshots and (self.snapshots.retry(spec.app, active) or pool.snapshots.outdated(
                 active, args_hash(self.state.create_args(spec.app, active)))):
             self._recapture(spec.app, active, health_timeout)
-        return {**self._ready(spec, active, self.store.token(spec.app)), "unchanged": True}
+        return {**self._ready(spec, active, self.state.token_for(spec.app)), "unchanged": True}
 
     def _recapture(self, app: str, version: int, health_timeout: float) -> None:
         """A redeploy after a failed capture or restore: one more container of the serving version boots,
@@ -202,7 +201,7 @@ class Deployments:
             raise AgentError(f"v{target} {clash}", hint="stop that app first, or deploy again to get free GPUs")
         if spec.gpu and not row["spec"].get("gpu_devices"):  # recorded before pinning: the host must have them
             self.state.assign(spec.gpu, app)
-        token = self.store.ensure_app(app, _secrets.token_urlsafe(32))
+        token = self.state.token_for(app)
         frm = f"v{active}" if active is not None else "nothing serving"
         self.store.event(app, f"rolling back from {frm} to v{target} ({row['image']})")
         result = self._start_and_switch(spec, target, token, health_timeout, previous_state="rolled_back")

@@ -76,7 +76,7 @@ class Housekeeping:
     def stop(self, app: str) -> dict[str, Any]:
         pool = self.pools.get(app)
         if pool is None or pool.version is None:
-            if self.store.token(app) is None:
+            if not self.store.has_app(app):
                 raise AgentError(f"{app} was never deployed here")
             return {"app": app, "stopped_version": None, "already_stopped": True}  # stopping it again: done
         version = pool.version

@@ -7,7 +7,6 @@ not a JSON object.
 
 from __future__ import annotations
 
-import hmac
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +16,7 @@ MAX_BODY_BYTES = 32 << 20  # a task's inputs
 
 
 def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
+    from beamctl.agent import tokens
     from beamctl.protocol.errors import AgentError
 
     class Handler(BaseHTTPRequestHandler):
@@ -55,9 +55,8 @@ def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
             if len(parts) != 2 or parts[0] != "apps":
                 return self._send(404, {"error": "not found; POST /apps/NAME runs a task"})
             app = parts[1]
-            token = agent.store.token(app) or ""
             given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            if not tokens.matches(given, agent.store.token_digest(app)):
                 return self._send(401, {"error": "missing or wrong token (beamctl status shows it)"})
             try:
                 inputs = json.loads(body or b"{}")

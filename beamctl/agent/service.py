@@ -13,6 +13,7 @@ from typing import Any
 from beamctl.protocol.gpus import Gpu
 from beamctl.agent import locks as _locks
 from beamctl.agent import logs as _logs
+from beamctl.agent import tokens as _tokens
 from beamctl.agent.containers import Containers
 from beamctl.agent.deaths import Deaths
 from beamctl.agent.deployments import Deployments
@@ -105,13 +106,13 @@ class Agent:
     def status(self, app: str | None = None) -> dict[str, Any]:
         apps = [app] if app else self.store.apps()
         for name in apps:
-            if self.store.token(name) is None:
+            if not self.store.has_app(name):
                 raise AgentError(f"{name} was never deployed here")
         running = [c.id for name in apps for c in (self.pools[name].live if name in self.pools else []) if c.id]
         host, used = self.containers.usage(running)
         out = []
         for name in apps:
-            token = self.store.token(name)
+            token = _tokens.read(self.data_dir, name)
             pool = self.pools.get(name)
             now = time.monotonic()
             live = [{"id": c.id[:12], "version": c.version, "state": c.state, "busy": c.busy,
@@ -131,7 +132,7 @@ class Agent:
                           "gpus": [g.name for g in self.gpus]}, "host": host, "apps": out}
 
     def logs(self, app: str, since: float = 0.0, tail: int = 200, task_id: str | None = None) -> list[dict[str, Any]]:
-        if self.store.token(app) is None:
+        if not self.store.has_app(app):
             raise AgentError(f"{app} was never deployed here")
         pool = self.pools.get(app)
         running = [(c.id, self.containers.logs(c.id)) for c in (pool.live if pool else [])]
@@ -139,6 +140,10 @@ class Agent:
 
     def stop(self, app: str) -> dict[str, Any]:
         return self._housekeeping.stop(app)
+
+    def token_rotate(self, app: str, token: str | None = None) -> dict[str, Any]:
+        self.state.rotate_token(app, token)
+        return {"app": app, "rotated": True}
 
 
 def _lock_op(fn: Any, *args: Any) -> Any:

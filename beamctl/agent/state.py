@@ -9,7 +9,7 @@ from typing import Any
 
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import logs as _logs
-from beamctl.agent import secret_files
+from beamctl.agent import private, secret_files, tokens
 from beamctl.agent.container_args import create_args
 from beamctl.agent.containers import Containers
 from beamctl.agent.paths import agent_id
@@ -26,10 +26,13 @@ class AgentState:
     def __init__(self, data_dir: Path, containers: Containers, gpus: list[Gpu] | None,
                  snapshot_ram: int) -> None:
         self.data_dir = data_dir
-        for sub in ("volumes", "logs"):
-            (data_dir / sub).mkdir(parents=True, exist_ok=True)
-        (data_dir / "secrets").mkdir(mode=0o700, exist_ok=True)
+        private.secure(data_dir)  # root's alone, also a folder an older agent left readable
+        for sub in ("volumes", "logs", "secrets", "tokens"):
+            (data_dir / sub).mkdir(mode=private.DIR_MODE, exist_ok=True)
         self.store = Store(data_dir / "agent.db")
+        for app, token in self.store.plain_tokens():  # an older agent's: moved out of the database
+            tokens.save(data_dir, app, token)
+            self.store.set_token(app, tokens.digest(token))
         self.containers = containers
         self.gpus = _gpus.inventory() if gpus is None else gpus
         self.snapshots = Snapshots(data_dir, self.store, containers, self.store.event, self.gpus,
@@ -66,6 +69,26 @@ class AgentState:
         secret_values = secret_files.read(self.secrets_path(app, version))
         return create_args(AppSpec.from_json(spec_json), version, self.agent_id, self.data_dir, secret_values,
                            spec_json.get("gpu_count", 0), spec_json.get("gpu_devices") or ())
+
+    def token_for(self, app: str) -> str | None:
+        """The app's endpoint token here, made (and its digest recorded) on its first deploy."""
+        if self.store.has_app(app):
+            return tokens.read(self.data_dir, app)
+        token = tokens.new()
+        tokens.save(self.data_dir, app, token)
+        self.store.ensure_app(app, tokens.digest(token))
+        return token
+
+    def rotate_token(self, app: str, token: str | None) -> None:
+        """A new token for the app (the client's, so every host gets the same; else a new one)."""
+        if not self.store.has_app(app):
+            raise AgentError(f"{app} was never deployed here")
+        token = token or tokens.new()
+        if len(token) < tokens.MIN_LEN or not token.replace("-", "").replace("_", "").isalnum():
+            raise AgentError("a token is at least 32 characters of A-Z, a-z, 0-9, - and _", kind="input")
+        tokens.save(self.data_dir, app, token)
+        self.store.set_token(app, tokens.digest(token))
+        self.store.event(app, "endpoint token rotated: the old one no longer works")
 
     def secrets_path(self, app: str, version: int) -> Path:
         return self.data_dir / "secrets" / f"{app}-v{version}.json"

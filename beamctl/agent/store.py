@@ -8,6 +8,7 @@ two small writes.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -38,6 +39,8 @@ SNAPSHOT_FIELDS = ("state", "reason", "size_bytes", "capture_s", "failures")
 
 class Store:
     def __init__(self, path: Path) -> None:
+        if not path.exists():  # 0600 from the start; SQLite gives its -wal and -shm the same mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
@@ -55,13 +58,27 @@ class Store:
             return cur.fetchall()
 
     # apps and versions
-    def token(self, app: str) -> str | None:
+    def token_digest(self, app: str) -> str | None:
+        """The app's token's digest (agent/tokens.py); None: the app was never deployed here."""
         rows = self._q("SELECT token FROM apps WHERE app = ?", (app,))
         return rows[0]["token"] if rows else None
 
-    def ensure_app(self, app: str, token: str) -> str:
-        self._q("INSERT OR IGNORE INTO apps (app, token) VALUES (?, ?)", (app, token))
-        return self.token(app) or token
+    def has_app(self, app: str) -> bool:
+        return self.token_digest(app) is not None
+
+    def ensure_app(self, app: str, token_digest: str) -> bool:
+        """Record the app with this token digest unless it is known; True when it was new."""
+        with self._lock:
+            cur = self._db.execute("INSERT OR IGNORE INTO apps (app, token) VALUES (?, ?)", (app, token_digest))
+            return cur.rowcount == 1
+
+    def set_token(self, app: str, token_digest: str) -> None:
+        self._q("UPDATE apps SET token = ? WHERE app = ?", (token_digest, app))
+
+    def plain_tokens(self) -> list[tuple[str, str]]:
+        """(app, token) kept in the clear by an agent before 0.2.2: to be moved out and hashed."""
+        return [(r["app"], r["token"]) for r in self._q("SELECT app, token FROM apps") if
+                not r["token"].startswith("sha256:")]
 
     def active_version(self, app: str) -> int | None:
         rows = self._q("SELECT active FROM apps WHERE app = ?", (app,))

@@ -27,6 +27,7 @@ class FakeAgent:
         self.task_rows: list[dict[str, Any]] = []
         self.log_rows: list[dict[str, Any]] = []
         self.locks: dict[str, dict[str, Any]] = {}
+        self.tokens: dict[str, str] = {}
         self._clock = itertools.count(1)
 
     def handle(self, op: str, args: dict[str, Any]) -> Any:
@@ -116,6 +117,12 @@ class FakeAgent:
         if stopped is None:
             return {"app": app, "stopped_version": None, "already_stopped": True}
         return {"app": app, "stopped_version": stopped}
+
+    def op_token_rotate(self, app: str, token: str | None = None) -> dict[str, Any]:
+        if app not in self.versions:
+            raise Refused(f"{app} was never deployed here")
+        self.tokens[app] = token or secrets.token_urlsafe(32)
+        return {"app": app, "rotated": True}
 
     def op_lock_acquire(self, app: str, holder: dict[str, Any]) -> dict[str, Any]:
         held = self.locks.get(app)

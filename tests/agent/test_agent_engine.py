@@ -386,6 +386,47 @@ def test_status_says_what_the_host_and_each_container_use(host, work):
     assert text.startswith("host: cpu ") and f"  container {row['id']} v" in text and "; cpu " in text
 
 
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv],
+                          capture_output=True, text=True)
+
+
+def test_the_data_folder_is_roots_alone_and_holds_no_token_in_the_clear(host, work):
+    token = host.status(work)["token"]
+    data = host.agent_dir
+    opened: list[tuple[Path, int]] = []  # let others through every folder above it: only its own mode guards
+    for up in data.parents:
+        mode = up.stat().st_mode & 0o777
+        if not mode & 0o001:
+            opened.append((up, mode))
+            os.chmod(up, mode | 0o001)
+    try:
+        assert as_nobody("ls", str(data)).returncode != 0
+        grep = as_nobody("grep", "-rl", token, str(data))
+        assert token not in grep.stdout and "Permission denied" in grep.stderr
+        assert as_nobody("cat", str(data / "agent.db")).returncode != 0
+    finally:
+        for up, mode in reversed(opened):
+            os.chmod(up, mode)
+    assert data.stat().st_mode & 0o777 == 0o700
+    loose = [p for p in data.rglob("*") if p.stat().st_mode & 0o077 and not p.is_socket()
+             and p.relative_to(data).parts[0] != "volumes"]
+    assert loose == []  # 0600 files, 0700 folders (logs, the database and its -wal, tokens, secrets)
+    for db in data.glob("agent.db*"):  # only the token's digest is recorded
+        assert token.encode() not in db.read_bytes()
+    assert (data / "tokens" / work).read_text() == token
+
+
+def test_token_rotate_refuses_the_old_token_at_once(host, work):
+    status = host.status(work)
+    url, old = status["endpoint"], status["token"]
+    new = host.ok("token", "rotate", work).out.strip()
+    assert len(new) >= 32 and new != old
+    assert http(url, b"{}", old)[0] == 401
+    assert http(url, b"{}", new)[0] == 200
+    assert host.status(work)["token"] == new
+
+
 def test_call_with_inputs_that_are_not_json_is_a_usage_error(host, work):
     run = host.beamctl("call", work, "not json")
     assert run.code == 2 and run.out == ""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -61,7 +63,7 @@ def test_gpu_inventory_and_placement():
 
 def test_records_survive_reopening_and_cut_off_tasks_are_marked_lost(tmp_path):
     store = Store(tmp_path / "agent.db")
-    store.ensure_app("demo", "tok")
+    assert store.ensure_app("demo", "sha256:" + "a" * 64) is True
     version = store.new_version("demo", "img", {"workers": 1})
     store.task_started("t-1", "demo", 100.0)
     store.task_started("t-2", "demo", 101.0)
@@ -71,7 +73,8 @@ def test_records_survive_reopening_and_cut_off_tasks_are_marked_lost(tmp_path):
     again = Store(tmp_path / "agent.db")
     assert again.mark_lost() == 1
     assert again.task("t-1")["result"] == {"x": 1} and again.task("t-2")["status"] == "lost"
-    assert again.token("demo") == "tok" and again.ensure_app("demo", "other") == "tok"
+    assert again.token_digest("demo") == "sha256:" + "a" * 64 and again.ensure_app("demo", "other") is False
+    assert again.token_digest("demo") == "sha256:" + "a" * 64 and not again.has_app("nope")
     assert [t["task_id"] for t in again.tasks("demo", 10)] == ["t-2", "t-1"]
 
 
@@ -199,3 +202,34 @@ def test_an_agent_db_from_before_traces_gains_the_column_and_keeps_its_tasks(tmp
     assert store.task("t-aaaaaaaaaaaa")["trace"] == "Traceback\nE: x"
     assert [t["task_id"] for t in store.tasks("a", 10, "failed")] == ["t-aaaaaaaaaaaa", "t-0123456789ab"]
     assert store.tasks(None, 10, "succeeded") == []
+
+
+def test_an_older_agents_clear_tokens_move_out_of_the_database_and_loose_files_are_tightened(tmp_path):
+    import sqlite3
+    import stat
+
+    from beamctl.agent import tokens
+    from beamctl.agent.state import AgentState
+
+    data = tmp_path / "data"
+    (data / "logs").mkdir(parents=True)
+    (data / "logs" / "demo.log").write_text("app output\n")
+    os.chmod(data, 0o755)
+    os.chmod(data / "logs" / "demo.log", 0o644)
+    (data / "volumes" / "demo" / "models").mkdir(parents=True)
+    os.chmod(data / "volumes" / "demo" / "models", 0o755)  # the app's: left as it is
+    old = Store(data / "agent.db")
+    old._q("INSERT INTO apps (app, token) VALUES (?, ?)", ("demo", "clear-token-" + "x" * 30))
+    os.chmod(data / "agent.db", 0o644)
+
+    state = AgentState(data, SimpleNamespace(), gpus=[], snapshot_ram=0)
+    stored = state.store.token_digest("demo")
+    assert stored == tokens.digest("clear-token-" + "x" * 30) and tokens.matches("clear-token-" + "x" * 30, stored)
+    assert not tokens.matches("clear-token-" + "x" * 29, stored) and not tokens.matches("", None)
+    assert tokens.read(data, "demo") == "clear-token-" + "x" * 30
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert (mode(data), mode(data / "agent.db"), mode(data / "logs" / "demo.log")) == (0o700, 0o600, 0o600)
+    assert (mode(data / "tokens"), mode(data / "tokens" / "demo"), mode(data / "volumes")) == (0o700, 0o600, 0o700)
+    assert mode(data / "volumes" / "demo" / "models") == 0o755
+    raw = sqlite3.connect(data / "agent.db").execute("SELECT token FROM apps").fetchall()
+    assert raw == [(stored,)]

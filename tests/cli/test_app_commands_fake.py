@@ -471,3 +471,32 @@ def test_exec_with_nothing_running_says_how_to_start_one(world, cli, tmp_path):
            "reset)\nhint: it scaled to zero or was stopped: `beamctl call hello` starts one" in r.err
     bare = cli("exec", "hello", cwd=tmp_path)
     assert bare.code == 2 and "error: exec needs a command: beamctl exec APP -- CMD [ARGS...]" in bare.err
+
+
+# --- token rotate ----------------------------------------------------------------------------------------
+
+def test_token_rotate_gives_every_host_the_same_new_token_and_says_who_kept_the_old(world, cli, tmp_path):
+    hosts = three(token_rotate=ConnectionError("reset"))
+    for h in hosts:
+        h.agent.op_deploy({"app": "hello", "image": IMAGE}, {})
+    world(hosts)
+    r = cli("token", "rotate", "hello", cwd=app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"]))
+    assert r.code == 5, r.err
+    token = r.out.strip()
+    assert len(token) >= 32 and hosts[0].agent.tokens["hello"] == hosts[2].agent.tokens["hello"] == token
+    assert "hello" not in hosts[1].agent.tokens
+    assert "hello: new token on gpu1, gpu3" in r.err and "error: gpu2: unreachable" in r.err
+    assert "the hosts that did not answer keep the old token" in r.err
+    assert token not in r.err  # the token on stdout only
+
+
+def test_token_rotate_here_prints_only_the_token(world, cli, tmp_path):
+    hosts = here()
+    hosts[0].agent.op_deploy({"app": "hello", "image": IMAGE}, {})
+    world(hosts)
+    r = cli("token", "rotate", "hello", "--json", cwd=tmp_path)
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert data["hosts"] == ["local"] and data["token"] == hosts[0].agent.tokens["hello"] and data["failed"] == {}
+    missing = cli("token", "rotate", "nope", cwd=tmp_path)
+    assert missing.code != 0 and "nope was never deployed here" in missing.err and missing.out == ""
