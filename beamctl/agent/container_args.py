@@ -15,6 +15,17 @@ RUNTIME_PORT = 8000  # the runtime's HTTP server inside each container
 STOP_TIMEOUT_S = 5  # SIGTERM, then SIGKILL: the runtime exits at once on SIGTERM
 LABEL_APP, LABEL_VERSION, LABEL_AGENT = "dev.beamctl.app", "dev.beamctl.version", "dev.beamctl.agent"
 GPU_FILE = "gpu.json"  # in a snapshot taken with the GPU checkpoint: its restore needs the driver too
+MIN_NANO_CPUS = 10_000_000  # 0.01 CPU, the engine's smallest share
+PIDS_LIMIT = 4096  # processes and threads of one container (a fork bomb stops here, not at the host)
+LOG_OPTS = {"max-size": "20m", "max-file": "3"}  # the engine's json-file log of one container, at most
+TMP_SHARE = 4  # /tmp is a tmpfs of at most a quarter of the memory limit (it counts against it)
+# Kubernetes' "restricted" profile, as far as the runtime allows (DESIGN.md, "Containers"): no capability
+# at all (the runtime binds a port above 1024 and reads and writes its own files: root in the container
+# needs none; the GPU comes through device files, not capabilities), no privilege gained by exec (setuid
+# binaries do nothing), a read-only root file system with a writable /tmp.
+HARDENING: dict[str, Any] = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"],
+                             "pids_limit": PIDS_LIMIT, "read_only": True,
+                             "log_config": {"type": "json-file", "config": LOG_OPTS}}
 
 
 def volume_dir(data_dir: Path, app: str, volume: str) -> Path:
@@ -25,7 +36,7 @@ def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
                 secret_values: dict[str, str], gpu_count: int = 0,
                 gpu_devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
     """Keyword arguments for the engine's container create, for one container of one version."""
-    env = {**spec.env, **secret_values,
+    env = {"HOME": "/tmp", **spec.env, **secret_values,  # HOME: the writable place unless the app says
            "BEAMCTL_WORKERS": str(spec.workers), "BEAMCTL_TIMEOUT": str(spec.timeout_s),
            "BEAMCTL_PORT": str(RUNTIME_PORT)}
     if spec.cache_dir:
@@ -40,9 +51,11 @@ def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
         "labels": {LABEL_APP: spec.app, LABEL_VERSION: str(version), LABEL_AGENT: agent_id},
         "volumes": {str(volume_dir(data_dir, spec.app, v.name)): {"bind": v.mount_path, "mode": "rw"}
                     for v in spec.volumes},
-        "nano_cpus": int(spec.cpu * 1e9),
+        "nano_cpus": max(int(spec.cpu * 1e9), MIN_NANO_CPUS),  # 0 would be the engine's "unlimited"
         "mem_limit": spec.memory_bytes,
         "stop_signal": "SIGTERM",
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={max(spec.memory_bytes // TMP_SHARE, 16 << 20)}"},
+        **HARDENING,
     }
     if gpu_devices:  # pinned: these GPUs and no others (versions from before pinning: a count)
         args["gpus"] = [str(i) for i in gpu_devices]

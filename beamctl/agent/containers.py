@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from beamctl.agent.container_args import (GPU_FILE, LABEL_AGENT, LABEL_APP, LABEL_VERSION, RUNTIME_PORT,
-                                          STOP_TIMEOUT_S, death_reason)
+from beamctl.agent.container_args import (GPU_FILE, HARDENING, LABEL_AGENT, LABEL_APP, LABEL_VERSION,
+                                          RUNTIME_PORT, STOP_TIMEOUT_S, death_reason)
+from beamctl.agent import seal
 from beamctl.agent.sandboxes import LABEL_SANDBOX, Sandboxes
 
 @dataclass(frozen=True)
@@ -60,11 +61,13 @@ class DockerContainers:
     def create(self, args: dict[str, Any]) -> str:
         args = dict(args)
         binds = args.pop("volumes")
+        for path in binds:  # nosuid,nodev (seal.py); where the agent may not mount, the 0700 parents guard
+            seal.seal(Path(path))
         app = args["labels"][LABEL_APP]
         network = self.sandboxes.network_mode(app, args["image"], args["labels"][LABEL_AGENT])
-        host_config = self.api.create_host_config(
-            binds=binds, nano_cpus=args.pop("nano_cpus"), mem_limit=args.pop("mem_limit"),
-            device_requests=_gpus(args.pop("gpus", 0)), network_mode=network)
+        limits = {k: args.pop(k) for k in ("nano_cpus", "mem_limit", "tmpfs", *HARDENING) if k in args}
+        host_config = self.api.create_host_config(binds=binds, device_requests=_gpus(args.pop("gpus", 0)),
+                                                  network_mode=network, **limits)
         try:
             cid = self.api.create_container(host_config=host_config, volumes=[b["bind"] for b in binds.values()],
                                             **args)["Id"]

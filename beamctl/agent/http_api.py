@@ -2,20 +2,37 @@
 
 200 when the task succeeded, 500 when it failed (the body says why), 401 without the app's
 token (also for an app that does not exist: names are not disclosed), 400 for a body that is
-not a JSON object.
+not a JSON object, 413 for one over MAX_BODY_BYTES, 503 when CONNECTIONS are open already.
+
+Hardened for a port others can reach: the token is checked from the headers before one byte of the
+body is read (an unauthenticated client never makes the agent hold its body); the scheme is RFC 6750's
+(`Bearer`, any case, then the token: nothing else is accepted); a client that sends nothing for
+TIMEOUT_S is dropped (a half-sent request holds a thread that long at most); at most CONNECTIONS
+connections at once, the next ones answered 503 and closed at once.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MAX_BODY_BYTES = 32 << 20  # a task's inputs
+TIMEOUT_S = 30.0  # per read or write on a connection (a task may run longer: that is not a read)
+CONNECTIONS = 128
+BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")  # RFC 6750 section 2.1
 
 
-def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
+def bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header (scheme in any case), else None."""
+    m = BEARER.match(header or "")
+    return m.group(1) if m else None
+
+
+def serve(agent: Any, host: str, port: int, timeout_s: float = TIMEOUT_S,
+          connections: int = CONNECTIONS) -> ThreadingHTTPServer:
     from beamctl.agent import tokens
     from beamctl.protocol.errors import AgentError
 
@@ -23,15 +40,21 @@ def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True  # else a small reply waits ~40 ms for the client's delayed ACK
         wbufsize = -1  # headers and body leave in one write
+        timeout = timeout_s  # the socket's: a silent client is dropped
 
         def log_message(self, *args: Any) -> None:  # tasks are recorded in the store, not here
             pass
 
-        def _send(self, code: int, body: dict[str, Any]) -> None:
+        def _send(self, code: int, body: dict[str, Any], close: bool = False) -> None:
             data = json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if code == 401:
+                self.send_header("WWW-Authenticate", 'Bearer realm="beamctl"')
+            if close:
+                self.close_connection = True
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
@@ -45,19 +68,22 @@ def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
             try:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
-                self.close_connection = True
-                return self._send(400, {"error": "bad Content-Length"})
-            if length > MAX_BODY_BYTES:  # not read: the connection cannot be reused
-                self.close_connection = True
-                return self._send(413, {"error": f"inputs larger than {MAX_BODY_BYTES >> 20} MiB"})
-            body = self.rfile.read(length) if length > 0 else b""
+                return self._send(400, {"error": "bad Content-Length"}, close=True)
             parts = self.path.strip("/").split("/")
             if len(parts) != 2 or parts[0] != "apps":
-                return self._send(404, {"error": "not found; POST /apps/NAME runs a task"})
+                return self._send(404, {"error": "not found; POST /apps/NAME runs a task"}, close=length > 0)
             app = parts[1]
-            given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            if not tokens.matches(given, agent.store.token_digest(app)):
-                return self._send(401, {"error": "missing or wrong token (beamctl status shows it)"})
+            given = bearer(self.headers.get("Authorization"))
+            if given is None or not tokens.matches(given, agent.store.token_digest(app)):
+                # the body is never read: the connection cannot be reused
+                return self._send(401, {"error": "missing or wrong token (Authorization: Bearer TOKEN; "
+                                                 "beamctl status shows it)"}, close=length > 0)
+            if length > MAX_BODY_BYTES or length < 0:
+                return self._send(413, {"error": f"inputs larger than {MAX_BODY_BYTES >> 20} MiB"}, close=True)
+            body = self.rfile.read(length) if length > 0 else b""
+            if len(body) < length:  # the client went away (or timed out) mid-body
+                self.close_connection = True
+                return None
             try:
                 inputs = json.loads(body or b"{}")
             except ValueError:
@@ -69,7 +95,33 @@ def serve(agent: Any, host: str, port: int) -> ThreadingHTTPServer:
             answer = {k: task[k] for k in ("task_id", "status", "start", "result", "error")}
             self._send(200 if task["status"] == "succeeded" else 500, answer)
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        slots = threading.BoundedSemaphore(connections)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self.slots.acquire(blocking=False):
+                _busy(request)
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    server = Server((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
     return server
+
+
+def _busy(sock: Any) -> None:
+    body = b'{"error": "too many connections; try again"}'
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    except OSError:
+        pass

@@ -42,6 +42,15 @@ class Run:
         return json.loads(self.out)
 
 
+def unmount_under(folder: Path) -> None:
+    """Every mount below `folder` (deepest first), as a test's teardown leaves none behind."""
+    inside = str(folder.resolve()) + "/"
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if line.split()[4].startswith(inside)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", point], capture_output=True)
+
+
 @dataclass
 class Host:
     """One agent data folder and the CLI pointed at it."""
@@ -111,6 +120,7 @@ class Host:
             left = docker("ps", "-aq", "--filter", f"label=dev.beamctl.agent={self.agent_id()}").split()
             if left:
                 docker("rm", "-f", *left)
+        unmount_under(self.agent_dir)  # the agent's nosuid,nodev mounts of volume folders (agent/seal.py)
         for app in self.apps:
             images = set(docker("images", "-q", f"beamctl/{app}").split())
             images |= set(docker("images", "-q", "--filter", f"label=dev.beamctl.app={app}").split())

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -183,13 +184,22 @@ def test_restore_links_climb_to_root_and_are_removed(tmp_path: Path) -> None:
         cp.restore(docker, "GONE", snap, "snap", docker_root=root)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(gone)"
+
+
 def test_a_dead_agents_capture_is_waited_for_then_killed_and_only_ours(tmp_path: Path) -> None:
     import subprocess
 
     root = tmp_path / "snapshots"
 
     def runc(seconds: float, image_path: Path) -> subprocess.Popen:  # argv as checkpoint.capture runs runc
-        return subprocess.Popen(["sh", "-c", f"sleep {seconds}", "runc", "--root", "r", "checkpoint", "--image-path",
+        # one process that never forks (a shell's child would carry the same argv until its exec)
+        return subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1]))",
+                                 str(seconds), "runc", "--root", "r", "checkpoint", "--image-path",
                                  str(image_path), "--work-path", "w", "--leave-running", "c" * 64],
                                 start_new_session=True)
 
@@ -198,7 +208,8 @@ def test_a_dead_agents_capture_is_waited_for_then_killed_and_only_ours(tmp_path:
     other = runc(60, tmp_path / "other/snapshots/app/v1.partial")  # another agent's
     try:
         started = time.monotonic()
-        assert leftovers.stop_captures(root, wait_s=3) == sorted([quick.pid, hung.pid])
+        found = leftovers.stop_captures(root, wait_s=3)
+        assert found == sorted([quick.pid, hung.pid]), {p: _cmdline(p) for p in found}
         assert 3 <= time.monotonic() - started < 12
         assert quick.wait(5) == 0  # it ended by itself, within the wait
         assert hung.wait(5) == -9  # killed after it

@@ -37,13 +37,18 @@ def test_create_args_whole_value(monkeypatch):
     args = create_args(spec, 3, "agent1", Path("/var/lib/beamctl"), {"KEY": "s3cret"})
     assert args == {
         "image": "beamctl/demo:1", "command": ["serve"], "name": "beamctl-demo-v3-abcdef",
-        "environment": {"A": "1", "KEY": "s3cret", "BEAMCTL_WORKERS": "2", "BEAMCTL_TIMEOUT": "30",
+        "environment": {"HOME": "/tmp", "A": "1", "KEY": "s3cret", "BEAMCTL_WORKERS": "2", "BEAMCTL_TIMEOUT": "30",
                         "BEAMCTL_PORT": "8000", "BEAMCTL_MODEL_CACHE": "/models/cache"},
         "labels": {"dev.beamctl.app": "demo", "dev.beamctl.version": "3", "dev.beamctl.agent": "agent1"},
         "volumes": {"/var/lib/beamctl/volumes/demo/models": {"bind": "/models", "mode": "rw"}},
         "nano_cpus": 500_000_000, "mem_limit": 256 << 20, "stop_signal": "SIGTERM",
+        "tmpfs": {"/tmp": "rw,nosuid,nodev,size=67108864"},
+        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "pids_limit": 4096, "read_only": True,
+        "log_config": {"type": "json-file", "config": {"max-size": "20m", "max-file": "3"}},
     }
     assert "s3cret" not in json.dumps(args["command"]) + args["name"]
+    tiny = create_args(AppSpec("demo", "i", cpu=1e-10), 1, "a", Path("/d"), {})
+    assert tiny["nano_cpus"] == 10_000_000  # 0 would be the engine's "unlimited"
 
 
 SMI = """0, NVIDIA H100 80GB HBM3, 81559, 580.159.04

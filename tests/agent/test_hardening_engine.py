@@ -1,0 +1,82 @@
+"""App containers as restricted as they can run (issue 16), seen from inside a real container and from a
+local account on the host: no capabilities, no privilege gained by exec, read-only root with a writable
+/tmp, a pids and a log limit, volumes bound `nosuid,nodev` behind folders only root can enter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.agent.test_agent_engine import docker
+
+pytestmark = pytest.mark.integration
+
+PROBE = '''\
+import os, shutil
+
+
+def handler(**inputs):
+    out = {"home": os.environ.get("HOME")}
+    try:
+        open("/written-to-root", "w")
+        out["root_fs"] = "writable"
+    except OSError as e:
+        out["root_fs"] = e.strerror
+    with open("/tmp/scratch", "w") as f:
+        out["tmp"] = f.write("ok")
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    out["cap_eff"], out["no_new_privs"] = status["CapEff"].strip(), status["NoNewPrivs"].strip()
+    out["data_mount"] = [line.split()[3] for line in open("/proc/mounts") if line.split()[1] == "/data"]
+    shutil.copy("/bin/dash", "/data/sh")
+    os.chmod("/data/sh", 0o4755)  # what a hostile app would leave for a local account on the host
+    out["setuid_left"] = oct(os.stat("/data/sh").st_mode & 0o7777)
+    return out
+'''
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv],
+                          capture_output=True, text=True)
+
+
+def test_an_app_container_is_restricted_and_its_volume_gives_a_local_user_nothing(host):
+    app, folder = host.app("hard", "volumes:\n  - name: data\n    mount_path: /data\n", PROBE)
+    host.ok("deploy", "-f", str(folder))
+    got = host.call(app)
+    assert got["status"] == "succeeded", got
+    out = got["result"]
+    assert out["root_fs"] == "Read-only file system" and out["tmp"] == 2 and out["home"] == "/tmp"
+    assert out["cap_eff"] == "0000000000000000" and out["no_new_privs"] == "1"
+    (options,) = out["data_mount"]
+    assert {"nosuid", "nodev", "rw"} <= set(options.split(",")), options
+    assert out["setuid_left"] == "0o4755"
+
+    (cid,) = docker("ps", "-q", "--filter", f"label=dev.beamctl.app={app}").split()
+    config = json.loads(docker("inspect", cid))[0]["HostConfig"]
+    assert (config["CapDrop"], config["SecurityOpt"], config["PidsLimit"], config["ReadonlyRootfs"]) == (
+        ["ALL"], ["no-new-privileges"], 4096, True)
+    assert config["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "20m"}}
+    assert config["NanoCpus"] > 0
+
+    # a local account, with every folder above the agent's opened to it: the volume's own folders stop it
+    left = host.volume(app) / "sh"
+    opened = []
+    for up in host.agent_dir.parents:
+        mode = up.stat().st_mode & 0o777
+        if not mode & 0o001:
+            opened.append((up, mode))
+            os.chmod(up, mode | 0o001)
+    try:
+        tried = as_nobody("/bin/sh", "-c", f"{left} -p -c 'id -u'")  # the exec itself as nobody (setpriv
+        # looks a program up before its capabilities go)
+        assert tried.returncode != 0 and "Permission denied" in tried.stderr, tried
+        assert as_nobody("ls", str(host.agent_dir / "volumes")).returncode != 0
+    finally:
+        for up, mode in reversed(opened):
+            os.chmod(up, mode)
+    # on the host too, the folder is its own nosuid,nodev mount: a setuid file there runs as whoever runs it
+    mounts = [line.split() for line in open("/proc/self/mountinfo") if line.split()[4] == str(host.volume(app))]
+    assert mounts and {"nosuid", "nodev"} <= set(mounts[-1][5].split(",")), mounts
