@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from beamctl.protocol.spec import AppSpec
+from beamctl.protocol.spec import RUNTIME_KEY, SECRETS_PATH, AppSpec
 
 RUNTIME_PORT = 8000  # the runtime's HTTP server inside each container
 STOP_TIMEOUT_S = 5  # SIGTERM, then SIGKILL: the runtime exits at once on SIGTERM
@@ -34,9 +34,13 @@ def volume_dir(data_dir: Path, app: str, volume: str) -> Path:
 
 def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
                 secret_values: dict[str, str], gpu_count: int = 0,
-                gpu_devices: tuple[int, ...] | list[int] = ()) -> dict[str, Any]:
-    """Keyword arguments for the engine's container create, for one container of one version."""
-    env = {"HOME": "/tmp", **spec.env, **secret_values,  # HOME: the writable place unless the app says
+                gpu_devices: tuple[int, ...] | list[int] = (), secrets_file: Path | None = None) -> dict[str, Any]:
+    """Keyword arguments for the engine's container create, for one container of one version. A runtime
+    that reads them from a file (spec.runtime_api 2) gets the secrets as `secrets_file` bound read-only,
+    never as environment (which `docker inspect` shows), and the key it wants from the agent
+    (`runtime_key`: for the agent's requests, not for the engine)."""
+    as_file = spec.runtime_api >= 2 and secrets_file is not None
+    env = {"HOME": "/tmp", **spec.env, **({} if as_file else secret_values),  # HOME: the writable place
            "BEAMCTL_WORKERS": str(spec.workers), "BEAMCTL_TIMEOUT": str(spec.timeout_s),
            "BEAMCTL_PORT": str(RUNTIME_PORT)}
     if spec.cache_dir:
@@ -57,6 +61,9 @@ def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={max(spec.memory_bytes // TMP_SHARE, 16 << 20)}"},
         **HARDENING,
     }
+    if as_file:
+        args["volumes"][str(secrets_file)] = {"bind": SECRETS_PATH, "mode": "ro"}
+        args["runtime_key"] = secret_values.get(RUNTIME_KEY)
     if gpu_devices:  # pinned: these GPUs and no others (versions from before pinning: a count)
         args["gpus"] = [str(i) for i in gpu_devices]
     elif gpu_count:

@@ -60,9 +60,11 @@ class DockerContainers:
 
     def create(self, args: dict[str, Any]) -> str:
         args = dict(args)
+        args.pop("runtime_key", None)  # the agent's, for its requests
         binds = args.pop("volumes")
         for path in binds:  # nosuid,nodev (seal.py); where the agent may not mount, the 0700 parents guard
-            seal.seal(Path(path))
+            if Path(path).is_dir():
+                seal.seal(Path(path))
         app = args["labels"][LABEL_APP]
         network = self.sandboxes.network_mode(app, args["image"], args["labels"][LABEL_AGENT])
         limits = {k: args.pop(k) for k in ("nano_cpus", "mem_limit", "tmpfs", *HARDENING) if k in args}

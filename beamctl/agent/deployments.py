@@ -3,6 +3,7 @@ and the start-and-switch path both share (start a version, wait for READY, make 
 
 from __future__ import annotations
 
+import secrets as _secrets
 import threading
 import time
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from beamctl.agent import secret_files
 from beamctl.agent.snapshot_key import args_hash
 from beamctl.agent.container_args import volume_dir
 from beamctl.agent.pool import Pool
-from beamctl.protocol.spec import AppSpec
+from beamctl.protocol.spec import RUNTIME_KEY, AppSpec
 from beamctl.agent.state import AgentState
 from beamctl.protocol.errors import AgentError
 from beamctl.agent.versions import rollback_target, unchanged
@@ -71,7 +72,8 @@ class Deployments:
             if same is not None:
                 return same
             version = self.store.new_version(spec.app, spec.image, stored)
-        secret_files.write(self.state.secrets_path(spec.app, version), secret_values)  # per version: a failed
+        key = {RUNTIME_KEY: _secrets.token_hex(32)} if spec.runtime_api >= 2 else {}  # its runtime's, for us
+        secret_files.write(self.state.secrets_path(spec.app, version), {**secret_values, **key})  # a failed
         # deploy never changes what the serving version starts with
         token = self.state.token_for(spec.app)
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
@@ -86,6 +88,7 @@ class Deployments:
             return None
         try:
             then = secret_files.read(self.state.secrets_path(spec.app, active))
+            then.pop(RUNTIME_KEY, None)
         except (OSError, ValueError):
             return None
         if not unchanged(row, stored, then, secret_values):

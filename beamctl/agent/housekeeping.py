@@ -49,6 +49,7 @@ class Housekeeping:
     def _adopt(self, pool: Pool, container_id: str) -> bool:
         live = Live(container_id, pool.version or 0, ContainerTimeline(0.0, 0.0, ready_seen=0.0))
         try:
+            live.key = pool.make_args(live.version).get("runtime_key") if live.version else None
             live.address = self.containers.address(container_id)
             status, health = live.request("GET", "/health", None, timeout=2)
         except Exception:  # noqa: BLE001 - not healthy: not adopted

@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 
 from beamctl.agent.profile import ContainerTimeline
+from beamctl.protocol.spec import KEY_HEADER
 
 
 class StartFailed(Exception):
@@ -32,6 +33,7 @@ class Live:
     last_used: float = 0.0
     failure: StartFailed | None = None
     args_hash: str = ""  # of its create arguments (name aside): a snapshot's key holds the same
+    key: str | None = None  # the runtime's key (its version's): sent with every request
     _conns: list[http.client.HTTPConnection] = field(default_factory=list)
     _in_use: set[http.client.HTTPConnection] = field(default_factory=set)
     _conn_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -46,7 +48,10 @@ class Live:
             conn.sock.settimeout(timeout)
         try:
             data = json.dumps(body).encode() if body is not None else None
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+            headers = {"Content-Type": "application/json"} if data else {}
+            if self.key:
+                headers[KEY_HEADER] = self.key
+            conn.request(method, path, body=data, headers=headers)
             response = conn.getresponse()
             payload = json.loads(response.read() or b"{}")
         except Exception:

@@ -57,7 +57,7 @@ class Pool:
         self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
         container_id = self.containers.create(args)
         live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()), busy=int(reserve),
-                    args_hash=args_hash(args))
+                    args_hash=args_hash(args), key=args.get("runtime_key"))
         with self.cond:
             self.live.append(live)
         threading.Thread(target=self._boot, args=(live,), daemon=True, name=f"boot-{self.app}").start()

@@ -68,7 +68,8 @@ class AgentState:
         spec_json = self.spec(app, version)
         secret_values = secret_files.read(self.secrets_path(app, version))
         return create_args(AppSpec.from_json(spec_json), version, self.agent_id, self.data_dir, secret_values,
-                           spec_json.get("gpu_count", 0), spec_json.get("gpu_devices") or ())
+                           spec_json.get("gpu_count", 0), spec_json.get("gpu_devices") or (),
+                           self.secrets_path(app, version))
 
     def token_for(self, app: str) -> str | None:
         """The app's endpoint token here, made (and its digest recorded) on its first deploy."""

@@ -12,6 +12,12 @@ from typing import Any
 from beamctl.config.model import AppConfig
 
 
+RUNTIME_API = 2  # what the runtime in images this beamctl builds understands (beamctl/runtime/settings.py)
+SECRETS_PATH = "/run/beamctl/secrets.json"  # in the container: the version's secret values, bound read-only
+RUNTIME_KEY = "BEAMCTL_RUNTIME_KEY"  # among them: the key the agent sends in KEY_HEADER
+KEY_HEADER = "X-Beamctl-Key"
+
+
 @dataclass(frozen=True)
 class VolumeSpec:
     name: str
@@ -34,6 +40,7 @@ class AppSpec:
     env: dict[str, str] = field(default_factory=dict)
     secret_names: tuple[str, ...] = ()
     health_timeout_s: float | None = None  # rollout.health_timeout at its deploy (None: a record from before)
+    runtime_api: int = 1  # 2: its image's runtime reads secrets and the agent's key from SECRETS_PATH
 
     @property
     def health_timeout(self) -> float:
@@ -79,4 +86,5 @@ def spec_from_config(config: AppConfig, image: str) -> AppSpec:
         volumes=tuple(VolumeSpec(v.name, v.mount_path) for v in config.volumes),
         cache_dir=config.cache_dir, checkpoint_enabled=config.checkpoint_enabled,
         env=dict(config.env), secret_names=config.secrets, health_timeout_s=config.rollout.health_timeout_s,
+        runtime_api=RUNTIME_API,
     )

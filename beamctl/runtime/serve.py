@@ -16,7 +16,7 @@ from typing import NoReturn, Optional
 
 from . import server
 from .log import complain, say
-from .settings import Settings, SettingsError, export_cache_dir
+from .settings import Settings, SettingsError, export_cache_dir, load_secrets
 from .state import FAILED, Runtime
 
 EXIT_STOPPED = 0  # SIGTERM / SIGINT: the agent stopped the container
@@ -31,11 +31,13 @@ def main(app_dir: str, process_start: float) -> NoReturn:
 def serve(app_dir: str, process_start: float) -> int:
     _exit_on_signals()
     try:
+        key = load_secrets()  # before anything reads the environment
         settings = Settings(os.environ, app_dir)
-    except SettingsError as e:
+    except (SettingsError, OSError, ValueError) as e:
         complain(str(e))
         return EXIT_BAD_SETTINGS
     rt = Runtime(settings, process_start)
+    rt.key = key
     try:
         server.start(settings.port, rt)
     except OSError as e:

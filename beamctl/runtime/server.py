@@ -6,6 +6,7 @@ together, Nagle off), so a keep-alive client never waits on a delayed ACK.
 
 from __future__ import annotations
 
+import hmac
 import json
 import socketserver
 import sys
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional
 
 from .log import complain
+from .settings import KEY_HEADER
 from .state import CHECKPOINT, READY, Runtime
 
 MAX_BODY_BYTES = 256 * 1024 * 1024  # inputs are JSON: anything bigger belongs in a volume
@@ -51,7 +53,17 @@ class Handler(BaseHTTPRequestHandler):
     wbufsize = -1  # buffered: handle_one_request flushes once per response
     server: Server
 
+    def _refused(self) -> bool:
+        """A request without the agent's key (when the agent gave one): 403, and the connection closed."""
+        key = self.server.runtime.key
+        if key is None or hmac.compare_digest(self.headers.get(KEY_HEADER, "").encode(), key.encode()):
+            return False
+        self._reply(403, {"error": "only the agent may talk to this runtime"}, close=True)
+        return True
+
     def do_GET(self) -> None:
+        if self._refused():
+            return
         if self.path == "/health":
             self._reply(200, self.server.runtime.health())
         else:
@@ -59,6 +71,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         queued = time.monotonic()
+        if self._refused():  # the body is never read
+            return
         if self.path == "/checkpoint/release":
             self._release()
             return

@@ -10,6 +10,12 @@ DEFAULT_WORKERS = 1  # beam.yaml `workers`: tasks one container runs at the same
 DEFAULT_TIMEOUT_S = 180.0  # beam.yaml `timeout`: seconds one task may run
 MAX_WORKERS = 256  # the schema's maximum
 DEFAULT_CHECKPOINT_WAIT_S = 600.0  # a paused runtime serves anyway if no agent ever releases it
+# The agent binds the version's secret values here (read-only), so `docker inspect` shows none of them;
+# RUNTIME_KEY among them is the key the agent sends in KEY_HEADER: nobody else may talk to this runtime
+# (another container on the same bridge reaches its port). The same names are in beamctl/protocol/spec.py.
+SECRETS_PATH = "/run/beamctl/secrets.json"
+RUNTIME_KEY = "BEAMCTL_RUNTIME_KEY"
+KEY_HEADER = "X-Beamctl-Key"
 
 
 class SettingsError(Exception):
@@ -49,6 +55,24 @@ def _number(env: Mapping[str, str], name: str, kind: type, default, low, high):
         raise SettingsError(f"{name}={raw!r}: expected {'an integer' if kind is int else 'a number'} "
                             f"from {low} to {high}")
     return value
+
+
+def load_secrets(path: str = SECRETS_PATH) -> Optional[str]:
+    """The secret values into this process's environment (the app reads them there, as ever); returns the
+    runtime key (kept out of the environment), or None without a secrets file (an older agent: secret
+    values in the environment already, and no key)."""
+    import json
+
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except FileNotFoundError:
+        return None
+    if not isinstance(values, dict):
+        raise SettingsError(f"{path}: not a JSON object")
+    key = values.pop(RUNTIME_KEY, None)
+    os.environ.update({k: v for k, v in values.items() if isinstance(k, str) and isinstance(v, str)})
+    return key if isinstance(key, str) and key else None
 
 
 def export_cache_dir(path: str) -> None:

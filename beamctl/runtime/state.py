@@ -34,6 +34,7 @@ class Runtime:
         self.restored = False
         self._released = threading.Event()
         self.ready_event = threading.Event()  # set with READY: a release waits on it to answer
+        self.key: Optional[str] = None  # the agent's (settings.load_secrets): every request must carry it
 
     # checkpoint handshake: the main thread pauses, the agent's POST /checkpoint/release ends the pause
     def pause_for_checkpoint(self, wait_s: float) -> bool:

@@ -80,3 +80,36 @@ def test_an_app_container_is_restricted_and_its_volume_gives_a_local_user_nothin
     # on the host too, the folder is its own nosuid,nodev mount: a setuid file there runs as whoever runs it
     mounts = [line.split() for line in open("/proc/self/mountinfo") if line.split()[4] == str(host.volume(app))]
     assert mounts and {"nosuid", "nodev"} <= set(mounts[-1][5].split(",")), mounts
+
+
+ATTACK = """\
+import json, sys, urllib.request, urllib.error
+url = sys.argv[1]
+out = {}
+for path, body in (("/health", None), ("/tasks", b'{"task_id": "t-000000000000", "inputs": {}}'),
+                   ("/checkpoint/release", b'{"restored": false}')):
+    request = urllib.request.Request(url + path, data=body, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            out[path] = r.status
+    except urllib.error.HTTPError as e:
+        out[path] = e.code
+print(json.dumps(out))
+"""
+
+
+def test_another_container_on_the_bridge_cannot_talk_to_an_apps_runtime(host):
+    app, folder = host.app("fenced", "keep_warm_seconds: 300\nsecrets: [API_TOKEN]\n",
+                           "import os\n\ndef handler(**inputs):\n    return {'token': len(os.environ['API_TOKEN'])}\n")
+    host.ok("deploy", "-f", str(folder), env=host.env(API_TOKEN="t" * 20))
+    assert host.call(app)["result"] == {"token": 20}  # the agent's own requests carry the key
+    (cid,) = docker("ps", "-q", "--filter", f"label=dev.beamctl.app={app}").split()
+    inspected = json.loads(docker("inspect", cid))[0]
+    sandbox = inspected["HostConfig"]["NetworkMode"].removeprefix("container:")
+    address = json.loads(docker("inspect", sandbox))[0]["NetworkSettings"]["IPAddress"]
+    assert address, "the sandbox has an address on the default bridge"
+    got = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python3", inspected["Config"]["Image"], "-c",
+                          ATTACK, f"http://{address}:8000"], capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout) == {"/health": 403, "/tasks": 403, "/checkpoint/release": 403}
+    assert host.call(app)["status"] == "succeeded"  # and the app serves on

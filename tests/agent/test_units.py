@@ -238,3 +238,37 @@ def test_an_older_agents_clear_tokens_move_out_of_the_database_and_loose_files_a
     assert mode(data / "volumes" / "demo" / "models") == 0o755
     raw = sqlite3.connect(data / "agent.db").execute("SELECT token FROM apps").fetchall()
     assert raw == [(stored,)]
+
+
+def test_a_runtime_that_reads_a_file_gets_its_secrets_and_key_there_never_in_the_environment():
+    spec = AppSpec("demo", "beamctl/demo:1", secret_names=("KEY",), runtime_api=2)
+    values = {"KEY": "s3cret", "BEAMCTL_RUNTIME_KEY": "k" * 64}
+    args = create_args(spec, 3, "agent1", Path("/d"), values, secrets_file=Path("/d/secrets/demo-v3.json"))
+    assert "KEY" not in args["environment"] and "s3cret" not in json.dumps(args["environment"])
+    assert args["volumes"]["/d/secrets/demo-v3.json"] == {"bind": "/run/beamctl/secrets.json", "mode": "ro"}
+    assert args["runtime_key"] == "k" * 64
+    old = create_args(AppSpec("demo", "i", secret_names=("KEY",)), 3, "a", Path("/d"), {"KEY": "s3cret"},
+                      secrets_file=Path("/d/secrets/demo-v3.json"))  # a version whose image reads the environment
+    assert old["environment"]["KEY"] == "s3cret" and "runtime_key" not in old and len(old["volumes"]) == 0
+
+
+def test_the_runtimes_names_are_the_protocols():
+    from beamctl.protocol import spec
+    from beamctl.runtime import settings
+
+    assert (settings.SECRETS_PATH, settings.RUNTIME_KEY, settings.KEY_HEADER) == (
+        spec.SECRETS_PATH, spec.RUNTIME_KEY, spec.KEY_HEADER)
+
+
+def test_the_runtime_loads_secrets_into_its_environment_and_keeps_the_key_out(tmp_path, monkeypatch):
+    from beamctl.runtime import settings
+
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps({"HF_TOKEN": "hf_x", "BEAMCTL_RUNTIME_KEY": "k" * 64}))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert settings.load_secrets(str(path)) == "k" * 64
+    assert os.environ["HF_TOKEN"] == "hf_x" and "BEAMCTL_RUNTIME_KEY" not in os.environ
+    assert settings.load_secrets(str(tmp_path / "none.json")) is None
+    path.write_text("[1]")
+    with pytest.raises(settings.SettingsError, match="not a JSON object"):
+        settings.load_secrets(str(path))
