@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from beamctl.config.gpu import GpuNameError, parse_choice
 from beamctl.config.hosts import parse_host
-from beamctl.config.model import APP_ROOT, Entrypoint, container_path
+from beamctl.config.model import APP_ROOT, Entrypoint, container_path, memory_bytes
 from beamctl.config.parse import Document
 from beamctl.config.problems import Problem
 
@@ -23,6 +23,7 @@ _ENTRY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _RESERVED = ("/", APP_ROOT, "/bin", "/boot", "/etc", "/lib", "/lib64", "/sbin", "/usr", "/var", "/run",
              "/opt/beamctl")
 _FORBIDDEN_TREES = ("/proc", "/sys", "/dev")
+_MEMORY = re.compile(r"^[1-9][0-9]*(Ki|Mi|Gi|Ti)\Z")
 _SECRET_WORDS = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|ACCESS_KEY)", re.I)
 
 
@@ -130,6 +131,9 @@ def volumes_sound(doc: Document, app_dir: Path) -> Iterator[Problem]:
 
 
 def _mount_problem(mount: str) -> str | None:
+    if ":" in mount or "," in mount:
+        return f"'{mount}' contains {':' if ':' in mount else ','}, which the engine would read as mount options; " \
+               "a mount path is a path only (volumes are always read-write)"
     if ".." in mount.split("/"):
         return f"'{mount}' contains '..'; a mount path must stay inside the container's own paths"
     target = container_path(mount)
@@ -215,11 +219,18 @@ def rollout_has_hosts(doc: Document, app_dir: Path) -> Iterator[Problem]:
                       "machine only; list the hosts under hosts, or remove max_parallel", severity="warning")
 
 
+MAX_MEMORY = "64Ti"  # no host has more; a bigger number is a typo (and overflows the engine's limit)
+
+
 def numbers_are_numbers(doc: Document, app_dir: Path) -> Iterator[Problem]:
-    """YAML's .nan passes every minimum and maximum of the schema (each comparison is false): refused here."""
+    """YAML's .nan passes every minimum and maximum of the schema (each comparison is false), and a control
+    character (a NUL, a newline in a name) no pattern is meant to let through: refused here. memory is
+    bounded (the schema's pattern cannot count)."""
     def walk(value: object, path: tuple[str | int, ...]) -> Iterator[Problem]:
         if isinstance(value, float) and value != value:
             yield doc.problem(path, "is .nan, not a number: write a number")
+        elif isinstance(value, str) and "\0" in value:
+            yield doc.problem(path, "contains a NUL character, which no program can be given: remove it")
         elif isinstance(value, dict):
             for key, item in value.items():
                 if isinstance(key, str):
@@ -228,6 +239,10 @@ def numbers_are_numbers(doc: Document, app_dir: Path) -> Iterator[Problem]:
             for i, item in enumerate(value):
                 yield from walk(item, (*path, i))
     yield from walk(doc.data, ())
+    memory = doc.data.get("memory")
+    if isinstance(memory, str) and _MEMORY.match(memory) and memory_bytes(memory) > memory_bytes(MAX_MEMORY):
+        yield doc.problem(("memory",), f"{memory} is more than {MAX_MEMORY}, more than any host has: "
+                                       "write the limit in Gi, like 64Gi")
 
 
 CHECKS: tuple[Check, ...] = (entrypoints_exist, gpu_names, checkpoint_single_gpu, volumes_sound,

@@ -6,6 +6,7 @@ shell is refused here, before any connection is made.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -38,6 +39,11 @@ def parse_host(target: str) -> Host:
     if not m:
         raise ValueError(f"'{target}' is not a host; write user@host, user@host:port, [ipv6]:port "
                          "or a name from ~/.ssh/config")
+    if m["host"].startswith("["):
+        try:
+            ipaddress.IPv6Address(m["host"].strip("[]").split("%")[0])
+        except ValueError:
+            raise ValueError(f"'{target}': {m['host']} is not an IPv6 address; brackets hold only one") from None
     port = int(m["port"]) if m["port"] else None
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"'{target}': port {port} is out of range (1-65535)")

@@ -88,8 +88,10 @@ class AppConfig:
 
 
 def container_path(path: str) -> str:
-    """A mount path or cache_dir as written -> absolute path in the container."""
-    return posixpath.normpath(path if path.startswith("/") else posixpath.join(APP_ROOT, path))
+    """A mount path or cache_dir as written -> absolute path in the container (`//proc` is `/proc`: POSIX
+    lets normpath keep two leading slashes, the kernel does not)."""
+    full = path if path.startswith("/") else posixpath.join(APP_ROOT, path)
+    return posixpath.normpath("/" + full.lstrip("/"))
 
 
 def memory_bytes(text: str) -> int:

@@ -10,13 +10,15 @@ ROOT = "(top level)"
 
 
 def format_path(path: Path_) -> str:
-    """("volumes", 1, "mount_path") -> "volumes[1].mount_path"."""
+    """("volumes", 1, "mount_path") -> "volumes[1].mount_path" (a key with a control character as Python
+    writes it, so a problem stays on one line)."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            text = repr(part) if any(ord(c) < 32 or ord(c) == 127 for c in part) else part
+            out += f".{text}" if out else text
     return out or ROOT
 
 

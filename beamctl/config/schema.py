@@ -60,10 +60,24 @@ def field_of(*path: str) -> dict[str, Any]:
     return node
 
 
+RULES = "patterns-end-at-Z"  # in the verdict key: how this code reads the schema (a change re-checks all)
+
+
 def _validator() -> Any:
     from jsonschema import Draft202012Validator  # ~90 ms to import: only when validating
 
-    return Draft202012Validator(load_schema())
+    return Draft202012Validator(_anchored(load_schema()))
+
+
+def _anchored(node: Any) -> Any:
+    """The schema with each pattern's final `$` as `\\Z`: Python's `$` also matches before a final newline
+    (ECMA's, which editors use, does not), so `name: "x\\n"` would pass here and fail later."""
+    if isinstance(node, dict):
+        return {k: (v[:-1] + "\\Z" if k == "pattern" and isinstance(v, str) and v.endswith("$")
+                    and not v.endswith("\\$") else _anchored(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_anchored(x) for x in node]
+    return node
 
 
 def check(doc: Document) -> list[Problem]:
@@ -95,7 +109,7 @@ def _verdict_key(data: Any) -> str | None:
     except (TypeError, ValueError):
         return None  # dates, NaN, ...: never cached
     schema = _schema_bytes()
-    return f"schema {zlib.crc32(schema):08x} {len(schema)}\n{text}"
+    return f"schema {zlib.crc32(schema):08x} {len(schema)} {RULES}\n{text}"
 
 
 def _explain(doc: Document, error: Any) -> list[Problem]:
@@ -107,7 +121,7 @@ def _explain(doc: Document, error: Any) -> list[Problem]:
         missing = [k for k in want if k not in got]
         return [doc.problem(path, f"missing required key '{k}'") for k in missing]
     if "propertyNames" in error.schema_path:  # a bad key: point at the key itself
-        return [doc.problem(path + (got,), f"'{got}' is not a valid name: {_PATTERN_HINTS['env']}", key=True)]
+        return [doc.problem(path + (got,), f"{_shown(got)} is not a valid name: {_PATTERN_HINTS['env']}", key=True)]
     if kw in ("anyOf", "oneOf") and error.context:
         inner = _errors_of_its_kind(error)
         if inner:  # a kind allowed here, wrong inside: report each part that fails, at its own place
@@ -213,15 +227,20 @@ def _pattern_message(path: tuple, field: str, got: str) -> str:
     if field == "memory":
         m = re.fullmatch(r"\s*([1-9]\d*)\s*([KMGT])(i?B|i)?\s*", got, re.I)  # 8GB, 8g, 8 GiB
         if m:
-            return (f"'{got}' is not a memory size: write {m.group(1)}{m.group(2).upper()}i "
+            return (f"{_shown(got)} is not a memory size: write {m.group(1)}{m.group(2).upper()}i "
                     "(binary units: Ki, Mi, Gi, Ti)")
-        return f"'{got}' is not a memory size: write a whole number with Ki, Mi, Gi or Ti, like 512Mi or 8Gi"
+        return f"{_shown(got)} is not a memory size: write a whole number with Ki, Mi, Gi or Ti, like 512Mi or 8Gi"
     if path[:1] == ("volumes",):
         key = f"volumes.{field}"
     else:
         key = path[-2] if isinstance(path[-1], int) else field  # secrets[0] -> "secrets"
     hint = _PATTERN_HINTS.get(key, "see `beamctl schema` for the form it takes")
-    return f"'{got}' is not valid here: {hint}"
+    return f"{_shown(got)} is not valid here: {hint}"
+
+
+def _shown(text: str) -> str:
+    """A value in a message, quoted; one with a control character (a newline) as Python writes it."""
+    return repr(text) if any(ord(c) < 32 or ord(c) == 127 for c in text) else f"'{text}'"
 
 
 def _describe(value: Any) -> str:
