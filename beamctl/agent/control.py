@@ -16,14 +16,21 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from beamctl.agent import door
 from beamctl.protocol.errors import AgentError
 from beamctl.protocol.wire import MAX_LINE_BYTES, OPS
 
 
-def handle(agent: Any, request: dict[str, Any]) -> dict[str, Any]:
+def handle(agent: Any, request: Any) -> dict[str, Any]:
+    if not isinstance(request, dict):
+        return {"ok": False, "error": "a request is a JSON object: {\"op\": ..., \"args\": {...}}",
+                "data": {"kind": "input"}}
     op, args = request.get("op"), request.get("args") or {}
     if op not in OPS:
         return {"ok": False, "error": f"unknown operation {op!r}", "hint": "is beamctl older than the agent?"}
+    why = door.args_problem(args)
+    if why is not None:
+        return {"ok": False, "error": f"bad arguments for {op}: {why}", "data": {"kind": "input"}}
     try:
         result = (agent.about() if op == "version" else getattr(agent, op)(**args))
     except AgentError as e:
@@ -42,16 +49,22 @@ def serve(agent: Any, path: Path) -> socketserver.ThreadingUnixStreamServer:
 
     class Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
-            for line in self.rfile:
-                if len(line) > MAX_LINE_BYTES:
-                    answer = {"ok": False, "error": "request too large"}
-                else:
-                    try:
-                        answer = handle(agent, json.loads(line))
-                    except ValueError:
-                        answer = {"ok": False, "error": "the request is not JSON"}
-                self.wfile.write(json.dumps(answer).encode() + b"\n")
-                self.wfile.flush()
+            while True:
+                line = self.rfile.readline(MAX_LINE_BYTES + 1)  # never more than one request in memory
+                if not line:
+                    return
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    self._answer({"ok": False, "error": f"request larger than {MAX_LINE_BYTES >> 20} MiB"})
+                    return  # the rest of it cannot be told from a next request: the connection ends
+                try:
+                    answer = handle(agent, json.loads(line))
+                except ValueError:
+                    answer = {"ok": False, "error": "the request is not JSON"}
+                self._answer(answer)
+
+        def _answer(self, answer: dict[str, Any]) -> None:
+            self.wfile.write(json.dumps(answer).encode() + b"\n")
+            self.wfile.flush()
 
     if path.exists():
         path.unlink()

@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from beamctl.agent import door
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import secret_files
 from beamctl.agent.snapshot_key import args_hash
@@ -37,7 +38,13 @@ class Deployments:
     def deploy(self, spec_json: dict[str, Any], secret_values: dict[str, str],
                health_timeout: float | None = None) -> dict[str, Any]:
         """health_timeout: None is the spec's (its rollout.health_timeout)."""
-        spec = AppSpec.from_json(spec_json)
+        try:
+            spec = AppSpec.from_json(spec_json)
+            why = door.spec_problem(spec, secret_values)
+        except (TypeError, ValueError, AttributeError) as e:
+            why = f"the spec is malformed: {e}"
+        if why is not None:
+            raise AgentError(f"deploy refused: {why}", kind="input")
         health_timeout = spec.health_timeout if health_timeout is None else health_timeout
         missing = [n for n in spec.secret_names if n not in secret_values]
         if missing:

@@ -119,7 +119,7 @@ def volumes_sound(doc: Document, app_dir: Path) -> Iterator[Problem]:
             names.setdefault(name, i)
         if not isinstance(mount, str) or not mount:
             continue
-        problem = _mount_problem(mount)
+        problem = mount_problem(mount)
         if problem:
             yield doc.problem(("volumes", i, "mount_path"), problem)
             continue
@@ -130,7 +130,8 @@ def volumes_sound(doc: Document, app_dir: Path) -> Iterator[Problem]:
         mounts.setdefault(target, i)
 
 
-def _mount_problem(mount: str) -> str | None:
+def mount_problem(mount: str) -> str | None:
+    """Why a mount path is refused (reserved, '..', mount options), or None; the agent asks too."""
     if ":" in mount or "," in mount:
         return f"'{mount}' contains {':' if ':' in mount else ','}, which the engine would read as mount options; " \
                "a mount path is a path only (volumes are always read-write)"
@@ -158,7 +159,7 @@ def cache_dir_on_volume(doc: Document, app_dir: Path) -> Iterator[Problem]:
     volumes = doc.data.get("volumes")
     mounts = [container_path(v["mount_path"]) for v in volumes if isinstance(v, dict)
               and isinstance(v.get("mount_path"), str) and v["mount_path"]
-              and not _mount_problem(v["mount_path"])] if isinstance(volumes, list) else []
+              and not mount_problem(v["mount_path"])] if isinstance(volumes, list) else []
     if any(target == m or target.startswith(m.rstrip("/") + "/") for m in mounts):
         return
     where = f"the volumes are mounted at {', '.join(mounts)}" if mounts else "no volumes are declared"
