@@ -93,3 +93,24 @@ def test_an_upward_import_is_found_wherever_it_is_written():
     assert upward("from beamctl.transport.ssh import Ssh\n", "beamctl.agent.bridge") == ["1: beamctl.transport.ssh"]
     assert upward("from beamctl.protocol.wire import OPS\n", "beamctl.agent.control") == []
     assert upward("from beamctl.hosts.each import ask\n", "beamctl.protocol.wire") == ["1: beamctl.hosts.each"]
+
+
+def test_the_agent_loads_only_what_its_own_environment_holds():
+    """A host's agent runs in a venv of beamctl, the docker SDK and zstandard (hosts/install.py): importing
+    every agent module must load nothing else that is not the standard library (a YAML parser once slipped
+    in through config/, and every SSH host's agent failed to start)."""
+    import subprocess
+    import sys
+
+    from beamctl.hosts.install import RUNTIME_REQUIREMENTS
+
+    allowed = {r.split(">")[0].split("=")[0] for r in RUNTIME_REQUIREMENTS} | {"beamctl"}
+    allowed |= {"requests", "urllib3", "certifi", "idna", "charset_normalizer"}  # the docker SDK's own
+    names = sorted(".".join(p.relative_to(ROOT.parent).with_suffix("").parts) for p in (ROOT / "agent").glob("*.py")
+                   if p.name != "__main__.py")
+    probe = ("import importlib, sys\n"
+             f"for name in {names!r}:\n    importlib.import_module(name)\n"
+             "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    foreign = [m for m in loaded if m not in sys.stdlib_module_names and m not in allowed and not m.startswith("_")]
+    assert foreign == [], f"the agent imports {foreign}, which a host's agent venv does not have"

@@ -1,6 +1,6 @@
 """What the agent takes from a client, checked at its door: the control socket's framing (one JSON
 object per line, at most MAX_LINE_BYTES, read no further), each argument's type, app names, and a deploy's
-spec as a whole (names, paths, sizes), so nothing a client sends can name a file outside the agent's
+spec as a whole (names, paths, sizes: beamctl/mounts.py, the rules beam.yaml is checked by), so nothing a client sends can name a file outside the agent's
 folder or reach the engine unchecked. The client checked beam.yaml already; the agent does not trust
 that it did."""
 
@@ -9,8 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from beamctl.config.checks import MAX_MEMORY, mount_problem
-from beamctl.config.model import memory_bytes
+from beamctl.mounts import MAX_MEMORY, memory_bytes, mount_problem
 from beamctl.protocol.spec import AppSpec
 
 APP_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")

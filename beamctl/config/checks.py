@@ -12,17 +12,14 @@ from typing import Callable, Iterator
 
 from beamctl.config.gpu import GpuNameError, parse_choice
 from beamctl.config.hosts import parse_host
-from beamctl.config.model import APP_ROOT, Entrypoint, container_path, memory_bytes
+from beamctl.config.model import Entrypoint
+from beamctl.mounts import MAX_MEMORY, container_path, memory_bytes, mount_problem
 from beamctl.config.parse import Document
 from beamctl.config.problems import Problem
 
 Check = Callable[[Document, Path], Iterator[Problem]]
 
 _ENTRY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-# Mounting over these would hide the system or the app itself.
-_RESERVED = ("/", APP_ROOT, "/bin", "/boot", "/etc", "/lib", "/lib64", "/sbin", "/usr", "/var", "/run",
-             "/opt/beamctl")
-_FORBIDDEN_TREES = ("/proc", "/sys", "/dev")
 _MEMORY = re.compile(r"^[1-9][0-9]*(Ki|Mi|Gi|Ti)\Z")
 _SECRET_WORDS = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|ACCESS_KEY)", re.I)
 
@@ -130,19 +127,6 @@ def volumes_sound(doc: Document, app_dir: Path) -> Iterator[Problem]:
         mounts.setdefault(target, i)
 
 
-def mount_problem(mount: str) -> str | None:
-    """Why a mount path is refused (reserved, '..', mount options), or None; the agent asks too."""
-    if ":" in mount or "," in mount:
-        return f"'{mount}' contains {':' if ':' in mount else ','}, which the engine would read as mount options; " \
-               "a mount path is a path only (volumes are always read-write)"
-    if ".." in mount.split("/"):
-        return f"'{mount}' contains '..'; a mount path must stay inside the container's own paths"
-    target = container_path(mount)
-    if target in _RESERVED or any(target == t or target.startswith(t + "/") for t in _FORBIDDEN_TREES):
-        return f"'{mount}' would hide {target} in the container; mount the volume somewhere like /data"
-    return None
-
-
 def cache_dir_on_volume(doc: Document, app_dir: Path) -> Iterator[Problem]:
     """cache_dir lies inside one volume's mount path, so weights download once and stay out of snapshots."""
     cache = doc.data.get("cache_dir")
@@ -218,9 +202,6 @@ def rollout_has_hosts(doc: Document, app_dir: Path) -> Iterator[Problem]:
         return
     yield doc.problem(("rollout", "max_parallel"), "has no effect without hosts: deploy then goes to this "
                       "machine only; list the hosts under hosts, or remove max_parallel", severity="warning")
-
-
-MAX_MEMORY = "64Ti"  # no host has more; a bigger number is a typo (and overflows the engine's limit)
 
 
 def numbers_are_numbers(doc: Document, app_dir: Path) -> Iterator[Problem]:

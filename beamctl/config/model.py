@@ -13,10 +13,9 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from beamctl.config.gpu import GpuChoice, parse_choice
+from beamctl.mounts import APP_ROOT, container_path, memory_bytes  # noqa: F401 (re-exported: config's users)
 from beamctl.config.hosts import Host, parse_host
 
-APP_ROOT = "/app"  # where the app's code lives inside the container
-_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
 
 
 @dataclass(frozen=True)
@@ -85,17 +84,6 @@ class AppConfig:
     @property
     def gpu_count(self) -> int:
         return max((g.count for g in self.gpu), default=0)
-
-
-def container_path(path: str) -> str:
-    """A mount path or cache_dir as written -> absolute path in the container (`//proc` is `/proc`: POSIX
-    lets normpath keep two leading slashes, the kernel does not)."""
-    full = path if path.startswith("/") else posixpath.join(APP_ROOT, path)
-    return posixpath.normpath("/" + full.lstrip("/"))
-
-
-def memory_bytes(text: str) -> int:
-    return int(text[:-2]) * _UNITS[text[-2:]]
 
 
 def _env_value(value: Any) -> str:

@@ -68,6 +68,9 @@ def collect(app_dir: Path, ignore: Ignore, prefix: str = "app/") -> AppFiles:
                 if not target.is_file() or not target.is_relative_to(app_dir):
                     links.append(rel)
                     continue
+                if ignore.is_secret(target.relative_to(app_dir).as_posix()):  # a link to .env is .env
+                    secrets.append(rel)
+                    continue
             st = full.stat()
             if not stat.S_ISREG(st.st_mode):
                 continue

@@ -25,10 +25,13 @@ DEFAULT_PATTERNS = (
 # Files that hold credentials. They are excluded even when a pattern re-includes them:
 # image layers are copied to every host and cannot be scrubbed afterwards.
 SECRET_PATTERNS = (
-    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ecdsa*", "id_ed25519*",
+    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ecdsa*", "id_ed25519*", "id_dsa*",
     ".netrc", ".pypirc", ".npmrc", ".aws", ".ssh", ".gnupg", ".beamctl-secrets", "*.secret",
-    "credentials.json", "service-account*.json",
-)
+    "credentials.json", "service-account*.json", "client_secret*.json",
+    "secrets.env",  # beamctl's own secrets file
+    ".git-credentials", ".docker", ".kube", "kubeconfig", ".pgpass", ".my.cnf", "*.tfstate", "*.tfstate.*",
+    "*.kdbx", ".vault-token",
+)  # matched without regard to case (.ENV, ID_RSA, Secrets.env)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ class Ignore:
         return verdict
 
     def is_secret(self, rel: str) -> bool:
-        return any(rule.regex.match(rel) for rule in self.secrets)
+        low = rel.lower()
+        return any(rule.regex.match(low) for rule in self.secrets)
 
     @property
     def has_negations(self) -> bool:

@@ -40,6 +40,18 @@ def test_collect_applies_defaults_ignore_files_and_secrets(tmp_path):
     assert files.total_bytes == 3
 
 
+def test_credentials_of_every_common_kind_and_case_stay_out_and_a_link_to_one_too(tmp_path):
+    creds = ["secrets.env", ".git-credentials", ".docker/config.json", ".kube/config", ".pgpass",
+             "infra/terraform.tfstate", "infra/terraform.tfstate.backup", "client_secret_123.json",
+             ".ENV", "keys/ID_RSA", "Secrets.env", "conf/kubeconfig"]
+    _tree(tmp_path, {"app.py": "x", "settings.py": "s", **{c: "secret" for c in creds}})
+    (tmp_path / "config.txt").symlink_to(tmp_path / ".ENV")  # shipped under the link's name before
+    files = collect(tmp_path, load_ignore(tmp_path))
+    assert [f.arcname for f in files.files] == ["app/app.py", "app/settings.py"]
+    assert set(files.secrets_skipped) == {".docker", ".kube", "config.txt", *(c for c in creds if "/" not in c
+                                          or c.split("/")[0] not in (".docker", ".kube"))}
+
+
 def test_symlinks_out_of_the_app_are_skipped(tmp_path):
     app = tmp_path / "app"
     _tree(app, {"app.py": "x", "inside.txt": "i"})
