@@ -3,6 +3,8 @@
 Containers here cannot reach PyPI and GPU hosts may be air-gapped, so pip runs on this machine for the
 image's Python and platform. Cache layout (shared by every app and build):
   wheels/        every wheel ever resolved, by its own file name; files are only ever added or replaced
+  wheels/.sha256/NAME  each wheel's sha256 as first downloaded (and the file's stat when last checked):
+                 every use checks the wheel against it (a changed file is refused, never used)
   locks/K.json   what one requirement list resolved to (file, sha256, size, mtime): K hashes the input
   trees/KEY/     the wheels of one `Resolved`, installed (`pip install --target`), ready to COPY
   tmp/           private work folders (pip's download folder); everything lands by rename
@@ -30,6 +32,7 @@ __all__ = ["PackageError", "Resolved", "install_tree", "pip_platforms", "read_re
 Progress = Callable[[str], None]
 DEFAULT_PLATFORM = "manylinux2014_x86_64"  # glibc 2.17; pass BaseImage.platform to get newer wheels
 LOCK_FORMAT = 1  # part of every lock key: a change of what locks hold invalidates them all
+SIDECAR = ".sha256"  # wheels/.sha256/NAME: the wheel's first download (verified())
 FIXED_MTIME = 315532800  # 1980-01-01 UTC: tree files get one mtime, so COPY's cache sees content only
 STALE_TMP_S = 24 * 3600  # work folders this old belong to a killed build; removed on the next resolve
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing wheels (torch's are >700 MB)
@@ -80,6 +83,7 @@ def resolve(requirements: Sequence[str], python_version: str, cache_dir: Path, p
     log = work.with_suffix(".log")
     try:
         for cached in wheels.glob("*.whl"):  # pip takes these as "already downloaded": no transfer
+            verified(cached)  # only what was first downloaded
             _link(cached, work / cached.name)
         argv = [sys.executable, "-m", "pip", "download", *_target(python_version, platform), "--dest",
                 str(work), "--log", str(log), "--progress-bar", "off", "--no-input", "--", *requirements]
@@ -119,6 +123,7 @@ def install_tree(resolved: Resolved, python_version: str, cache_dir: Path, progr
     try:
         if resolved.wheels:
             for wheel in resolved.wheels:  # only this set is visible to pip: nothing else can be picked
+                verified(wheel)
                 _link(wheel, links / wheel.name)
             pins = [f"{w.name.split('-')[0]}=={w.name.split('-')[1]}" for w in resolved.wheels]
             # Pins from a private folder, not file paths: a path would leave a direct_url.json naming
@@ -169,19 +174,40 @@ def _run_pip(argv: list[str], python_version: str, platform: str, progress: Prog
 
 
 def _from_lock(lock: Path, wheels: Path) -> Resolved | None:
-    """The locked set when every wheel is still in the cache as locked, else None. A wheel whose size
-    and mtime are as recorded is not re-hashed: cache files are only ever replaced whole, by rename."""
+    """The locked set when every wheel is still in the cache as locked and first downloaded (verified), else
+    None; a wheel that changed since its first download raises PackageError."""
     try:
         entries = json.loads(lock.read_text())["wheels"]
         for e in entries:
-            st = (wheels / e["file"]).stat()
-            if st.st_size != e["size"]:
-                return None
-            if st.st_mtime_ns != e["mtime_ns"] and _sha256(wheels / e["file"]) != e["sha256"]:
+            if verified(wheels / e["file"]) != e["sha256"]:
                 return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return _resolved(entries, wheels)
+
+
+def verified(wheel: Path) -> str:
+    """The wheel's sha256, checked against the one recorded at its first download (re-hashed only when
+    its size, inode, mtime or ctime moved since the last check: ctime cannot be set back by a user).
+    Raises PackageError when the file is not what was first downloaded; OSError when it is gone."""
+    record = wheel.parent / SIDECAR / wheel.name
+    st = wheel.stat()
+    seen = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    try:
+        first = json.loads(record.read_text())
+    except (OSError, ValueError):
+        first = None
+    if isinstance(first, dict) and first.get("stat") == seen and isinstance(first.get("sha256"), str):
+        return first["sha256"]
+    digest = _sha256(wheel)
+    if isinstance(first, dict) and first.get("sha256") not in (None, digest):
+        raise PackageError(f"the cached wheel {wheel} is not the file first downloaded (sha256 "
+                           f"{first['sha256'][:12]}..., now {digest[:12]}...): it is not used",
+                           hint=f"if it was replaced on purpose (another index), remove it and its record: "
+                                f"rm {wheel} {record}")
+    record.parent.mkdir(exist_ok=True)
+    _write_json(record, {"sha256": digest, "stat": seen})
+    return digest
 
 
 def _resolved(entries: list[dict], wheels: Path) -> Resolved:
@@ -189,12 +215,20 @@ def _resolved(entries: list[dict], wheels: Path) -> Resolved:
 
 
 def _publish(src: Path, dest: Path, digest: str) -> None:
-    """Put a resolved wheel into the shared cache, leaving an identical cached file (and its mtime) be."""
+    """Put a resolved wheel into the shared cache (its first download recorded), leaving an identical cached
+    file be; a download that differs from a name's first download is refused (verified())."""
     if src.stat().st_ino == (dest.stat().st_ino if dest.exists() else None):
+        verified(dest)
         return
-    if dest.exists() and _sha256(dest) == digest:
+    if dest.exists():
+        if verified(dest) != digest:
+            raise PackageError(f"pip downloaded {dest.name} with sha256 {digest[:12]}..., not the "
+                               f"{verified(dest)[:12]}... first downloaded under that name: not used",
+                               hint=f"if the index changed on purpose, remove the cached wheel and its record: "
+                                    f"rm {dest} {dest.parent / SIDECAR / dest.name}")
         return
-    os.replace(src, dest)  # atomic; a different file of that name (another index's build) is replaced
+    os.replace(src, dest)  # atomic
+    verified(dest)
 
 
 def _link(src: Path, dest: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -247,3 +248,28 @@ def test_two_builds_at_once_make_one_tree(tmp_path):
     assert not errors and results[0] == results[1]
     assert sorted(p.name for p in (tmp_path / "trees").iterdir()) == [resolved.key]
     assert (results[0] / "idna" / "__init__.py").is_file()
+
+
+def test_a_cached_wheel_is_checked_against_its_first_download_on_every_use(tmp_path):
+    cache = tmp_path / "wheels"
+    cache.mkdir()
+    wheel = cache / "demo-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"first download")
+    digest = wheels.verified(wheel)
+    assert (cache / ".sha256" / wheel.name).is_file() and wheels.verified(wheel) == digest
+    stamp = wheel.stat()
+    wheel.write_bytes(b"tampered later")  # same size, and the times put back: only ctime tells
+    os.utime(wheel, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    with pytest.raises(PackageError, match="is not the file first downloaded"):
+        wheels.verified(wheel)
+    lock = tmp_path / "locks" / "k.json"
+    lock.parent.mkdir()
+    lock.write_text(json.dumps({"wheels": [{"file": wheel.name, "sha256": digest, "size": 14, "mtime_ns": 0}]}))
+    with pytest.raises(PackageError):  # never taken from the lock either
+        wheels._from_lock(lock, cache)
+    fresh = tmp_path / "download" / wheel.name
+    fresh.parent.mkdir()
+    fresh.write_bytes(b"another build!")
+    wheel.write_bytes(b"first download")  # the cache as it was; a different file under its name arrives
+    with pytest.raises(PackageError, match="not the .* first downloaded under that name"):
+        wheels._publish(fresh, wheel, wheels._sha256(fresh))
