@@ -141,10 +141,11 @@ class Bench:
 class Client:
     """One keep-alive connection: the agent's endpoint (with the token) or the runtime's /tasks."""
 
-    def __init__(self, host: str, port: int, path: str, token: str | None = None) -> None:
+    def __init__(self, host: str, port: int, path: str, token: str | None = None, key: str | None = None) -> None:
         self.conn = http.client.HTTPConnection(host, port, timeout=600)
         self.path, self.token, self.n = path, token, 0
-        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {}),
+                        **({"X-Beamctl-Key": key} if key else {})}  # the runtime answers only the agent's key
 
     def call(self, inputs: dict | None = None) -> dict:
         self.n += 1
@@ -192,6 +193,12 @@ def hammer(make, threads: int, seconds: float) -> tuple[int, float]:
     return sum(c.n - 1 for c in clients), time.perf_counter() - start
 
 
+def runtime_key(b: Bench, app: str) -> str | None:
+    """The key the app's serving runtime wants from the agent (its newest version's, in the agent's folder)."""
+    files = sorted((b.data / "secrets").glob(f"{app}-v*.json"), key=lambda p: int(p.stem.rsplit("-v", 1)[1]))
+    return json.loads(files[-1].read_text()).get("BEAMCTL_RUNTIME_KEY") if files else None
+
+
 def pct(samples: list[float]) -> dict[str, float]:
     q = statistics.quantiles(samples, n=100)
     return {"p50": q[49] * 1000, "p90": q[89] * 1000, "p99": q[98] * 1000}
@@ -203,7 +210,8 @@ def warm(b: Bench, args: argparse.Namespace, res: dict) -> None:
     ip, runtime_pid, agent_pid = address(cid), int(inspect(cid, ".State.Pid")), \
         b.agent.pid
     via_agent = lambda: Client(ep["host"], ep["port"], ep["path"], ep["token"])  # noqa: E731
-    direct = lambda: Client(ip, 8000, "/tasks")  # noqa: E731
+    key = runtime_key(b, "bench-noop")
+    direct = lambda: Client(ip, 8000, "/tasks", key=key)  # noqa: E731
     snap = lambda: {"agent": cpu_s(agent_pid), "runtime": cpu_s(runtime_pid), "client": sum(os.times()[:2])}  # noqa
     res["load"] = [os.getloadavg()[0]]
     # memory at rest: the agent after deploy; the runtime against a bare python3 in the same image
@@ -241,7 +249,7 @@ def warm(b: Bench, args: argparse.Namespace, res: dict) -> None:
         for k, pid in pids.items():
             mem[k].append(rss_mib(pid))
     conn = http.client.HTTPConnection(ip, 8000, timeout=10)
-    conn.request("GET", "/health")
+    conn.request("GET", "/health", headers={"X-Beamctl-Key": key} if key else {})
     n = per * 2 * args.threads
     res["served"] = {"runtime": json.loads(conn.getresponse().read())["served"], "memory_tasks": n,
                      "agent": n + done["agent"] + args.threads * 2 + args.tasks + args.warmup}
