@@ -112,11 +112,14 @@ def raw_criu(image: str, env: dict[str, str], binds: dict[str, str], work: Path,
     argv = ["chroot", str(rootfs), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in full_env.items()),
             *config["Entrypoint"], "serve"]
 
+    secrets = binds.get("/run/beamctl/secrets.json")  # the runtime answers only the agent's key
+    key = json.loads(Path(secrets).read_text()).get("BEAMCTL_RUNTIME_KEY") if secrets else None
+
     def ask(method: str, path: str, body: dict | None = None) -> dict:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:  # a new connection each time, closed: CRIU refuses a process with one open
             conn.request(method, path, json.dumps(body) if body is not None else None,
-                         {"Content-Type": "application/json"})
+                         {"Content-Type": "application/json", **({"X-Beamctl-Key": key} if key else {})})
             return json.loads(conn.getresponse().read())
         finally:
             conn.close()
@@ -126,7 +129,11 @@ def raw_criu(image: str, env: dict[str, str], binds: dict[str, str], work: Path,
     try:
         for inside, outside in binds.items():
             target = rootfs / inside.lstrip("/")
-            target.mkdir(parents=True, exist_ok=True)
+            if Path(outside).is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:  # a file (the version's secrets): the mount point is a file too
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.touch()
             sh("mount", "--bind", outside, str(target))
             mounted.append(target)
         for i in range(rounds):
