@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from beamctl.image.pip_text import PackageError, chosen_wheels, explain, read_requirements
 
@@ -33,6 +33,10 @@ Progress = Callable[[str], None]
 DEFAULT_PLATFORM = "manylinux2014_x86_64"  # glibc 2.17; pass BaseImage.platform to get newer wheels
 LOCK_FORMAT = 1  # part of every lock key: a change of what locks hold invalidates them all
 SIDECAR = ".sha256"  # wheels/.sha256/NAME: the wheel's first download (verified())
+# pip settings in the environment that choose another index: an extra index can shadow a package of the
+# same name (dependency confusion), and an environment is easy to inherit unseen. Taken only when asked for
+# (BEAMCTL_PIP_ENV=1); pip's own config files, and local wheel folders (PIP_FIND_LINKS), are the user's own.
+INDEX_SETTINGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST")
 FIXED_MTIME = 315532800  # 1980-01-01 UTC: tree files get one mtime, so COPY's cache sees content only
 STALE_TMP_S = 24 * 3600  # work folders this old belong to a killed build; removed on the next resolve
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing wheels (torch's are >700 MB)
@@ -155,7 +159,7 @@ def _run_pip(argv: list[str], python_version: str, platform: str, progress: Prog
     when pip does not retry ("Could not fetch URL ...: connection error").
     """
     # Our parsing needs pip's normal verbosity; --target must not meet a user-level `user = true`.
-    env = {**os.environ, "PIP_QUIET": "0", "PIP_USER": "0", "PIP_REQUIRE_VIRTUALENV": "0",
+    env = {**pip_environment(os.environ), "PIP_QUIET": "0", "PIP_USER": "0", "PIP_REQUIRE_VIRTUALENV": "0",
            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     lines: list[str] = []
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -171,6 +175,18 @@ def _run_pip(argv: list[str], python_version: str, platform: str, progress: Prog
             fetch = []
         raise explain(lines + fetch, python_version, platform, installing=installing)
     return lines
+
+
+def pip_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment pip runs in; PackageError when it names another index and BEAMCTL_PIP_ENV=1 is not
+    set (refused, not dropped: a build must not quietly use other packages than the user thinks)."""
+    index = sorted(k for k in INDEX_SETTINGS if environ.get(k))
+    if index and environ.get("BEAMCTL_PIP_ENV") != "1":
+        raise PackageError(f"{', '.join(index)} is set in the environment: beamctl does not take another package "
+                           "index from the environment unasked (an extra index can shadow a package)",
+                           hint="unset it (pip's config file may name the index instead), or set BEAMCTL_PIP_ENV=1 "
+                                "to use it")
+    return dict(environ)
 
 
 def _from_lock(lock: Path, wheels: Path) -> Resolved | None:

@@ -222,7 +222,8 @@ def test_sdist_only_package_names_package_and_platform(tmp_path):
 @pytest.mark.integration
 def test_unreachable_index_fails_clearly(tmp_path, monkeypatch):
     for name, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple/",
-                        "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "", "PIP_RETRIES": "0"}.items():
+                        "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "", "PIP_RETRIES": "0",
+                        "BEAMCTL_PIP_ENV": "1"}.items():  # asked for: the environment's index is used
         monkeypatch.setenv(name, value)
     with pytest.raises(PackageError) as e:
         resolve(["numpy"], "3.11", tmp_path, lambda m: None)
@@ -273,3 +274,14 @@ def test_a_cached_wheel_is_checked_against_its_first_download_on_every_use(tmp_p
     wheel.write_bytes(b"first download")  # the cache as it was; a different file under its name arrives
     with pytest.raises(PackageError, match="not the .* first downloaded under that name"):
         wheels._publish(fresh, wheel, wheels._sha256(fresh))
+
+
+def test_another_index_from_the_environment_is_refused_unless_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://pypi.example.com/simple/")
+    monkeypatch.delenv("BEAMCTL_PIP_ENV", raising=False)
+    with pytest.raises(PackageError, match="PIP_EXTRA_INDEX_URL is set in the environment") as e:
+        resolve(["idna"], "3.11", tmp_path, lambda m: None)
+    assert "BEAMCTL_PIP_ENV=1" in e.value.hint and not list(tmp_path.glob("locks/*.json"))  # nothing locked
+    assert wheels.pip_environment({"PIP_FIND_LINKS": "/opt/wheels", "PIP_CERT": "/x"}) == {
+        "PIP_FIND_LINKS": "/opt/wheels", "PIP_CERT": "/x"}  # local folders and certificates: the user's own
+    assert wheels.pip_environment({"PIP_INDEX_URL": "u", "BEAMCTL_PIP_ENV": "1"})["PIP_INDEX_URL"] == "u"
