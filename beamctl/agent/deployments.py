@@ -3,6 +3,7 @@ and the start-and-switch path both share (start a version, wait for READY, make 
 
 from __future__ import annotations
 
+import re
 import secrets as _secrets
 import threading
 import time
@@ -20,6 +21,9 @@ from beamctl.agent.state import AgentState
 from beamctl.protocol.errors import AgentError
 from beamctl.agent.versions import rollback_target, unchanged
 
+
+
+KEEP_SECRETS = 5  # versions whose secret values stay on disk (for a rollback): the newest ones
 
 
 class Deployments:
@@ -84,7 +88,20 @@ class Deployments:
         # deploy never changes what the serving version starts with
         token = self.state.token_for(spec.app)
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
-        return self._start_and_switch(spec, version, token, health_timeout)
+        result = self._start_and_switch(spec, version, token, health_timeout)
+        if result.get("status") == "ready":
+            self._prune_secrets(spec.app, version)
+        return result
+
+    def _prune_secrets(self, app: str, newest: int) -> None:
+        """Secret values of versions more than KEEP_SECRETS behind the newest go (a rotated value does not stay
+        on disk forever); the active one's always stay. Such a version can no longer be rolled back to."""
+        active = self.store.active_version(app)
+        ours = re.compile(re.escape(app) + r"-v([0-9]+)\.json")  # not app demo-v2's for app demo
+        for path in (self.state.data_dir / "secrets").glob(f"{app}-v*.json"):
+            m = ours.fullmatch(path.name)
+            if m and int(m.group(1)) <= newest - KEEP_SECRETS and int(m.group(1)) != active:
+                path.unlink(missing_ok=True)
 
     def _unchanged(self, spec: AppSpec, secret_values: dict[str, str], stored: dict[str, Any],
                    health_timeout: float) -> dict[str, Any] | None:
@@ -206,6 +223,9 @@ class Deployments:
             raise AgentError(f"v{target} of {app} is already serving")
         if not self.containers.has_image(row["image"]):
             raise AgentError(f"image {row['image']} of v{target} was pruned; deploy again")
+        if (spec.secret_names or spec.runtime_api >= 2) and not self.state.secrets_path(app, target).exists():
+            raise AgentError(f"v{target}'s secret values are no longer kept here (only the last {KEEP_SECRETS} "
+                             "versions keep theirs)", hint="deploy that version's code again")
         clash = _gpus.clash(row["spec"].get("gpu_devices") or [], self.state.taken(app))
         if clash:
             raise AgentError(f"v{target} {clash}", hint="stop that app first, or deploy again to get free GPUs")

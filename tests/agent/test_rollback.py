@@ -107,3 +107,30 @@ def test_a_rollback_is_refused_while_a_deploy_holds_the_lock(monkeypatch, tmp_pa
     assert asked(hosts[0]) == [] and asked(hosts[1]) == []  # nothing rolled back anywhere
     assert hosts[0].agent.locks == {}  # a's lock, taken before b refused, given back
     assert busy.locks["app"]["token"] == "theirs"  # the deploy's: untouched
+
+
+def test_old_versions_secret_values_go_and_such_a_version_is_not_rolled_back_to(tmp_path):
+    from types import SimpleNamespace
+
+    from beamctl.agent import deployments
+    from beamctl.agent.service import Agent
+    from beamctl.protocol.errors import AgentError
+
+    engine = SimpleNamespace(usage=lambda ids: ({}, {}), has_image=lambda ref: True)
+    agent = Agent(tmp_path, containers=engine, gpus=[])
+    agent.store.ensure_app("demo", "sha256:" + "0" * 64)
+    spec = {"app": "demo", "image": "beamctl/demo:1", "secret_names": ["KEY"], "runtime_api": 2}
+    for v in range(1, 9):
+        assert agent.store.new_version("demo", "beamctl/demo:1", spec) == v
+        agent.store.set_version_state("demo", v, "retired")
+    agent.store.set_active("demo", 2)  # a rollback brought v2 back: its values stay whatever its age
+    secrets = tmp_path / "secrets"
+    for name in [*(f"demo-v{v}.json" for v in range(1, 9)), "demo-v2-v1.json"]:  # the last: app "demo-v2"'s
+        (secrets / name).write_text("{}")
+    agent._deployments._prune_secrets("demo", 8)
+    assert sorted(p.name for p in secrets.iterdir()) == ["demo-v2-v1.json", "demo-v2.json", "demo-v4.json",
+                                                         "demo-v5.json", "demo-v6.json", "demo-v7.json",
+                                                         "demo-v8.json"]
+    assert deployments.KEEP_SECRETS == 5
+    with pytest.raises(AgentError, match="v1's secret values are no longer kept here"):
+        agent.rollback("demo", 1)
