@@ -4,7 +4,7 @@ stdin is a zstd-compressed `docker save`-format archive; it is decompressed here
 Python (the `zstandard` wheel that `hosts install` puts in the agent's venv), and passed into
 `docker load`. A host needs no zstd binary: only what beamctl installs on it, besides Docker and Python.
 
-Layers that arrived whole are kept (`STAGED`, root-only): each layer tar is also written to a file
+Layers that arrived whole are kept (staging.py, root-only): each layer tar is also written to a file
 named by its digest, hashed on the way, and renamed into place only once whole. A stream that is cut
 (Ctrl-C on the client, the network went away) loads nothing (`docker load` unpacks everything before it
 registers anything, and is stopped here) but keeps those layers: the client's next survey lists them
@@ -26,15 +26,14 @@ import hashlib
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from beamctl.protocol.layout import LOAD_STEP_PREFIX as STEP_PREFIX, STAGED_DIR
+from beamctl.agent.staging import Staging, say, unlink
+from beamctl.protocol.layout import STAGED_DIR
 
 CHUNK = 1 << 20
 LOAD_ARGV = ("docker", "load")
@@ -43,92 +42,8 @@ EXIT_BAD_STREAM = 4
 EXIT_NO_DOCKER = 5
 EXIT_CUT = 6
 TAIL_LINES = 8
-STAGED_KEEP_S = 3 * 86400  # staged layers no deploy came back for
-STAGED_NAME = re.compile(r"^([0-9a-f]{64})\.tar$")
 
 
-def say(step: str, reason: str) -> None:
-    sys.stderr.write(f"{STEP_PREFIX}{step}: {reason}\n")
-    sys.stderr.flush()
-
-
-class Staging:
-    """The folder of layers that arrived whole: `<hex>.tar` per diffID, `.part` while arriving."""
-
-    def __init__(self, root: Path | None, create: bool = True) -> None:
-        self.root = root
-        if root is None or not create:
-            return
-        try:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(root, 0o700)
-        except OSError:
-            self.root = None  # no staging, still a load
-
-    def path(self, diff_id: str) -> Path | None:
-        return None if self.root is None else self.root / f"{diff_id.removeprefix('sha256:')}.tar"
-
-    def held(self) -> list[str]:
-        """diffIDs staged here (names only: each is checked when used)."""
-        if self.root is None:
-            return []
-        try:
-            names = sorted(os.listdir(self.root))
-        except OSError:
-            return []
-        return [f"sha256:{m.group(1)}" for m in map(STAGED_NAME.match, names) if m]
-
-    def prune(self, now: float | None = None) -> None:
-        """Drop staged layers older than STAGED_KEEP_S, and parts a dead loader left an hour ago."""
-        if self.root is None:
-            return
-        now = time.time() if now is None else now
-        for entry in _entries(self.root):
-            keep = STAGED_KEEP_S if STAGED_NAME.match(entry.name) else 3600
-            try:
-                if now - entry.stat().st_mtime > keep:
-                    os.unlink(entry.path)
-            except OSError:
-                pass
-
-    def verified(self, diff_id: str) -> Path | None:
-        """The staged file for diff_id when its content still has that digest; a damaged one is removed."""
-        path = self.path(diff_id)
-        if path is None or not path.is_file():
-            return None
-        h = hashlib.sha256()
-        try:
-            with path.open("rb") as f:
-                while chunk := f.read(CHUNK):
-                    h.update(chunk)
-        except OSError:
-            return None
-        if "sha256:" + h.hexdigest() == diff_id:
-            return path
-        say("staged", f"{path.name} is damaged (its digest is not its name): removed, not used")
-        _unlink(path)
-        return None
-
-    def remove(self, diff_ids: set[str]) -> None:
-        for d in diff_ids:
-            path = self.path(d)
-            if path is not None:
-                _unlink(path)
-
-
-def _entries(root: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(root) as it:
-            return list(it)
-    except OSError:
-        return []
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
 
 
 class Unpacked:
@@ -206,7 +121,7 @@ class _Tee:
                 pass
             self.out = None
         if self.part is not None:
-            _unlink(self.part)
+            unlink(self.part)
 
     def keep(self, staging: Staging) -> str:
         """Close the part; named by its digest when whole. Returns the digest."""

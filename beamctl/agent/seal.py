@@ -17,7 +17,12 @@ FLAGS = ("nosuid", "nodev")
 
 def sealed(path: Path, mountinfo: str | None = None) -> bool:
     """Is `path` a mount point whose own options include nosuid and nodev?"""
-    text = mountinfo if mountinfo is not None else _read("/proc/self/mountinfo")
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            mountinfo = ""
+    text = mountinfo
     target = str(path)
     for line in text.splitlines():
         parts = line.split()
@@ -48,11 +53,3 @@ def _unescape(field: str) -> str:
     for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
         field = field.replace(code, char)
     return field
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""

@@ -272,3 +272,13 @@ def test_the_runtime_loads_secrets_into_its_environment_and_keeps_the_key_out(tm
     path.write_text("[1]")
     with pytest.raises(settings.SettingsError, match="not a JSON object"):
         settings.load_secrets(str(path))
+
+
+def test_a_sealed_folder_is_its_own_mount_with_nosuid_and_nodev():
+    from beamctl.agent import seal
+
+    info = ("36 25 8:1 /data /var/lib/beamctl/volumes/a/my\\040models rw,nosuid,nodev,relatime shared:1 - ext4 "
+            "/dev/vda rw\n37 25 8:1 /x /var/lib/beamctl/volumes/b/x rw,nosuid,relatime shared:1 - ext4 /dev/vda rw\n")
+    assert seal.sealed(Path("/var/lib/beamctl/volumes/a/my models"), info)
+    assert not seal.sealed(Path("/var/lib/beamctl/volumes/b/x"), info)  # nodev missing
+    assert not seal.sealed(Path("/var/lib/beamctl/volumes/c/x"), info)  # not a mount at all

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from beamctl.agent import load_image
+from beamctl.agent import load_image, staging
 from beamctl.errors import ExitCode
 from beamctl.fleet import stream
 from beamctl.transport import bulk
@@ -155,15 +155,15 @@ def test_old_kept_layers_are_removed_and_the_survey_lists_the_rest(loader, capsy
     z = packed(data)
     loader(z[:int(len(z) * 0.9)], capsys)
     old = loader.staging / names_of(diff_ids[:1])[0]
-    os.utime(old, (time.time() - load_image.STAGED_KEEP_S - 60,) * 2)
+    os.utime(old, (time.time() - staging.STAGED_KEEP_S - 60,) * 2)
     (loader.staging / "notes.txt").write_text("not a layer")
-    load_image.Staging(loader.staging).prune()
+    staging.Staging(loader.staging).prune()
     assert not old.exists()
-    assert load_image.Staging(loader.staging, create=False).held() == [d for d in diff_ids[:2] if d in
+    assert staging.Staging(loader.staging, create=False).held() == [d for d in diff_ids[:2] if d in
                                                                        {"sha256:" + n[:-4] for n in loader.staged()}]
     listed = subprocess.run([sys.executable, "-m", "beamctl.agent.load_image", "--staging", str(loader.staging),
                              "--staged"], capture_output=True, text=True, check=True).stdout
-    assert listed.split() == load_image.Staging(loader.staging).held() and len(listed.split()) == 1
+    assert listed.split() == staging.Staging(loader.staging).held() and len(listed.split()) == 1
 
 
 def test_a_full_disk_stops_the_keeping_not_the_load(loader, capsys, tmp_path):
