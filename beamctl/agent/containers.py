@@ -48,6 +48,7 @@ class DockerContainers:
         self._docker_root: Path | None = None  # DockerRootDir, asked once (restores link snapshots into it)
         self._cuda_lib: Any = None  # cuda_ckpt.CudaCheckpoint, loaded on the first GPU capture or restore
         self.sandboxes = Sandboxes(self.api, LABEL_APP, LABEL_AGENT)  # network namespaces made ahead
+        self._sampler: Any = None  # usage.Sampler, from the first `status`
 
     def has_image(self, ref: str) -> bool:
         import docker
@@ -86,7 +87,9 @@ class DockerContainers:
         """The host's CPU, memory and GPU use, and each container's (usage.py)."""
         from beamctl.agent import usage
 
-        return usage.sample(self.api, container_ids)
+        if self._sampler is None:
+            self._sampler = usage.Sampler(self.api)
+        return self._sampler.get(container_ids)
 
     def capture(self, container_id: str, folder: Path, timeout_s: float, gpu: bool = False) -> Any:
         from beamctl.agent import checkpoint

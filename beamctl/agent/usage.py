@@ -1,8 +1,10 @@
 """What the host and each app container use now: CPU, memory, GPU (the `status` answer's `host` and each
 container's `usage`).
 
-CPU is a rate, so it is two samples WINDOW_S apart (the engine's one-shot stats per container and the
-kernel's /proc/stat for the host; one wait for all). Memory is what the kernel would not give back
+CPU is a rate, so it is two samples apart (the engine's one-shot stats per container and the kernel's
+/proc/stat for the host). `Sampler` keeps the numbers fresh in the background (every PERIOD_S, from when
+`status` first asked), so a `status` (and every multi-host `call`, which asks it) never waits for them;
+the first ask samples twice WINDOW_S apart. Memory is what the kernel would not give back
 without swapping (the engine's usage less inactive file pages, as `docker stats` counts it; the host's
 MemTotal less MemAvailable). GPUs come from nvidia-smi when the host has one: each GPU's utilisation
 and memory, and each container's GPU memory by the processes nvidia-smi names (a process belongs to the
@@ -15,10 +17,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from typing import Any
 
 WINDOW_S = 0.2
+PERIOD_S = 5.0  # the background sampler's period: CPU is the average over it
 GPU_QUERY = "--query-gpu=index,utilization.gpu,memory.used,memory.total"
 APPS_QUERY = "--query-compute-apps=pid,used_memory"
 MIB = 1 << 20
@@ -141,22 +145,72 @@ def _stats(api: Any, cid: str) -> dict[str, Any] | None:
         return None
 
 
+class Sampler:
+    """The latest numbers, sampled every PERIOD_S by a daemon thread that starts on the first `get`."""
+
+    def __init__(self, api: Any, period_s: float = PERIOD_S) -> None:
+        self.api, self.period_s = api, period_s
+        self._lock = threading.Lock()
+        self._ids: list[str] = []
+        self._raw: tuple[Any, dict[str, Any]] | None = None  # the last raw sample: /proc/stat, engine stats
+        self._latest: tuple[dict[str, Any], dict[str, dict[str, Any]]] | None = None
+        self._thread: threading.Thread | None = None
+
+    def get(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        with self._lock:
+            self._ids = list(ids)
+            latest, fresh = self._latest, self._thread is not None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="usage")
+        if not fresh:  # the first ask: two samples now, then the thread keeps them coming
+            host, per = sample(self.api, ids)
+            with self._lock:
+                self._latest = (host, per)
+            self._thread.start()
+            return host, per
+        host, per = latest if latest is not None else ({}, {})
+        return host, {cid: per[cid] for cid in ids if cid in per}
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.period_s)
+            with self._lock:
+                ids = list(self._ids)
+            raw = _raw(self.api, ids)
+            with self._lock:
+                before, self._raw = self._raw, raw
+            if before is not None:
+                result = _compute(before, raw, ids)
+                with self._lock:
+                    self._latest = result
+
+
+def _raw(api: Any, ids: list[str]) -> tuple[Any, dict[str, Any]]:
+    return proc_cpu(_read("/proc/stat")), {cid: _stats(api, cid) for cid in ids}
+
+
 def sample(api: Any, ids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(the host's use, container id -> its use) for the containers `ids` (full or short ids)."""
-    cpus = os.cpu_count() or 1
-    host_a, first = proc_cpu(_read("/proc/stat")), {cid: _stats(api, cid) for cid in ids}
+    """(the host's use, container id -> its use) for the containers `ids` (full or short ids), from two
+    samples WINDOW_S apart."""
+    a = _raw(api, ids)
     time.sleep(WINDOW_S)
-    host_b, second = proc_cpu(_read("/proc/stat")), {cid: _stats(api, cid) for cid in ids}
+    return _compute(a, _raw(api, ids), ids)
+
+
+def _compute(a: tuple[Any, dict[str, Any]], b: tuple[Any, dict[str, Any]],
+             ids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    cpus = os.cpu_count() or 1
+    (host_a, first), (host_b, second) = a, b
     per: dict[str, dict[str, Any]] = {}
     full: dict[str, str] = {}
     for cid in ids:
-        a, b = first[cid], second[cid]
-        if b is None:
+        x, y = first.get(cid), second.get(cid)
+        if y is None:
             continue
-        used = memory(b)
-        per[cid] = {"cpu_pct": cpu_percent(a, b) if a is not None else None,
+        used = memory(y)
+        per[cid] = {"cpu_pct": cpu_percent(x, y) if x is not None else None,
                     "mem_used": used[0] if used else None, "mem_limit": used[1] if used else None}
-        full[b.get("id") or cid] = cid
+        full[y.get("id") or cid] = cid
     mem = meminfo(_read("/proc/meminfo"))
     host: dict[str, Any] = {"cpus": cpus, "cpu_pct": host_cpu_percent(host_a, host_b, cpus),
                             "load1": _load1(), "mem_used": mem[0] if mem else None,

@@ -88,3 +88,32 @@ def test_a_real_sample_tells_a_spinning_container_from_a_sleeping_one():
         for c in (spin, rest):
             subprocess.run(["docker", "rm", "-f", c.id], capture_output=True)
         client.close()
+
+
+class CountingEngine:
+    """Engine stats whose counters grow by the same amount per call: 25% of one core, 300 MiB."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def stats(self, cid, stream=False, one_shot=True):
+        self.calls += 1
+        n = self.calls
+        return {"id": cid, "cpu_stats": {"cpu_usage": {"total_usage": n * 250}, "system_cpu_usage": n * 1000,
+                                         "online_cpus": 1},
+                "memory_stats": {"usage": 300 << 20, "limit": 1 << 30, "stats": {}}}
+
+
+def test_the_sampler_answers_from_its_latest_numbers_without_waiting():
+    import time as _time
+
+    engine = CountingEngine()
+    sampler = usage.Sampler(engine, period_s=0.05)
+    first = sampler.get(["c1"])[1]["c1"]  # the first ask samples (twice, WINDOW_S apart)
+    assert first == {"cpu_pct": 25.0, "mem_used": 300 << 20, "mem_limit": 1 << 30}
+    _time.sleep(0.3)  # the thread took over
+    seen = engine.calls
+    started = _time.monotonic()
+    host, per = sampler.get(["c1", "gone"])
+    assert _time.monotonic() - started < usage.WINDOW_S / 2 and seen > 2  # no wait; sampled meanwhile
+    assert per == {"c1": {"cpu_pct": 25.0, "mem_used": 300 << 20, "mem_limit": 1 << 30}} and host["cpus"] >= 1
