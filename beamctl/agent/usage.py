@@ -23,6 +23,7 @@ from typing import Any
 
 WINDOW_S = 0.2
 PERIOD_S = 5.0  # the background sampler's period: CPU is the average over it
+KEEP_ASKED_S = 60.0  # a container no status asked for this long is no longer sampled
 GPU_QUERY = "--query-gpu=index,utilization.gpu,memory.used,memory.total"
 APPS_QUERY = "--query-compute-apps=pid,used_memory"
 MIB = 1 << 20
@@ -151,14 +152,15 @@ class Sampler:
     def __init__(self, api: Any, period_s: float = PERIOD_S) -> None:
         self.api, self.period_s = api, period_s
         self._lock = threading.Lock()
-        self._ids: list[str] = []
+        self._asked: dict[str, float] = {}  # container id -> when a status last asked for it
         self._raw: tuple[Any, dict[str, Any]] | None = None  # the last raw sample: /proc/stat, engine stats
         self._latest: tuple[dict[str, Any], dict[str, dict[str, Any]]] | None = None
         self._thread: threading.Thread | None = None
 
     def get(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         with self._lock:
-            self._ids = list(ids)
+            now = time.monotonic()
+            self._asked = {c: t for c, t in self._asked.items() if now - t < KEEP_ASKED_S} | dict.fromkeys(ids, now)
             latest, fresh = self._latest, self._thread is not None
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, daemon=True, name="usage")
@@ -175,7 +177,7 @@ class Sampler:
         while True:
             time.sleep(self.period_s)
             with self._lock:
-                ids = list(self._ids)
+                ids = list(self._asked)  # every container a status asked for lately, not only the last one's
             raw = _raw(self.api, ids)
             with self._lock:
                 before, self._raw = self._raw, raw
