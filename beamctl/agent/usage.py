@@ -4,7 +4,7 @@ container's `usage`).
 CPU is a rate, so it is two samples apart (the engine's one-shot stats per container and the kernel's
 /proc/stat for the host). `Sampler` keeps the numbers fresh in the background (every PERIOD_S, from when
 `status` first asked), so a `status` (and every multi-host `call`, which asks it) never waits for them;
-the first ask samples twice WINDOW_S apart. Memory is what the kernel would not give back
+the first ask, and the first ask for a container not sampled yet, samples twice WINDOW_S apart. Memory is what the kernel would not give back
 without swapping (the engine's usage less inactive file pages, as `docker stats` counts it; the host's
 MemTotal less MemAvailable). GPUs come from nvidia-smi when the host has one: each GPU's utilisation
 and memory, and each container's GPU memory by the processes nvidia-smi names (a process belongs to the
@@ -160,6 +160,7 @@ class Sampler:
     def get(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         with self._lock:
             now = time.monotonic()
+            new = [cid for cid in ids if cid not in self._asked]
             self._asked = {c: t for c, t in self._asked.items() if now - t < KEEP_ASKED_S} | dict.fromkeys(ids, now)
             latest, fresh = self._latest, self._thread is not None
             if self._thread is None:
@@ -171,6 +172,13 @@ class Sampler:
             self._thread.start()
             return host, per
         host, per = latest if latest is not None else ({}, {})
+        missing = [cid for cid in new if cid not in per]
+        if missing:  # a container no status asked for yet (a new app, a new container): sampled now, once
+            _, more = sample(self.api, missing)
+            with self._lock:
+                if self._latest is not None:
+                    self._latest[1].update(more)
+            per = {**per, **more}
         return host, {cid: per[cid] for cid in ids if cid in per}
 
     def _loop(self) -> None:
@@ -182,9 +190,13 @@ class Sampler:
             with self._lock:
                 before, self._raw = self._raw, raw
             if before is not None:
-                result = _compute(before, raw, ids)
+                host, per = _compute(before, raw, ids)
                 with self._lock:
-                    self._latest = result
+                    earlier = self._latest[1] if self._latest is not None else {}
+                    for cid, row in per.items():  # new since the last round: its first CPU number stands
+                        if row["cpu_pct"] is None and cid in earlier:
+                            row["cpu_pct"] = earlier[cid].get("cpu_pct")
+                    self._latest = (host, per)
 
 
 def _raw(api: Any, ids: list[str]) -> tuple[Any, dict[str, Any]]:

@@ -146,6 +146,13 @@ def nothing_left(host: Host, name: str) -> None:
         time.sleep(0.3)
 
 
+def dumping_into(host: Host, partial: Path) -> Any:
+    """True once the capture's .partial folder exists and a process other than the agent (its runc or
+    CRIU) works in it: the folder is made a moment before runc starts, and a kill in that moment would
+    cut off no dump at all."""
+    return lambda: partial.exists() and bool(holders(partial.parent, host.agent_pid()))
+
+
 def wait_then_kill(host: Host, call: subprocess.Popen, found: Any, what: str) -> None:
     deadline = time.monotonic() + WINDOW_WAIT_S
     while not found():
@@ -166,7 +173,7 @@ def test_the_agent_killed_mid_capture(host, app):
     count = on_start_count(host, name)
     call = start(host, "call", name)
     partial = snapshots_dir(host, name) / "v1.partial"
-    wait_then_kill(host, call, partial.exists, "the capture's .partial folder")
+    wait_then_kill(host, call, dumping_into(host, partial), "runc or CRIU at work in the capture's .partial folder")
     dumping = holders(snapshots_dir(host, name), 0)  # the dead agent's runc and CRIU, still at it
     assert dumping and not (partial / "manifest.json").exists()  # the kill came mid-capture
 
@@ -221,7 +228,7 @@ def test_the_agent_killed_mid_capture_of_a_new_versions_deploy(host, app):
     (folder / "app.py").write_text(CODE + "\nNEW = True\n")
     deploy = start(host, "deploy", "-f", str(folder))
     partial = snapshots_dir(host, name) / "v2.partial"
-    wait_then_kill(host, deploy, partial.exists, "v2's .partial folder")
+    wait_then_kill(host, deploy, dumping_into(host, partial), "runc or CRIU at work in v2's .partial folder")
     assert holders(snapshots_dir(host, name), 0) and not (partial / "manifest.json").exists()
     _, err = deploy.communicate(timeout=60)
     assert deploy.returncode == 3, err

@@ -97,6 +97,8 @@ class CountingEngine:
         self.calls = 0
 
     def stats(self, cid, stream=False, one_shot=True):
+        if cid == "gone":
+            raise LookupError("no such container")
         self.calls += 1
         n = self.calls
         return {"id": cid, "cpu_stats": {"cpu_usage": {"total_usage": n * 250}, "system_cpu_usage": n * 1000,
@@ -114,6 +116,15 @@ def test_the_sampler_answers_from_its_latest_numbers_without_waiting():
     _time.sleep(0.3)  # the thread took over
     seen = engine.calls
     started = _time.monotonic()
-    host, per = sampler.get(["c1", "gone"])
+    host, per = sampler.get(["c1"])
     assert _time.monotonic() - started < usage.WINDOW_S / 2 and seen > 2  # no wait; sampled meanwhile
     assert per == {"c1": {"cpu_pct": 25.0, "mem_used": 300 << 20, "mem_limit": 1 << 30}} and host["cpus"] >= 1
+
+    # a container no status asked for before (a new app's): sampled at its first ask, then kept fresh
+    per = sampler.get(["c1", "c2", "gone"])[1]
+    assert per["c2"] == {"cpu_pct": 25.0, "mem_used": 300 << 20, "mem_limit": 1 << 30} and "gone" not in per
+    _time.sleep(0.3)
+    started = _time.monotonic()
+    per = sampler.get(["c1", "c2", "gone"])[1]  # the gone one is not sampled again at each ask
+    assert _time.monotonic() - started < usage.WINDOW_S / 2
+    assert set(per) == {"c1", "c2"} and per["c2"]["cpu_pct"] == 25.0
