@@ -8,6 +8,7 @@ import posixpath
 
 APP_ROOT = "/app"  # where the app's code lives inside the container
 UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+MAX_INPUT = "48Mi"  # a task's inputs: under the control socket's 64 MiB line with room for JSON's escapes
 MAX_MEMORY = "64Ti"  # no host has more; a bigger number is a typo (and overflows the engine's limit)
 # Mounting over these would hide the system or the app itself.
 RESERVED = ("/", APP_ROOT, "/bin", "/boot", "/etc", "/lib", "/lib64", "/sbin", "/usr", "/var", "/run",

@@ -39,6 +39,8 @@ _EXAMPLE: dict[str, Any] = {
     "volumes": [{"name": "models", "mount_path": "/models"}],
     "cache_dir": "/models/cache",
     "checkpoint_enabled": False,
+    "run_as_root": False,
+    "max_input_size": "32Mi",
     "env": {"LOG_LEVEL": "info"},
     "secrets": [],
 }

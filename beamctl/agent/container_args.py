@@ -34,11 +34,13 @@ def volume_dir(data_dir: Path, app: str, volume: str) -> Path:
 
 def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
                 secret_values: dict[str, str], gpu_count: int = 0,
-                gpu_devices: tuple[int, ...] | list[int] = (), secrets_file: Path | None = None) -> dict[str, Any]:
+                gpu_devices: tuple[int, ...] | list[int] = (), secrets_file: Path | None = None,
+                uid: int | None = None) -> dict[str, Any]:
     """Keyword arguments for the engine's container create, for one container of one version. A runtime
     that reads them from a file (spec.runtime_api 2) gets the secrets as `secrets_file` bound read-only,
     never as environment (which `docker inspect` shows), and the key it wants from the agent
-    (`runtime_key`: for the agent's requests, not for the engine)."""
+    (`runtime_key`: for the agent's requests, not for the engine). `uid`: the app's own user here
+    (app_users.py), which its processes run as and which owns its volumes and secrets file; None: root."""
     as_file = spec.runtime_api >= 2 and secrets_file is not None
     env = {"HOME": "/tmp", **spec.env, **({} if as_file else secret_values),  # HOME: the writable place
            "BEAMCTL_WORKERS": str(spec.workers), "BEAMCTL_TIMEOUT": str(spec.timeout_s),
@@ -61,6 +63,8 @@ def create_args(spec: AppSpec, version: int, agent_id: str, data_dir: Path,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={max(spec.memory_bytes // TMP_SHARE, 16 << 20)}"},
         **HARDENING,
     }
+    if uid is not None:
+        args["user"] = f"{uid}:{uid}"
     if as_file:
         args["volumes"][str(secrets_file)] = {"bind": SECRETS_PATH, "mode": "ro"}
         args["runtime_key"] = secret_values.get(RUNTIME_KEY)

@@ -9,7 +9,7 @@ from typing import Any, Iterator, Protocol
 
 from beamctl.agent.container_args import (GPU_FILE, HARDENING, LABEL_AGENT, LABEL_APP, LABEL_VERSION,
                                           RUNTIME_PORT, STOP_TIMEOUT_S, death_reason)
-from beamctl.agent import seal
+from beamctl.agent import app_users, seal
 from beamctl.agent.sandboxes import LABEL_SANDBOX, Sandboxes
 
 @dataclass(frozen=True)
@@ -63,9 +63,12 @@ class DockerContainers:
         args = dict(args)
         args.pop("runtime_key", None)  # the agent's, for its requests
         binds = args.pop("volumes")
+        uid = int(args["user"].split(":")[0]) if args.get("user") else None
         for path in binds:  # nosuid,nodev (seal.py); where the agent may not mount, the 0700 parents guard
             if Path(path).is_dir():
                 seal.seal(Path(path))
+            if uid is not None:  # the app's own user's (app_users.py): its volumes, its secrets file
+                (app_users.own if Path(path).is_dir() else app_users.own_file)(Path(path), uid)
         app = args["labels"][LABEL_APP]
         network = self.sandboxes.network_mode(app, args["image"], args["labels"][LABEL_AGENT])
         limits = {k: args.pop(k) for k in ("nano_cpus", "mem_limit", "tmpfs", *HARDENING) if k in args}

@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from beamctl.agent import door
+from beamctl.agent import app_users, door
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import secret_files
 from beamctl.agent.snapshot_key import args_hash
@@ -88,6 +88,8 @@ class Deployments:
         # deploy never changes what the serving version starts with
         token = self.state.token_for(spec.app)
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
+        if not spec.as_root and self.state.runs_as_root(spec):
+            self.store.event(spec.app, f"v{version} {app_users.ROOT_FOR_SNAPSHOTS}")
         result = self._start_and_switch(spec, version, token, health_timeout)
         if result.get("status") == "ready":
             self._prune_secrets(spec.app, version)

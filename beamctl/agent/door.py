@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from beamctl.mounts import MAX_MEMORY, memory_bytes, mount_problem
+from beamctl.mounts import MAX_INPUT, MAX_MEMORY, memory_bytes, mount_problem
 from beamctl.protocol.spec import AppSpec
 
 APP_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -53,6 +53,11 @@ def spec_problem(spec: AppSpec, secret_values: dict[str, Any]) -> str | None:
         return f"cpu {spec.cpu!r} is outside 0.01-512"
     if not 0 < int(spec.memory_bytes) <= memory_bytes(MAX_MEMORY):
         return f"memory {spec.memory_bytes!r} bytes is outside 1 byte-{MAX_MEMORY}"
+    if not isinstance(spec.as_root, bool):
+        return "as_root must be true or false"
+    if isinstance(spec.max_input_bytes, bool) or not isinstance(spec.max_input_bytes, int) \
+            or not 0 < spec.max_input_bytes <= memory_bytes(MAX_INPUT):
+        return f"max_input_bytes {spec.max_input_bytes!r} is outside 1 byte-{MAX_INPUT}"
     if not 1 <= int(spec.workers) <= 256 or not 0 < float(spec.timeout_s) <= 7 * 86400:
         return "workers or timeout out of range"
     for v in spec.volumes:

@@ -2,7 +2,7 @@
 
 200 when the task succeeded, 500 when it failed (the body says why), 401 without the app's
 token (also for an app that does not exist: names are not disclosed), 400 for a body that is
-not a JSON object, 413 for one over MAX_BODY_BYTES, 503 when CONNECTIONS are open already.
+not a JSON object, 413 for one over the app's max_input_size, 503 when CONNECTIONS are open already.
 
 Hardened for a port others can reach: the token is checked from the headers before one byte of the
 body is read (an unauthenticated client never makes the agent hold its body); the scheme is RFC 6750's
@@ -19,7 +19,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-MAX_BODY_BYTES = 32 << 20  # a task's inputs
+from beamctl.agent.container_args import size_text
+from beamctl.mounts import MAX_INPUT, memory_bytes
+
+MAX_BODY_BYTES = memory_bytes(MAX_INPUT)  # a task's inputs; each app's max_input_size is at most this
 TIMEOUT_S = 30.0  # per read or write on a connection (a task may run longer: that is not a read)
 CONNECTIONS = 128
 BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")  # RFC 6750 section 2.1
@@ -78,8 +81,10 @@ def serve(agent: Any, host: str, port: int, timeout_s: float = TIMEOUT_S,
                 # the body is never read: the connection cannot be reused
                 return self._send(401, {"error": "missing or wrong token (Authorization: Bearer TOKEN; "
                                                  "beamctl status shows it)"}, close=length > 0)
-            if length > MAX_BODY_BYTES or length < 0:
-                return self._send(413, {"error": f"inputs larger than {MAX_BODY_BYTES >> 20} MiB"}, close=True)
+            limit = min(MAX_BODY_BYTES, agent.input_limit(app))
+            if length > limit or length < 0:
+                return self._send(413, {"error": f"the inputs are {length} bytes, more than {app}'s "
+                                                 f"max_input_size ({size_text(limit)})"}, close=True)
             body = self.rfile.read(length) if length > 0 else b""
             if len(body) < length:  # the client went away (or timed out) mid-body
                 self.close_connection = True

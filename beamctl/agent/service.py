@@ -96,6 +96,9 @@ class Agent:
     def call(self, app: str, inputs: Any, task_id: str | None = None) -> dict[str, Any]:
         return self._tasks.call(app, inputs, task_id)
 
+    def input_limit(self, app: str) -> int:
+        return self._tasks.input_limit(app)
+
     def task(self, task_id: str) -> dict[str, Any]:
         return self._tasks.task(task_id)
 

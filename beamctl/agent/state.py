@@ -9,7 +9,7 @@ from typing import Any
 
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import logs as _logs
-from beamctl.agent import private, secret_files, tokens
+from beamctl.agent import app_users, private, secret_files, tokens
 from beamctl.agent.container_args import create_args
 from beamctl.agent.containers import Containers
 from beamctl.agent.paths import agent_id
@@ -42,6 +42,7 @@ class AgentState:
         self.endpoint = ""  # set by the HTTP server: http://host:port
         self.stopping = threading.Event()  # the agent's background loops end
         self._lock = threading.Lock()
+        self._others_snapshotable: bool | None = None  # app_users.can_snapshot_others, asked once
 
     def pool(self, app: str) -> Pool:
         """The app's Pool, made on first use (serving its active version, if any)."""
@@ -66,10 +67,19 @@ class AgentState:
 
     def create_args(self, app: str, version: int) -> dict[str, Any]:
         spec_json = self.spec(app, version)
+        spec = AppSpec.from_json(spec_json)
         secret_values = secret_files.read(self.secrets_path(app, version))
-        return create_args(AppSpec.from_json(spec_json), version, self.agent_id, self.data_dir, secret_values,
+        uid = None if self.runs_as_root(spec) else self.store.app_uid(app, app_users.candidates())
+        return create_args(spec, version, self.agent_id, self.data_dir, secret_values,
                            spec_json.get("gpu_count", 0), spec_json.get("gpu_devices") or (),
-                           self.secrets_path(app, version))
+                           self.secrets_path(app, version), uid)
+
+    def runs_as_root(self, spec: AppSpec) -> bool:
+        """Root in its containers: asked for (run_as_root), or a version with snapshots on a host where
+        CRIU could not snapshot the app's own user (app_users.can_snapshot_others)."""
+        if self._others_snapshotable is None:
+            self._others_snapshotable = app_users.can_snapshot_others()
+        return spec.as_root or (spec.takes_snapshots and not self._others_snapshotable)
 
     def token_for(self, app: str) -> str | None:
         """The app's endpoint token here, made (and its digest recorded) on its first deploy."""

@@ -50,6 +50,8 @@ class Store:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
             if "trace" not in columns:  # an agent.db from before 0.2.1
                 self._db.execute("ALTER TABLE tasks ADD COLUMN trace TEXT")
+            if "uid" not in {r[1] for r in self._db.execute("PRAGMA table_info(apps)")}:  # before 0.2.3
+                self._db.execute("ALTER TABLE apps ADD COLUMN uid INTEGER")
 
     def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -74,6 +76,22 @@ class Store:
 
     def set_token(self, app: str, token_digest: str) -> None:
         self._q("UPDATE apps SET token = ? WHERE app = ?", (token_digest, app))
+
+    def app_uid(self, app: str, candidates: Iterator[int]) -> int:
+        """The uid the app's containers run as here: the one it got first, else the first of `candidates`
+        no other app holds (kept for good: its volumes are owned by it)."""
+        with self._lock:
+            row = self._db.execute("SELECT uid FROM apps WHERE app = ?", (app,)).fetchone()
+            if row is None:
+                raise KeyError(app)
+            if row[0] is not None:
+                return int(row[0])
+            held = {r[0] for r in self._db.execute("SELECT uid FROM apps WHERE uid IS NOT NULL")}
+            uid = next((u for u in candidates if u not in held), None)
+            if uid is None:
+                raise OverflowError("no uid left for another app on this host")
+            self._db.execute("UPDATE apps SET uid = ? WHERE app = ?", (uid, app))
+            return uid
 
     def plain_tokens(self) -> list[tuple[str, str]]:
         """(app, token) kept in the clear by an agent before 0.2.2: to be moved out and hashed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -9,7 +10,8 @@ from beamctl.protocol.wire import TASK_ID_RE, new_task_id
 from beamctl.agent.deaths import Deaths
 from beamctl.agent.pool import StartFailed
 from beamctl.agent.profile import phases
-from beamctl.protocol.spec import health_timeout
+from beamctl.agent.container_args import size_text
+from beamctl.protocol.spec import MAX_INPUT_BYTES, health_timeout
 from beamctl.agent.state import AgentState
 from beamctl.protocol.errors import AgentError
 
@@ -20,6 +22,13 @@ class Tasks:
     def __init__(self, state: AgentState, deaths: Deaths) -> None:
         self.state, self.deaths = state, deaths
         self.store, self.pools = state.store, state.pools
+
+    def input_limit(self, app: str) -> int:
+        """The most bytes of JSON a task of the app's serving version takes (its beam.yaml's max_input_size)."""
+        pool = self.pools.get(app)
+        if pool is None or pool.version is None:
+            return MAX_INPUT_BYTES
+        return int(self.state.spec(app, pool.version).get("max_input_bytes") or MAX_INPUT_BYTES)
 
     def call(self, app: str, inputs: Any, task_id: str | None = None) -> dict[str, Any]:
         """Run one task. `task_id`: the client's (TASK_ID_RE), so that it can name the task even if the
@@ -33,6 +42,12 @@ class Tasks:
         pool = self.pools.get(app)
         if pool is None or pool.version is None:
             raise AgentError(f"{app} is not deployed here", hint="run `beamctl deploy` first")
+        limit = self.input_limit(app)
+        size = len(json.dumps(inputs, ensure_ascii=False, separators=(",", ":")).encode())
+        if size > limit:
+            raise AgentError(f"the inputs are {size} bytes, more than {app}'s max_input_size ({size_text(limit)})",
+                             kind="input", hint="put big data in a volume and send its path, or raise "
+                                                "max_input_size in beam.yaml")
         received, received_wall = time.monotonic(), time.time()
         task_id = task_id or new_task_id()
         self.store.task_started(task_id, app, received_wall)

@@ -156,6 +156,7 @@ class Sampler:
         self._raw: tuple[Any, dict[str, Any]] | None = None  # the last raw sample: /proc/stat, engine stats
         self._latest: tuple[dict[str, Any], dict[str, dict[str, Any]]] | None = None
         self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def get(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         with self._lock:
@@ -181,9 +182,12 @@ class Sampler:
             per = {**per, **more}
         return host, {cid: per[cid] for cid in ids if cid in per}
 
+    def close(self) -> None:
+        """The thread ends (within a period)."""
+        self._closed.set()
+
     def _loop(self) -> None:
-        while True:
-            time.sleep(self.period_s)
+        while not self._closed.wait(self.period_s):
             with self._lock:
                 ids = list(self._asked)  # every container a status asked for lately, not only the last one's
             raw = _raw(self.api, ids)

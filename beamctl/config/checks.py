@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 from beamctl.config.gpu import GpuNameError, parse_choice
 from beamctl.config.hosts import parse_host
 from beamctl.config.model import Entrypoint
-from beamctl.mounts import MAX_MEMORY, container_path, memory_bytes, mount_problem
+from beamctl.mounts import MAX_INPUT, MAX_MEMORY, container_path, memory_bytes, mount_problem
 from beamctl.config.parse import Document
 from beamctl.config.problems import Problem
 
@@ -21,6 +21,7 @@ Check = Callable[[Document, Path], Iterator[Problem]]
 
 _ENTRY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _MEMORY = re.compile(r"^[1-9][0-9]*(Ki|Mi|Gi|Ti)\Z")
+_INPUT = re.compile(r"^[1-9][0-9]*(Ki|Mi)\Z")
 _SECRET_WORDS = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|ACCESS_KEY)", re.I)
 
 
@@ -206,8 +207,8 @@ def rollout_has_hosts(doc: Document, app_dir: Path) -> Iterator[Problem]:
 
 def numbers_are_numbers(doc: Document, app_dir: Path) -> Iterator[Problem]:
     """YAML's .nan passes every minimum and maximum of the schema (each comparison is false), and a control
-    character (a NUL, a newline in a name) no pattern is meant to let through: refused here. memory is
-    bounded (the schema's pattern cannot count)."""
+    character (a NUL, a newline in a name) no pattern is meant to let through: refused here. memory and
+    max_input_size are bounded (the schema's pattern cannot count)."""
     def walk(value: object, path: tuple[str | int, ...]) -> Iterator[Problem]:
         if isinstance(value, float) and value != value:
             yield doc.problem(path, "is .nan, not a number: write a number")
@@ -225,6 +226,10 @@ def numbers_are_numbers(doc: Document, app_dir: Path) -> Iterator[Problem]:
     if isinstance(memory, str) and _MEMORY.match(memory) and memory_bytes(memory) > memory_bytes(MAX_MEMORY):
         yield doc.problem(("memory",), f"{memory} is more than {MAX_MEMORY}, more than any host has: "
                                        "write the limit in Gi, like 64Gi")
+    size = doc.data.get("max_input_size")
+    if isinstance(size, str) and _INPUT.match(size) and memory_bytes(size) > memory_bytes(MAX_INPUT):
+        yield doc.problem(("max_input_size",), f"{size} is more than {MAX_INPUT}: inputs that big belong in a "
+                                               "volume (send their path)")
 
 
 CHECKS: tuple[Check, ...] = (entrypoints_exist, gpu_names, checkpoint_single_gpu, volumes_sound,

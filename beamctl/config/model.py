@@ -76,6 +76,8 @@ class AppConfig:
     volumes: tuple[Volume, ...]
     cache_dir: str | None  # absolute, inside one volume
     checkpoint_enabled: bool
+    run_as_root: bool
+    max_input_bytes: int
     env: Mapping[str, str]
     secrets: tuple[str, ...]
     hosts: tuple[Host, ...]  # empty: the local machine
@@ -127,6 +129,8 @@ def build(data: dict[str, Any], schema: dict[str, Any], file: Path) -> AppConfig
         volumes=tuple(Volume(v["name"], container_path(v["mount_path"])) for v in get("volumes")),
         cache_dir=container_path(data["cache_dir"]) if "cache_dir" in data else None,
         checkpoint_enabled=get("checkpoint_enabled"),
+        run_as_root=get("run_as_root"),
+        max_input_bytes=memory_bytes(get("max_input_size")),
         env=MappingProxyType({k: _env_value(v) for k, v in get("env").items()}),
         secrets=tuple(get("secrets")),
         hosts=tuple(parse_host(h) for h in data.get("hosts", [])),

@@ -230,6 +230,8 @@ def _pattern_message(path: tuple, field: str, got: str) -> str:
             return (f"{_shown(got)} is not a memory size: write {m.group(1)}{m.group(2).upper()}i "
                     "(binary units: Ki, Mi, Gi, Ti)")
         return f"{_shown(got)} is not a memory size: write a whole number with Ki, Mi, Gi or Ti, like 512Mi or 8Gi"
+    if field == "max_input_size":
+        return f"{_shown(got)} is not a size in Ki or Mi: write a whole number with Ki or Mi, like 256Ki or 8Mi"
     if path[:1] == ("volumes",):
         key = f"volumes.{field}"
     else:

@@ -16,6 +16,7 @@ RUNTIME_API = 2  # what the runtime in images this beamctl builds understands (b
 SECRETS_PATH = "/run/beamctl/secrets.json"  # in the container: the version's secret values, bound read-only
 RUNTIME_KEY = "BEAMCTL_RUNTIME_KEY"  # among them: the key the agent sends in KEY_HEADER
 KEY_HEADER = "X-Beamctl-Key"
+MAX_INPUT_BYTES = 32 << 20  # beam.yaml's max_input_size default (and what a record from before gets)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class AppSpec:
     secret_names: tuple[str, ...] = ()
     health_timeout_s: float | None = None  # rollout.health_timeout at its deploy (None: a record from before)
     runtime_api: int = 1  # 2: its image's runtime reads secrets and the agent's key from SECRETS_PATH
+    as_root: bool = True  # False: as the app's own uid on the host (a record from before: root, as it ran)
+    max_input_bytes: int = MAX_INPUT_BYTES  # a task's inputs, as JSON, at most
 
     @property
     def health_timeout(self) -> float:
@@ -86,5 +89,5 @@ def spec_from_config(config: AppConfig, image: str) -> AppSpec:
         volumes=tuple(VolumeSpec(v.name, v.mount_path) for v in config.volumes),
         cache_dir=config.cache_dir, checkpoint_enabled=config.checkpoint_enabled,
         env=dict(config.env), secret_names=config.secrets, health_timeout_s=config.rollout.health_timeout_s,
-        runtime_api=RUNTIME_API,
+        runtime_api=RUNTIME_API, as_root=config.run_as_root, max_input_bytes=config.max_input_bytes,
     )

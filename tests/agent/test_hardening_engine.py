@@ -113,3 +113,91 @@ def test_another_container_on_the_bridge_cannot_talk_to_an_apps_runtime(host):
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout) == {"/health": 403, "/tasks": 403, "/checkpoint/release": 403}
     assert host.call(app)["status"] == "succeeded"  # and the app serves on
+
+
+USERS = '''\
+import os
+
+
+def handler(**inputs):
+    with open("/data/written", "w") as f:
+        f.write("mine")
+    before = os.stat("/data/old/file")
+    return {"uid": os.getuid(), "gid": os.getgid(), "secret": len(os.environ.get("API_TOKEN", "")),
+            "old_file_uid": before.st_uid, "old_readable": open("/data/old/file").read()}
+'''
+USERS_YAML = "volumes:\n  - name: data\n    mount_path: /data\nsecrets: [API_TOKEN]\n"
+
+
+def test_each_app_runs_as_its_own_user_who_owns_its_volume_and_secrets(host):
+    """Two apps get two uids of app_users' range (no local user's), each owns its volume (a file root wrote
+    there before, as an older agent or a root app did, too) and its version's secrets file (0400); the
+    opt-out `run_as_root: true` runs as root and changes nothing it does not need to."""
+    seen = {}
+    for role, extra in (("user-a", ""), ("user-b", ""), ("user-root", "run_as_root: true\n")):
+        app, folder = host.app(role, USERS_YAML + extra, USERS)
+        old = host.volume(app) / "old"
+        old.mkdir(parents=True, exist_ok=True)
+        (old / "file").write_text("from before")
+        os.chmod(old / "file", 0o600)  # root's alone, as root left it
+        host.ok("deploy", "-f", str(folder), env=host.env(API_TOKEN="t" * 24))
+        got = host.call(app)
+        assert got["status"] == "succeeded", got
+        seen[role] = (app, got["result"])
+
+    a, b, root = seen["user-a"][1], seen["user-b"][1], seen["user-root"][1]
+    assert 61000 <= a["uid"] <= 64999 and 61000 <= b["uid"] <= 64999 and a["uid"] != b["uid"], (a, b)
+    for app, out in (seen["user-a"], seen["user-b"]):
+        uid = out["uid"]
+        assert (out["gid"], out["secret"], out["old_file_uid"], out["old_readable"]) == (uid, 24, uid, "from before")
+        volume = host.volume(app)
+        assert {p.lstat().st_uid for p in [volume, *volume.rglob("*")]} == {uid}
+        secrets = host.agent_dir / "secrets" / f"{app}-v1.json"
+        st = secrets.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (uid, 0o400)
+        (cid,) = docker("ps", "-q", "--filter", f"label=dev.beamctl.app={app}").split()
+        assert json.loads(docker("inspect", cid))[0]["Config"]["User"] == f"{uid}:{uid}"
+        assert host.beamctl("exec", app, "--", "id", "-u").out.strip() == str(uid)  # exec: the app's user too
+    assert (root["uid"], root["old_file_uid"], root["secret"]) == (0, 0, 24)
+    assert (host.volume(seen["user-root"][0]) / "written").stat().st_uid == 0
+
+    # the uid is the app's for good: a redeploy keeps it
+    app, folder = host.app("user-a", USERS_YAML, USERS + "\nAGAIN = 1\n")
+    host.ok("deploy", "-f", str(folder), env=host.env(API_TOKEN="t" * 24))
+    assert host.call(app)["result"]["uid"] == a["uid"]
+
+
+def test_an_app_with_snapshots_runs_as_its_user_where_criu_can_snapshot_it_else_as_root_and_says_so(host):
+    """CRIU reads a process's limits to snapshot it (prlimit), which for another uid takes CAP_SYS_RESOURCE;
+    hosts that drop it even for root (this sandbox does) run a checkpointed app as root, and say so."""
+    from beamctl.agent import app_users
+
+    code = "import os\n\ndef setup():\n    pass\n\ndef handler(**inputs):\n    return {'uid': os.getuid()}\n"
+    app, folder = host.app("user-ckpt", "on_start: app:setup\ncheckpoint_enabled: true\nkeep_warm_seconds: 1\n", code)
+    host.ok("deploy", "-f", str(folder))
+    status = host.status(app)
+    assert status["versions"][0]["checkpoint"]["state"] == "ready", status["versions"][0]
+    host.wait_scaled_to_zero(app)
+    got = host.call(app)
+    assert got["start"] == "restored", got
+    logs = host.ok("logs", app).out
+    if app_users.can_snapshot_others():
+        assert 61000 <= got["result"]["uid"] <= 64999 and "runs as root" not in logs
+    else:
+        assert got["result"]["uid"] == 0 and "v1 runs as root: this host's agent lacks CAP_SYS_RESOURCE" in logs
+
+
+def test_inputs_over_the_apps_max_input_size_are_refused_unread(host):
+    from tests.agent.test_agent_engine import http
+
+    code = "def handler(**inputs):\n    return {'n': len(inputs.get('blob', ''))}\n"
+    app, folder = host.app("small-in", "max_input_size: 1Ki\nkeep_warm_seconds: 300\n", code)
+    host.ok("deploy", "-f", str(folder))
+    assert host.call(app, {"blob": "x" * 1000})["result"] == {"n": 1000}  # 1013 bytes of JSON: under 1 KiB
+    refused = host.beamctl("call", app, json.dumps({"blob": "x" * 1100}))
+    assert refused.code != 0 and f"more than {app}'s max_input_size (1Ki)" in refused.err, refused.err
+    assert "Traceback" not in refused.err
+    status = host.status(app)
+    code_, body = http(status["endpoint"], json.dumps({"blob": "x" * 1100}).encode(), status["token"])
+    assert code_ == 413 and "max_input_size (1Ki)" in body["error"], body
+    assert [t["status"] for t in host.ok("tasks", app, "--json").json()] == ["succeeded"]  # no task for either

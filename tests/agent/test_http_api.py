@@ -22,6 +22,9 @@ class Agent:
         self.calls: list = []
         self.store = SimpleNamespace(token_digest=lambda app: tokens.digest(TOKEN) if app == "demo" else None)
 
+    def input_limit(self, app):
+        return 1000 if app == "demo" else 32 << 20
+
     def call(self, app, inputs):
         self.calls.append((app, inputs))
         return {"task_id": "t-1", "status": "succeeded", "start": "warm", "result": inputs, "error": None}
@@ -96,8 +99,11 @@ def test_a_wrong_token_is_refused_before_the_body_is_read(endpoint):
     reply = request(port, head, b"")
     assert status_of(reply) == 401 and time.monotonic() - started < 0.9  # before the read timeout
     assert b"Connection: close" in reply and agent.calls == []
-    big = request(port, post(f"Bearer {TOKEN}", b"x" * (33 << 20)), b"")  # authorised but too big: unread
-    assert status_of(big) == 413
+    big = request(port, post(f"Bearer {TOKEN}", b"x" * 1001), b"")  # authorised, over the app's limit: unread
+    assert status_of(big) == 413 and b"more than demo's max_input_size (1000 bytes)" in big
+    assert agent.calls == []
+    body = b'{"x": "' + b"y" * 991 + b'"}'  # exactly the limit
+    assert status_of(request(port, post(f"Bearer {TOKEN}", body), body)) == 200
 
 
 def test_silent_and_half_sent_clients_are_dropped_after_the_timeout(endpoint):

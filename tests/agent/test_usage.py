@@ -128,3 +128,6 @@ def test_the_sampler_answers_from_its_latest_numbers_without_waiting():
     per = sampler.get(["c1", "c2", "gone"])[1]  # the gone one is not sampled again at each ask
     assert _time.monotonic() - started < usage.WINDOW_S / 2
     assert set(per) == {"c1", "c2"} and per["c2"]["cpu_pct"] == 25.0
+    sampler.close()
+    _time.sleep(0.2)
+    assert not sampler._thread.is_alive()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -256,7 +258,9 @@ def test_logs_follow_polls_every_host_from_its_own_last_line(monkeypatch, capsys
         if len(sleeps) > 2:
             raise Done
 
-    monkeypatch.setattr(app_cmds.time, "sleep", sleep)
+    # app_cmds' own `time` only: patching the module's sleep would stop every thread's (a background
+    # thread of another test counted as a poll and the follow ended early)
+    monkeypatch.setattr(app_cmds, "time", SimpleNamespace(sleep=sleep, time=time.time, monotonic=time.monotonic))
     a, b = Logs("a", [[1.0, 3.0], [3.0, 5.0]]), Logs("b", [[2.0], [], [6.0]])
     monkeypatch.setenv("BEAMCTL_HOSTS_FILE", str(tmp_path / "hosts.yaml"))  # none: --host names are targets
     monkeypatch.setattr(query, "hosts_of", lambda entries, ssh=None: [{"a": a, "b": b}[e.name] for e in entries])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -242,7 +243,9 @@ def test_a_live_holder_elsewhere_keeps_its_lock_by_its_heartbeat(hosts, monkeypa
     with locks.hold(every(agents), "app", elsewhere, 0, lambda m: None):
         record = agents["a"].dir / "locks" / "app.json"
         stale = {**json.loads(record.read_text()), "renewed": time.time() - 3600}
-        record.write_text(json.dumps(stale))  # as if unseen for an hour ...
+        tampered = record.with_name("tampered.tmp")  # in one rename, as the agent writes: a heartbeat reading
+        tampered.write_text(json.dumps(stale))  # a half-written file would take the lock for lost
+        os.replace(tampered, record)  # as if unseen for an hour ...
         deadline = time.monotonic() + 10
         while json.loads(record.read_text())["renewed"] == stale["renewed"]:  # ... until the next renewal
             assert time.monotonic() < deadline, "no heartbeat"
