@@ -546,4 +546,5 @@ def test_secret_reaches_the_app_and_nothing_else(host):
     for path in [host.agent_dir / "agent.log", *host.agent_dir.glob("agent.db*"),
                  *(host.agent_dir / "logs").glob("*")]:
         assert value.encode() not in path.read_bytes(), path
-    assert (host.agent_dir / "secrets" / f"{app}-v1.json").stat().st_mode & 0o777 == 0o600
+    st = (host.agent_dir / "secrets" / f"{app}-v1.json").stat()  # the app's own user's alone (app_users.py)
+    assert st.st_mode & 0o777 == 0o400 and 61000 <= st.st_uid <= 64999
