@@ -44,7 +44,8 @@ _EXAMPLE: dict[str, Any] = {
     "env": {"LOG_LEVEL": "info"},
     "secrets": [],
 }
-_COMMENTED: dict[str, Any] = {"hosts": ["user@gpu-host:22"],
+_COMMENTED: dict[str, Any] = {"autoscaler": {"max_containers": 4, "tasks_per_container": 1, "min_containers": 0},
+                               "hosts": ["user@gpu-host:22"],
                                "rollout": {"max_parallel": 2, "health_timeout": 300}}
 
 APP_PY = '''\

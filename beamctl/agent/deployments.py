@@ -15,7 +15,7 @@ from beamctl.agent import gpus as _gpus
 from beamctl.agent import secret_files
 from beamctl.agent.snapshot_key import args_hash
 from beamctl.agent.container_args import volume_dir
-from beamctl.agent.pool import Pool
+from beamctl.agent.pool import Pool, Scale
 from beamctl.protocol.spec import RUNTIME_KEY, AppSpec
 from beamctl.agent.state import AgentState
 from beamctl.protocol.errors import AgentError
@@ -179,6 +179,7 @@ class Deployments:
         previous = pool.version
         with pool.cond:
             pool.version, pool.workers, pool.keep_warm_s = version, spec.workers, spec.keep_warm_s
+            pool.scale = Scale.of(spec.to_json())
             pool.cond.notify_all()
         self.store.set_version_state(spec.app, version, "active")
         self.store.set_active(spec.app, version)

@@ -58,6 +58,12 @@ def spec_problem(spec: AppSpec, secret_values: dict[str, Any]) -> str | None:
     if isinstance(spec.max_input_bytes, bool) or not isinstance(spec.max_input_bytes, int) \
             or not 0 < spec.max_input_bytes <= memory_bytes(MAX_INPUT):
         return f"max_input_bytes {spec.max_input_bytes!r} is outside 1 byte-{MAX_INPUT}"
+    counts = (spec.max_containers, spec.tasks_per_container, spec.min_containers)
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in counts) or not (
+            1 <= spec.max_containers <= 64 and 0 <= spec.tasks_per_container <= 1024
+            and 0 <= spec.min_containers <= spec.max_containers):
+        return f"autoscaler counts out of range: max {spec.max_containers!r}, per container " \
+               f"{spec.tasks_per_container!r}, min {spec.min_containers!r}"
     if not 1 <= int(spec.workers) <= 256 or not 0 < float(spec.timeout_s) <= 7 * 86400:
         return "workers or timeout out of range"
     for v in spec.volumes:

@@ -73,6 +73,7 @@ class Housekeeping:
                 else:
                     self.store.event(app, f"retired container {live.id[:12]} of v{live.version}")
                 self.state.retire(app, live)
+            pool.keep_min()  # min_containers: those that died (or were never started) start again
 
     def stop(self, app: str) -> dict[str, Any]:
         pool = self.pools.get(app)

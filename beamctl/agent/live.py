@@ -34,6 +34,7 @@ class Live:
     failure: StartFailed | None = None
     args_hash: str = ""  # of its create arguments (name aside): a snapshot's key holds the same
     key: str | None = None  # the runtime's key (its version's): sent with every request
+    restoring: bool = False  # starting from its version's snapshot (status says "restoring")
     _conns: list[http.client.HTTPConnection] = field(default_factory=list)
     _in_use: set[http.client.HTTPConnection] = field(default_factory=set)
     _conn_lock: threading.Lock = field(default_factory=threading.Lock)

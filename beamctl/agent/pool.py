@@ -1,18 +1,22 @@
-"""The containers of one app on this host: start cold, serve warm, scale to zero.
+"""The containers of one app on this host: start cold (or restored), serve warm, scale out with the
+queue, scale in to `min_containers` (zero by default).
 
-One container per app at a time (it runs `workers` tasks at once); a task that finds no free
-slot waits for one. A container is started by the first task (or deploy) that needs it, in
-a thread of its own, and every waiting task is told when it is READY or FAILED; while one is
-being started, no other task starts another (a burst from zero waits for the one).
-A container that died or stopped answering leaves the pool at once (`lose`: the engine's die
-event or a failed request says so), so the next task starts a new one.
+Each container runs `workers` tasks at once. When the tasks waiting and running exceed
+`containers x tasks_per_container`, more containers start at once (up to `max_containers` on this host,
+each only where the host has room: `room`); a waiting task takes whichever container frees a slot first,
+not the one started for it. Containers start in threads of their own; every waiting task is told when one
+is READY or FAILED. A container idle for keep_warm_s stops, unless that would leave fewer than
+`min_containers`, which housekeeping starts again when they die (`keep_min`). A container that died or
+stopped answering leaves the pool at once (`lose`); the queue starts another if it still needs one.
 """
 
 from __future__ import annotations
 
 import http.client
+import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from beamctl.agent.snapshot_key import args_hash
@@ -27,12 +31,33 @@ EXIT_POLL_S = 0.25  # how often a starting container is checked for having died 
 LOG_TAIL_LINES = 20  # lines of a failed container's output shown to the user
 RELEASE_TIMEOUT_S = 30  # POST /checkpoint/release: the runtime answers once READY
 PAUSED = "CHECKPOINT"  # the runtime's state after on_start when checkpoint_enabled: waiting for release
+FAILED_PAUSE_S = 5.0  # after a failed start, no scale-out for this long while other containers serve
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How many containers of the serving version this host runs (beam.yaml's `autoscaler`)."""
+
+    max_containers: int = 1
+    tasks_per_container: int = 0  # tasks queued and running per container before another starts; 0: workers
+    min_containers: int = 0  # kept warm (and started again when they die)
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> "Scale":
+        return cls(int(spec.get("max_containers") or 1), int(spec.get("tasks_per_container") or 0),
+                   int(spec.get("min_containers") or 0))
+
+    def wanted(self, demand: int, workers: int) -> int:
+        """Containers for `demand` tasks (waiting and running), within min and max."""
+        per = self.tasks_per_container or workers
+        return max(self.min_containers, min(self.max_containers, math.ceil(demand / per)))
 
 
 class Pool:
     def __init__(self, app: str, containers: Containers, make_args: Callable[[int], dict[str, Any]],
                  workers: int, keep_warm_s: int, on_event: Callable[[str], None],
-                 on_retire: Callable[[Live], None], snapshots: Any = None) -> None:
+                 on_retire: Callable[[Live], None], snapshots: Any = None, scale: Scale = Scale(),
+                 room: Callable[[int, int], str | None] = lambda version, more: None) -> None:
         self.app = app
         self.containers = containers
         self.make_args = make_args  # version -> create arguments
@@ -46,17 +71,20 @@ class Pool:
         self._failure_at = 0.0
         self._failure_version: int | None = None
         self.pending: set[int] = set()  # versions a deploy is starting: never idled out meanwhile
-        self._creating = False  # a task is creating a container (outside the lock): others wait for it
+        self.scale = scale
+        self.room = room  # (version, containers being created) -> why another does not fit here, or None
+        self.creating = 0  # containers being created (outside the lock), counted as the pool's already
+        self.waiting = 0  # tasks in acquire() with no slot yet
+        self.blocked: str | None = None  # why the queue could not start the container it wanted
 
     # starting ---------------------------------------------------------------------------------
-    def start(self, version: int, reserve: bool = False) -> Live:
-        """Create and start one container of `version`; returns at once, READY comes later.
-        `reserve`: the caller holds one worker slot of it from now on."""
+    def start(self, version: int) -> Live:
+        """Create and start one container of `version`; returns at once, READY comes later."""
         t0 = time.monotonic()
         args = self.make_args(version)
         self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
         container_id = self.containers.create(args)
-        live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()), busy=int(reserve),
+        live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()),
                     args_hash=args_hash(args), key=args.get("runtime_key"))
         with self.cond:
             self.live.append(live)
@@ -147,7 +175,7 @@ class Pool:
         if found is None:
             return False
         folder, timeout_s = found
-        began = time.monotonic()
+        began, live.restoring = time.monotonic(), True
         try:
             self.snapshots.verify(live.version)  # digests (issue 13): a damaged file is never restored
             self.containers.restore(live.id, folder, timeout_s)
@@ -193,53 +221,83 @@ class Pool:
 
     # serving ----------------------------------------------------------------------------------
     def acquire(self, timeout: float) -> Live:
-        """A READY container of the current version with a free worker slot (starting one if needed).
-
-        A task that starts a container holds a slot in it from the start (busy=1), so no other
-        task and no scale-to-zero can take the container away before that task runs.
-        """
+        """A READY container of the current version with a free worker slot: the least busy one, else the
+        first that frees one (the queue starts containers meanwhile: `_scale_out`)."""
         since = time.monotonic()
         deadline = since + timeout
-        mine: Live | None = None
         with self.cond:
-            while True:
-                if mine is not None:
-                    if mine.state == "ready":
-                        return mine
-                    if mine.failure is not None:
-                        raise mine.failure
-                else:
+            self.waiting += 1
+            try:
+                while True:
                     if self.version is None:
                         raise StartFailed(f"{self.app} is not deployed here (or was stopped)", [])
-                    current = [c for c in self.live
-                               if c.version == self.version and c.state in ("ready", "starting")]
-                    free = next((c for c in current if c.state == "ready" and c.busy < self.workers), None)
+                    current = self._current()
+                    free = [c for c in current if c.state == "ready" and c.busy < self.workers]
                     if free:
-                        free.busy += 1
-                        return free
-                    if (self._failure is not None and self._failure_at >= since
-                            and self._failure_version == self.version):
-                        raise self._failure  # the start this task waited for failed
-                    if not current and not self._creating:
-                        self.on_event(f"cold start of v{self.version}")
-                        version, self._creating = self.version, True
-                        self.cond.release()
-                        try:
-                            mine = self.start(version, reserve=True)
-                        except Exception as e:  # noqa: BLE001 - the engine refused the create
-                            raise StartFailed(f"could not create a container: {type(e).__name__}: {e}", []) \
-                                from None
-                        finally:
-                            self.cond.acquire()
-                            self._creating = False
-                            self.cond.notify_all()
-                        continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    if mine is not None:
-                        mine.busy -= 1
-                    raise StartFailed(f"no container of {self.app} became free within {timeout:.0f} s", [])
-                self.cond.wait(min(left, 1.0))
+                        chosen = min(free, key=lambda c: c.busy)
+                        chosen.busy += 1
+                        return chosen
+                    if (self._failure is not None and self._failure_at >= since and not current
+                            and not self.creating and self._failure_version == self.version):
+                        raise self._failure  # the start this task waited for failed, and no other is coming
+                    self._scale_out(current)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        why = f"; {self.blocked}" if self.blocked else ""
+                        raise StartFailed(f"no container of {self.app} became free within {timeout:.0f} s{why}", [])
+                    self.cond.wait(min(left, 1.0))
+            finally:
+                self.waiting -= 1
+
+    def _current(self) -> list[Live]:
+        return [c for c in self.live if c.version == self.version and c.state in ("ready", "starting")]
+
+    def _scale_out(self, current: list[Live]) -> None:
+        """Start the containers the queue wants and the host has room for (under the lock)."""
+        version = self.version
+        if version is None:
+            return
+        have = len(current) + self.creating
+        demand = self.waiting + sum(c.busy for c in current)
+        want = self.scale.wanted(demand, self.workers) - have
+        if want <= 0:
+            return
+        if (self._failure is not None and have and self._failure_version == version
+                and time.monotonic() - self._failure_at < FAILED_PAUSE_S):
+            return  # a start just failed: the containers there serve on, no crash loop of new ones
+        for _ in range(want):
+            have = len(current) + self.creating
+            why = self.room(version, self.creating) if have else None  # the first always starts, as ever
+            if why:
+                if why != self.blocked:
+                    self.on_event(f"cannot start container {have + 1} of v{version}: {why}")
+                self.blocked = why
+                return
+            self.blocked = None
+            self.on_event(f"cold start of v{version}" if not have else
+                          f"scaling out: container {have + 1} of v{version} for {demand} tasks "
+                          f"(at most {self.scale.max_containers} here)")
+            self.creating += 1
+            threading.Thread(target=self._create, args=(version,), daemon=True, name=f"scale-{self.app}").start()
+
+    def _create(self, version: int) -> None:
+        try:
+            self.start(version)
+        except Exception as e:  # noqa: BLE001 - the engine refused the create: waiting tasks are told
+            failure = StartFailed(f"could not create a container: {type(e).__name__}: {e}", [])
+            self.on_event(f"container of v{version} FAILED: {failure.reason}")
+            with self.cond:
+                self._failure, self._failure_at, self._failure_version = failure, time.monotonic(), version
+        finally:
+            with self.cond:
+                self.creating -= 1
+                self.cond.notify_all()
+
+    def keep_min(self) -> None:
+        """Start what `min_containers` wants and is missing (housekeeping: a kept-warm one died)."""
+        with self.cond:
+            if self.version is not None and self.version not in self.pending:
+                self._scale_out(self._current())
 
     def release(self, live: Live) -> None:
         with self.cond:
@@ -268,6 +326,11 @@ class Pool:
         with self.cond:
             gone = [c for c in self.live if c.state == "ready" and c.busy == 0 and c.version not in self.pending
                     and (c.version != self.version or now - c.last_used >= self.keep_warm_s)]
+            keep = self.scale.min_containers - sum(c not in gone for c in self._current())
+            if keep > 0:  # min_containers stay: the most recently used of the idle ones
+                idle = sorted((c for c in gone if c.version == self.version), key=lambda c: c.last_used)
+                for c in idle[-keep:]:
+                    gone.remove(c)
             for c in gone:
                 c.state = "stopping"
                 self.live.remove(c)

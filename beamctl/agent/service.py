@@ -118,7 +118,8 @@ class Agent:
             token = _tokens.read(self.data_dir, name)
             pool = self.pools.get(name)
             now = time.monotonic()
-            live = [{"id": c.id[:12], "version": c.version, "state": c.state, "busy": c.busy,
+            live = [{"id": c.id[:12], "version": c.version, "busy": c.busy,
+                     "state": "restoring" if c.state == "starting" and c.restoring else c.state,
                      "idle_s": round(now - c.last_used, 1) if c.state == "ready" and not c.busy else 0,
                      "usage": used.get(c.id)}
                     for c in (pool.live if pool else [])]
@@ -127,7 +128,7 @@ class Agent:
             snaps = self.snapshots.describe(name)
             out.append({"app": name, "active_version": active,
                         "image": next((v["image"] for v in versions if v["version"] == active), None),
-                        "containers": live, "token": token, "lock": _locks.read(self.data_dir, name),
+                        "containers": live, "scaling": _scaling(pool), "token": token, "lock": _locks.read(self.data_dir, name),
                         "endpoint": self.state.app_endpoint(name),
                         "versions": [{**{k: v[k] for k in ("version", "image", "state", "reason", "created")},
                                       "checkpoint": snaps.get(v["version"])} for v in versions[-5:]]})
@@ -154,3 +155,14 @@ def _lock_op(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except ValueError as e:  # a bad app name or holder
         raise AgentError(str(e), kind="input") from None
+
+
+def _scaling(pool: Any) -> dict[str, Any] | None:
+    """The app's autoscaler on this host: its counts, the tasks waiting for a slot, and why the last
+    container it wanted could not start (None: it could)."""
+    if pool is None:
+        return None
+    scale = pool.scale
+    return {"max_containers": scale.max_containers, "min_containers": scale.min_containers,
+            "tasks_per_container": scale.tasks_per_container or pool.workers, "workers": pool.workers,
+            "waiting": pool.waiting, "starting": pool.creating, "blocked": pool.blocked}

@@ -3,6 +3,7 @@ the GPUs, the snapshots and one Pool per app, with the few helpers they all use.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from beamctl.agent import app_users, private, secret_files, tokens
 from beamctl.agent.container_args import create_args
 from beamctl.agent.containers import Containers
 from beamctl.agent.paths import agent_id
-from beamctl.agent.pool import Live, Pool
+from beamctl.agent.pool import Live, Pool, Scale
 from beamctl.agent.resident import Resident
 from beamctl.agent.snapshots import AppSnapshots, Snapshots
 from beamctl.protocol.spec import AppSpec
@@ -54,7 +55,8 @@ class AgentState:
                 pool = Pool(app, self.containers, lambda v: self.create_args(app, v), spec["workers"],
                             spec["keep_warm_s"], lambda m: self.store.event(app, m),
                             lambda live: self.retire(app, live),
-                            AppSnapshots(self.snapshots, app, lambda v: self.spec(app, v)))
+                            AppSnapshots(self.snapshots, app, lambda v: self.spec(app, v)), Scale.of(spec),
+                            lambda v, more: self.room(app, v, more))
                 pool.version = active
                 self.pools[app] = pool
             return pool
@@ -73,6 +75,29 @@ class AgentState:
         return create_args(spec, version, self.agent_id, self.data_dir, secret_values,
                            spec_json.get("gpu_count", 0), spec_json.get("gpu_devices") or (),
                            self.secrets_path(app, version), uid)
+
+    def room(self, app: str, version: int, creating: int) -> str | None:
+        """Why one more container of the app's `version` does not fit on this host now, or None: the CPUs
+        and memory of every container the agent runs (and `creating` more of this one's) stay within the
+        host's. Each container of a GPU app needs GPUs of its own: such apps run one per host for now."""
+        spec = self.spec(app, version)
+        if spec.get("gpu_devices") or spec.get("gpu_count"):
+            return "a GPU app runs one container per host (its GPUs are pinned to its version)"
+        cpu, memory = float(spec.get("cpu") or 1.0), int(spec.get("memory_bytes") or 0)
+        used_cpu, used_mem = cpu * creating, memory * creating
+        for name, pool in list(self.pools.items()):  # unlocked copies: the caller holds its pool's lock,
+            # and taking another's could deadlock with that pool's own scale-out
+            for v in [c.version for c in list(pool.live) if c.state in ("starting", "ready")]:
+                other = self.spec(name, v)
+                used_cpu += float(other.get("cpu") or 1.0)
+                used_mem += int(other.get("memory_bytes") or 0)
+        host_cpus, host_mem = os.cpu_count() or 1, _memory_total()
+        if used_cpu + cpu > host_cpus + 1e-9:
+            return f"the host's {host_cpus} CPUs are taken ({used_cpu:g} by running containers; one more needs {cpu:g})"
+        if host_mem and used_mem + memory > host_mem:
+            return (f"the host's memory is taken ({used_mem >> 20} MiB of {host_mem >> 20} MiB by running "
+                    f"containers; one more needs {memory >> 20} MiB)")
+        return None
 
     def runs_as_root(self, spec: AppSpec) -> bool:
         """Root in its containers: asked for (run_as_root), or a version with snapshots on a host where
@@ -123,3 +148,15 @@ class AgentState:
 
     def app_endpoint(self, app: str) -> str | None:
         return f"{self.endpoint}/apps/{app}" if self.endpoint else None
+
+
+def _memory_total() -> int:
+    """The host's memory in bytes (/proc/meminfo MemTotal), 0 when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

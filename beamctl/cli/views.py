@@ -77,6 +77,8 @@ def status(data: dict[str, Any]) -> list[str]:
             from beamctl.fleet.locks import describe
 
             lines.append(f"  locked:   {escape(describe(app['lock']))} (beamctl unlock {app['app']})")
+        if (line := scaling(app.get("scaling"), len(app["containers"]))) and app["active_version"]:
+            lines.append(f"  {line}")
         for c in app["containers"]:
             idle = f", idle {c['idle_s']:.0f} s" if c["idle_s"] else ""
             use = container_usage(c.get("usage"))
@@ -90,6 +92,24 @@ def status(data: dict[str, Any]) -> list[str]:
             if v.get("checkpoint"):
                 lines.append(f"      checkpoint: {checkpoint(v['checkpoint'])}")
     return lines or ["no apps deployed on this machine"]
+
+
+def scaling(scale: dict[str, Any] | None, running: int) -> str:
+    """`containers: 3 of at most 4 (min 1), 2 tasks per container; 5 waiting; cannot start more: ...`,
+    or "" for the default of one container and nothing waiting (an older agent says nothing)."""
+    if not scale:
+        return ""
+    default = scale["max_containers"] == 1 and not scale["min_containers"]
+    if default and not scale["waiting"] and not scale["blocked"]:
+        return ""
+    line = f"containers: {running} of at most {scale['max_containers']}"
+    line += f" (min {scale['min_containers']})" if scale["min_containers"] else ""
+    line += f", {scale['tasks_per_container']} tasks per container"
+    if scale["waiting"]:
+        line += f"; {scale['waiting']} waiting"
+    if scale["blocked"]:
+        line += f"; cannot start more: {escape(scale['blocked'])}"
+    return line
 
 
 def container_usage(use: dict[str, Any] | None) -> str:

@@ -193,6 +193,17 @@ def hosts_safe(doc: Document, app_dir: Path) -> Iterator[Problem]:
             yield doc.problem(("hosts", i), str(e))
 
 
+def autoscaler_sound(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """min_containers at most max_containers."""
+    scaler = doc.data.get("autoscaler")
+    if not isinstance(scaler, dict):
+        return
+    low, high = scaler.get("min_containers", 0), scaler.get("max_containers", 1)
+    if type(low) is int and type(high) is int and low > high:
+        yield doc.problem(("autoscaler", "min_containers"), f"is {low}, more than max_containers ({high}): "
+                          f"raise max_containers to {low}, or lower min_containers")
+
+
 def rollout_has_hosts(doc: Document, app_dir: Path) -> Iterator[Problem]:
     """rollout.max_parallel without `hosts:` has no effect: deploy then goes to this machine only."""
     rollout = doc.data.get("rollout")
@@ -234,7 +245,7 @@ def numbers_are_numbers(doc: Document, app_dir: Path) -> Iterator[Problem]:
 
 CHECKS: tuple[Check, ...] = (entrypoints_exist, gpu_names, checkpoint_single_gpu, volumes_sound,
                              cache_dir_on_volume, image_sources, env_and_secrets, hosts_safe,
-                             rollout_has_hosts, numbers_are_numbers)
+                             autoscaler_sound, rollout_has_hosts, numbers_are_numbers)
 
 
 def run_checks(doc: Document, app_dir: Path) -> list[Problem]:

@@ -59,6 +59,13 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class AutoscalerConfig:
+    max_containers: int  # per host
+    tasks_per_container: int | None  # None: workers
+    min_containers: int
+
+
+@dataclass(frozen=True)
 class AppConfig:
     file: Path
     app_dir: Path
@@ -72,6 +79,7 @@ class AppConfig:
     workers: int
     timeout_s: int
     keep_warm_s: int
+    autoscaler: AutoscalerConfig
     image: ImageSpec
     volumes: tuple[Volume, ...]
     cache_dir: str | None  # absolute, inside one volume
@@ -101,6 +109,8 @@ def build(data: dict[str, Any], schema: dict[str, Any], file: Path) -> AppConfig
     img = lambda key: image.get(key, image_props[key].get("default"))  # noqa: E731
     rollout = data.get("rollout", props["rollout"]["default"])
     rollout_props = props["rollout"]["properties"]
+    scaler = data.get("autoscaler", props["autoscaler"]["default"])
+    scaler_props = props["autoscaler"]["properties"]
     app_dir = file.parent
     gpu_raw = get("gpu")
     gpu_list = gpu_raw if isinstance(gpu_raw, list) else [gpu_raw or "none"]
@@ -118,6 +128,11 @@ def build(data: dict[str, Any], schema: dict[str, Any], file: Path) -> AppConfig
         workers=get("workers"),
         timeout_s=get("timeout"),
         keep_warm_s=get("keep_warm_seconds"),
+        autoscaler=AutoscalerConfig(
+            max_containers=scaler.get("max_containers", scaler_props["max_containers"]["default"]),
+            tasks_per_container=scaler.get("tasks_per_container"),
+            min_containers=scaler.get("min_containers", scaler_props["min_containers"]["default"]),
+        ),
         image=ImageSpec(
             python_version=img("python_version"),
             python_packages=tuple(img("python_packages")),

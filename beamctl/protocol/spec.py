@@ -44,6 +44,9 @@ class AppSpec:
     runtime_api: int = 1  # 2: its image's runtime reads secrets and the agent's key from SECRETS_PATH
     as_root: bool = True  # False: as the app's own uid on the host (a record from before: root, as it ran)
     max_input_bytes: int = MAX_INPUT_BYTES  # a task's inputs, as JSON, at most
+    max_containers: int = 1  # beam.yaml's autoscaler, per host (agent/pool.Scale)
+    tasks_per_container: int = 0  # 0: workers
+    min_containers: int = 0
 
     @property
     def health_timeout(self) -> float:
@@ -90,4 +93,7 @@ def spec_from_config(config: AppConfig, image: str) -> AppSpec:
         cache_dir=config.cache_dir, checkpoint_enabled=config.checkpoint_enabled,
         env=dict(config.env), secret_names=config.secrets, health_timeout_s=config.rollout.health_timeout_s,
         runtime_api=RUNTIME_API, as_root=config.run_as_root, max_input_bytes=config.max_input_bytes,
+        max_containers=config.autoscaler.max_containers,
+        tasks_per_container=config.autoscaler.tasks_per_container or 0,
+        min_containers=config.autoscaler.min_containers,
     )
