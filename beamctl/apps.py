@@ -66,25 +66,40 @@ def call(hosts: list[Any], app: str, inputs: dict[str, Any], chosen: Callable[[s
     from beamctl.fleet import query
     from beamctl.protocol.wire import new_task_id
 
-    host = hosts[0]
-    if len(hosts) > 1:
-        replies = ask_all(hosts, "status", app=app)
-        where = query.pick_host(replies, app, query.next_turn(app))
-        if where is None:
-            for line in error_lines(replies):
-                unanswered(line)
-            raise AgentFailed(f"no host serves {app} ({len(hosts)} asked)", hint="run `beamctl deploy` first")
-        host = next(h for h in hosts if h.name == where)
-    if not host.local:
-        chosen(host.name)
+    replies = ask_all(hosts, "status", app=app) if len(hosts) > 1 else []
+    turn = query.next_turn(app) if len(hosts) > 1 else 0
     task_id = new_task_id()  # ours, so that a call cut off by the agent's death can name its task
-    reply = ask(host, "call", timeout=CALL_TIMEOUT_S, app=app, inputs=inputs, task_id=task_id)
-    if reply.ok:
-        return reply.result, host.name
-    if reply.stopped or host.local or reply.exc is None:
-        raise reply.exc or AgentFailed(reply.error or "the call failed")
-    raise AgentFailed(reply.error if (reply.error or "").startswith(f"{host.name}:")  # which host failed it
-                      else f"{host.name}: {reply.error}")
+    while True:
+        host = hosts[0]
+        if len(hosts) > 1:
+            where = query.pick_host(replies, app, turn)
+            if where is None:
+                for line in error_lines(replies):
+                    unanswered(line)
+                raise AgentFailed(f"no host serves {app} ({len(hosts)} asked)", hint="run `beamctl deploy` first")
+            host = next(h for h in hosts if h.name == where)
+        if not host.local:
+            chosen(host.name)
+        reply = ask(host, "call", timeout=CALL_TIMEOUT_S, app=app, inputs=inputs, task_id=task_id)
+        if reply.ok:
+            return reply.result, host.name
+        if never_sent(reply) and len(hosts) > 1:  # the task never reached that host: another may run it
+            unanswered(f"{reply.error}; the task goes to another host")
+            replies = [r if r.host != host.name else reply for r in replies]  # that host: out of the pick
+            continue
+        if reply.stopped or host.local or reply.exc is None:  # it may have run there: never sent again
+            raise reply.exc or AgentFailed(reply.error or "the call failed")
+        raise AgentFailed(reply.error if (reply.error or "").startswith(f"{host.name}:")  # which host failed it
+                          else f"{host.name}: {reply.error}")
+
+
+def never_sent(reply: Reply) -> bool:
+    """The call could not reach the host's agent at all (no SSH connection): the task did not start there,
+    so sending it to another host cannot run it twice. A stream that broke after the request went out
+    (`stopped`), or no answer in time, may have run it: those are never sent again."""
+    from beamctl.transport.errors import HostUnreachable
+
+    return not reply.stopped and isinstance(reply.exc, HostUnreachable)
 
 
 def find_task(hosts: list[Any], task_id: str, recent: bool) -> tuple[Reply, list[Reply], list[dict[str, Any]]]:

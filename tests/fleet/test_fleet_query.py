@@ -82,6 +82,30 @@ def test_a_call_the_agent_fails_names_the_host_that_failed_it():
     assert unanswered == []  # a host served the app: the one that did not answer is no news
 
 
+def test_a_call_that_never_reached_its_host_goes_to_another_one_that_was_cut_off_does_not(tmp_path, monkeypatch):
+    from beamctl.apps import call
+    from beamctl.protocol.errors import AgentStopped
+    from beamctl.transport.errors import HostUnreachable
+
+    idle = {"status": {"ok": True, "result": status_of("app", busy=[0])}}
+    monkeypatch.setenv("BEAMCTL_CACHE_DIR", str(tmp_path))  # the turn starts at h1
+    gone = FakeHost("h1", answers=idle, fail={"call": HostUnreachable("h1", "connection refused")})
+    fine = FakeHost("h2", answers={**idle, "call": lambda args: {"ok": True, "result": {
+        "task_id": args["task_id"], "status": "succeeded", "result": {"ran": "h2"}}}})
+    unanswered: list[str] = []
+    task, where = call([gone, fine], "app", {"x": 1}, lambda h: None, unanswered.append)
+    assert (where, task["result"]) == ("h2", {"ran": "h2"})
+    sent = [args["task_id"] for host in (gone, fine) for op, args in host.asked if op == "call"]
+    assert len(sent) == 2 and sent[0] == sent[1] == task["task_id"]  # one task, under one id
+    assert len(unanswered) == 1 and "the task goes to another host" in unanswered[0]
+
+    cut = FakeHost("h1", answers=idle, fail={"call": ConnectionResetError("reset by peer")})
+    other = FakeHost("h2", answers={"status": {"ok": True, "result": status_of("app", busy=[1])}})  # h1 first
+    with pytest.raises(AgentStopped) as e:  # it may have run on h1: never sent again
+        call([cut, other], "app", {}, lambda h: None, lambda line: None)
+    assert [op for op, _ in other.asked] == ["status"] and "h1" in e.value.message
+
+
 def test_tasks_merge_newest_first_with_their_host_and_limit():
     a = Reply("a", [{"task_id": "t1", "received": 10}, {"task_id": "t3", "received": 30}])
     b = Reply("b", [{"task_id": "t2", "received": 20}])

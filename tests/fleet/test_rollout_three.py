@@ -11,6 +11,7 @@ the cut stream); a host whose disk fills during the load (its old version keeps 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -332,3 +333,73 @@ def call_each_cli(app_dir):
         assert done.returncode == 0, done.stderr
         out[host] = json.loads(done.stdout)["result"]["message"]
     return out
+
+
+SLOW = '''
+
+_greet = handler
+
+
+def handler(context, **inputs):
+    time.sleep(inputs.get("sleep", 0))
+    return _greet(context, **inputs)
+'''
+
+
+def test_a_burst_over_three_hosts_with_one_stopped_mid_burst_loses_no_task_and_runs_none_twice(three, app_dir,
+                                                                                               monkeypatch):
+    """Calls go to the least busy host; testhost-2 is stopped (the whole machine) while tasks run there.
+    Each call either succeeds once or fails naming its task and the host that went away; calls after the
+    stop go to the others; once it is back, its records hold each cut-off task (failed or lost); no task
+    id is on two hosts."""
+    import os
+    import subprocess
+    import sys
+
+    three.apply_env(monkeypatch)
+    app = app_dir / "app.py"
+    if "_greet = handler" not in app.read_text():
+        app.write_text(app.read_text() + SLOW)
+    yaml = app_dir / "beam.yaml"
+    if "autoscaler:" not in yaml.read_text():
+        yaml.write_text(yaml.read_text() + "autoscaler:\n  max_containers: 2\n  tasks_per_container: 1\n")
+    env = {**os.environ, **three.env}
+    done = subprocess.run([sys.executable, "-m", "beamctl", "deploy", "-f", str(app_dir)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+
+    procs, stopped_at = [], None
+    for i in range(12):
+        procs.append((time.monotonic(), subprocess.Popen(
+            [sys.executable, "-m", "beamctl", "call", "hello3", json.dumps({"name": f"n{i}", "sleep": 2}), "--json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        if i == 5:
+            time.sleep(1.5)  # the first six are running (each host has some)
+            three[1].stop(timeout=1)
+            stopped_at = time.monotonic()
+        time.sleep(0.2)
+    outs = [(t, *p.communicate(timeout=300)) for t, p in procs]
+    results = [(t, p.returncode, out, err) for (t, out, err), (_, p) in zip(outs, procs)]
+    try:
+        ok = [json.loads(out) for _, code, out, _ in results if code == 0]
+        failed = [(t, err) for t, code, _, err in results if code != 0]
+        for _, err in failed:  # cut off where it ran: said, with its task, never sent again
+            assert "testhost-2" in err and "t-" in err and "Traceback" not in err, err
+        assert all(t < stopped_at for t, _ in failed), failed  # calls after the stop all went elsewhere
+        assert len(ok) + len(failed) == 12 and len(ok) >= 6, [r[1:] for r in results]
+        assert sorted(r["result"]["message"] for r in ok) == sorted({r["result"]["message"] for r in ok})
+    finally:
+        three[1].start()
+    listed = subprocess.run([sys.executable, "-m", "beamctl", "tasks", "hello3", "-n", "100", "--json"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr  # every host answered, testhost-2 too
+    rows = json.loads(listed.stdout)
+    ids = [r["task_id"] for r in rows]
+    assert len(ids) == len(set(ids)), "a task id on two hosts"
+    for r in ok:
+        assert [row["host"] for row in rows if row["task_id"] == r["task_id"]] == [r["host"]]
+    for _, err in failed:  # each cut-off task is on its host's record: failed (the agent saw its engine
+        # go first) or lost (the agent went first), never on another host
+        (task_id,) = set(re.findall(r"t-[0-9a-f]{12}", err))
+        assert [(row["host"], row["status"]) for row in rows if row["task_id"] == task_id] in (
+            [("testhost-2", "failed")], [("testhost-2", "lost")]), (task_id, rows)
