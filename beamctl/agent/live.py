@@ -35,6 +35,8 @@ class Live:
     args_hash: str = ""  # of its create arguments (name aside): a snapshot's key holds the same
     key: str | None = None  # the runtime's key (its version's): sent with every request
     restoring: bool = False  # starting from its version's snapshot (status says "restoring")
+    gpus: tuple[str, ...] = ()  # the GPU device ids it was given
+    spare: bool = False  # a GPU app's container on GPUs other than its version's pinned ones: no snapshot
     _conns: list[http.client.HTTPConnection] = field(default_factory=list)
     _in_use: set[http.client.HTTPConnection] = field(default_factory=set)
     _conn_lock: threading.Lock = field(default_factory=threading.Lock)

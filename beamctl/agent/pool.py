@@ -12,6 +12,7 @@ stopped answering leaves the pool at once (`lose`); the queue starts another if 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import math
 import threading
@@ -57,7 +58,8 @@ class Pool:
     def __init__(self, app: str, containers: Containers, make_args: Callable[[int], dict[str, Any]],
                  workers: int, keep_warm_s: int, on_event: Callable[[str], None],
                  on_retire: Callable[[Live], None], snapshots: Any = None, scale: Scale = Scale(),
-                 room: Callable[[int, int], str | None] = lambda version, more: None) -> None:
+                 room: Callable[[int, int], str | None] = lambda version, more: None,
+                 placing: Callable[[int], Any] = lambda version: contextlib.nullcontext()) -> None:
         self.app = app
         self.containers = containers
         self.make_args = make_args  # version -> create arguments
@@ -73,6 +75,7 @@ class Pool:
         self.pending: set[int] = set()  # versions a deploy is starting: never idled out meanwhile
         self.scale = scale
         self.room = room  # (version, containers being created) -> why another does not fit here, or None
+        self.placing = placing  # version -> a lock held from its create args until it is in the pool (GPUs)
         self.creating = 0  # containers being created (outside the lock), counted as the pool's already
         self.waiting = 0  # tasks in acquire() with no slot yet
         self.blocked: str | None = None  # why the queue could not start the container it wanted
@@ -81,13 +84,17 @@ class Pool:
     def start(self, version: int) -> Live:
         """Create and start one container of `version`; returns at once, READY comes later."""
         t0 = time.monotonic()
-        args = self.make_args(version)
-        self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
-        container_id = self.containers.create(args)
-        live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()),
-                    args_hash=args_hash(args), key=args.get("runtime_key"))
-        with self.cond:
-            self.live.append(live)
+        with self.placing(version):  # GPUs: what the args give is taken once the container is in the pool
+            args = self.make_args(version)
+            spare = bool(args.pop("spare", False))
+            self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
+            container_id = self.containers.create(args)
+            gpus = args.get("gpus")
+            live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()),
+                        args_hash=args_hash(args), key=args.get("runtime_key"),
+                        gpus=tuple(str(g) for g in gpus) if isinstance(gpus, list) else (), spare=spare)
+            with self.cond:
+                self.live.append(live)
         threading.Thread(target=self._boot, args=(live,), daemon=True, name=f"boot-{self.app}").start()
         return live
 
@@ -134,7 +141,7 @@ class Pool:
         began = ended = None
         broken: GpuStateLost | None = None
         try:
-            if self.snapshots is not None and self.snapshots.wants_capture(live.version):
+            if self.snapshots is not None and not live.spare and self.snapshots.wants_capture(live.version):
                 live.close()  # CRIU refuses a process with an open TCP connection
                 began = time.monotonic()
                 self.snapshots.capture(live.version, live.id, live.args_hash)
@@ -169,7 +176,7 @@ class Pool:
     def _restore(self, live: Live) -> bool:
         """Start the created container from its version's snapshot, if there is a usable one. On a failed
         restore the container is replaced by a fresh one (a cold boot follows) and False is returned."""
-        if self.snapshots is None:
+        if self.snapshots is None or live.spare:  # a spare's GPUs are not the snapshot's
             return False
         found = self.snapshots.restorable(live.version, live.args_hash)
         if found is None:
@@ -187,8 +194,12 @@ class Pool:
             live.close()
             self.containers.stop(live.id)
             self.containers.remove(live.id)
-            args = self.make_args(live.version)
-            live.id, live.args_hash = self.containers.create(args), args_hash(args)
+            with self.placing(live.version):
+                args = self.make_args(live.version)
+                live.spare = bool(args.pop("spare", False))
+                gpus = args.get("gpus")
+                live.id, live.args_hash = self.containers.create(args), args_hash(args)
+                live.gpus = tuple(str(g) for g in gpus) if isinstance(gpus, list) else ()
             return False
         ended = time.monotonic()
         t = live.timeline

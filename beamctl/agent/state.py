@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class AgentState:
         self.endpoint = ""  # set by the HTTP server: http://host:port
         self.stopping = threading.Event()  # the agent's background loops end
         self._lock = threading.Lock()
+        self._placing = threading.Lock()  # GPU containers: from their create args until they are in a pool
         self._others_snapshotable: bool | None = None  # app_users.can_snapshot_others, asked once
 
     def pool(self, app: str) -> Pool:
@@ -56,7 +58,8 @@ class AgentState:
                             spec["keep_warm_s"], lambda m: self.store.event(app, m),
                             lambda live: self.retire(app, live),
                             AppSnapshots(self.snapshots, app, lambda v: self.spec(app, v)), Scale.of(spec),
-                            lambda v, more: self.room(app, v, more))
+                            lambda v, more: self.room(app, v, more),
+                            lambda v: self._placing if self.spec(app, v).get("gpu_devices") else nullcontext())
                 pool.version = active
                 self.pools[app] = pool
             return pool
@@ -72,17 +75,50 @@ class AgentState:
         spec = AppSpec.from_json(spec_json)
         secret_values = secret_files.read(self.secrets_path(app, version))
         uid = None if self.runs_as_root(spec) else self.store.app_uid(app, app_users.candidates())
-        return create_args(spec, version, self.agent_id, self.data_dir, secret_values,
-                           spec_json.get("gpu_count", 0), spec_json.get("gpu_devices") or (),
-                           self.secrets_path(app, version), uid)
+        devices, spare = tuple(spec_json.get("gpu_devices") or ()), False
+        if devices:  # the caller holds self._placing (Pool.placing) until the container is in its pool
+            got = self.gpu_set(app, version, devices)
+            if isinstance(got, str):
+                raise AgentError(got)
+            devices, spare = got
+        args = create_args(spec, version, self.agent_id, self.data_dir, secret_values,
+                           spec_json.get("gpu_count", 0), devices, self.secrets_path(app, version), uid)
+        if spare:
+            args["spare"] = True
+        return args
+
+    def gpu_set(self, app: str, version: int, pinned: tuple[int, ...], more: int = 0
+                ) -> tuple[tuple[int, ...], bool] | str:
+        """The GPUs for one more container of `version`: its pinned ones unless a container of that very
+        version has them (versions of one app share them during a switch, by design), else as many free
+        GPUs of the same kind (a spare: True), none another app's version holds or any container uses;
+        `more`: spares being made besides. Why none, as a string."""
+        live = [c for pool in list(self.pools.values()) for c in list(pool.live) if c.state in ("starting", "ready")]
+        mine = list(self.pools[app].live) if app in self.pools else []
+        own = {int(g) for c in mine if c.version == version and c.state in ("starting", "ready") for g in c.gpus}
+        if not own & set(pinned) and not more:
+            return pinned, False
+        in_use = {int(g) for c in live for g in c.gpus if g.isdigit()}
+        kind = next((g.canonical for g in self.gpus if g.index == pinned[0]), None)
+        held = set(self.taken(app)) | in_use | set(pinned)
+        free = [g.index for g in self.gpus if g.canonical == kind and g.index not in held]
+        n = len(pinned)
+        if len(free) < n * (more + 1):
+            return (f"no free {kind} GPU for another container ({len(free)} free of {len(self.gpus)}; "
+                    f"{len(in_use)} in use by containers here)")
+        return tuple(free[n * more:n * (more + 1)]), True
 
     def room(self, app: str, version: int, creating: int) -> str | None:
         """Why one more container of the app's `version` does not fit on this host now, or None: the CPUs
         and memory of every container the agent runs (and `creating` more of this one's) stay within the
-        host's. Each container of a GPU app needs GPUs of its own: such apps run one per host for now."""
+        host's, and each container of a GPU app gets GPUs of its own (`gpu_set`)."""
         spec = self.spec(app, version)
-        if spec.get("gpu_devices") or spec.get("gpu_count"):
-            return "a GPU app runs one container per host (its GPUs are pinned to its version)"
+        if spec.get("gpu_devices"):
+            got = self.gpu_set(app, version, tuple(spec["gpu_devices"]), creating)
+            if isinstance(got, str):
+                return got
+        elif spec.get("gpu_count"):
+            return "a GPU app deployed before GPUs were pinned runs one container per host (redeploy it)"
         cpu, memory = float(spec.get("cpu") or 1.0), int(spec.get("memory_bytes") or 0)
         used_cpu, used_mem = cpu * creating, memory * creating
         for name, pool in list(self.pools.items()):  # unlocked copies: the caller holds its pool's lock,
@@ -160,3 +196,4 @@ def _memory_total() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+

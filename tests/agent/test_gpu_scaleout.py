@@ -1,0 +1,125 @@
+"""Scale-out of a GPU app (issue 17) on an inventory of 8 fake H100s: each container gets GPUs of its own
+(the version's pinned ones for the first, free ones of the same kind for the others: `spare`), never a GPU
+another app holds or another container uses; spares neither restore nor capture (the snapshot was taken
+on the pinned GPUs, and a key mismatch would mark it incompatible); freed GPUs are given again; a host
+with no free GPU says why in `status`."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from beamctl.agent.service import Agent
+from beamctl.protocol import gpus as rules
+from tests.agent.test_pool_faults import FakeContainers
+
+EIGHT = [rules.Gpu(i, "NVIDIA H100 80GB HBM3", "H100", 81559, "580.1") for i in range(8)]
+
+
+class Recording(FakeContainers):
+    def __init__(self) -> None:
+        super().__init__(create_delay=0.05)
+        self.args: dict[str, dict] = {}
+
+    def create(self, args: dict) -> str:
+        cid = super().create(args)
+        self.args[cid] = dict(args)
+        return cid
+
+
+def agent_with_gpu_app(tmp_path, max_containers: int = 8) -> tuple[Agent, Recording]:
+    containers = Recording()
+    agent = Agent(tmp_path, containers, gpus=EIGHT)
+    for app, devices, state in (("embed", [3], "active"), ("chat", [0], "active")):
+        agent.store.ensure_app(app, "sha256:x")
+        spec = {"app": app, "image": "img", "gpu": ["H100"], "gpu_count": 1, "gpu_devices": devices, "workers": 1,
+                "keep_warm_s": 60, "timeout_s": 5, "cpu": 0.01, "memory_bytes": 1 << 20,
+                "max_containers": max_containers if app == "chat" else 1, "tasks_per_container": 1}
+        version = agent.store.new_version(app, "img", spec)
+        agent.store.set_version_state(app, version, state)
+        agent.store.set_active(app, version)
+    return agent, containers
+
+
+def hold(pool, n: int, seconds: float) -> list:
+    got, lock = [], threading.Lock()
+
+    def one() -> None:
+        live = pool.acquire(timeout=30)
+        with lock:
+            got.append(live)
+        time.sleep(seconds)
+        pool.release(live)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got
+
+
+def test_each_container_of_a_gpu_app_gets_gpus_of_its_own(tmp_path):
+    agent, containers = agent_with_gpu_app(tmp_path)
+    embed = agent.state.pool("embed")
+    hold(embed, 1, 0.0)  # embed runs a container on its GPU 3
+    chat = agent.state.pool("chat")
+    hold(chat, 12, 0.5)
+    chat_args = [a for a in containers.args.values() if a["labels"]["dev.beamctl.app"] == "chat"]
+    devices = [tuple(a["gpus"]) for a in chat_args]
+    assert len(devices) == 7, devices  # 8 GPUs, one of them embed's
+    assert len(set(devices)) == 7 and ("3",) not in devices and devices[0] == ("0",)
+    spares = [live for live in chat.live if live.spare]
+    assert len(spares) == 6 and all(live.gpus != ("0",) for live in spares)
+    assert "GPU" in (chat.blocked or ""), chat.blocked  # the eighth could not be placed, and status says why
+    status = agent.status("chat")["apps"][0]["scaling"]
+    assert status["blocked"] == chat.blocked
+
+
+def test_freed_gpus_are_given_again_and_the_pinned_ones_first(tmp_path):
+    agent, containers = agent_with_gpu_app(tmp_path, max_containers=3)
+    chat = agent.state.pool("chat")
+    hold(chat, 6, 0.3)
+    assert len(chat.live) == 3
+    for live in chat.idle_out(time.monotonic() + 3600):
+        agent.state.retire("chat", live)
+    assert chat.live == []
+    before = len(containers.created)
+    hold(chat, 1, 0.0)
+    (live,) = chat.live
+    assert live.gpus == ("0",) and not live.spare and len(containers.created) == before + 1
+
+
+def test_a_spare_container_neither_restores_nor_captures(tmp_path):
+    agent, _ = agent_with_gpu_app(tmp_path, max_containers=2)
+    chat = agent.state.pool("chat")
+    asked: list[str] = []
+
+    class Snaps:
+        def restorable(self, version, args_hash):
+            asked.append("restorable")
+            return None
+
+        def wants_capture(self, version):
+            asked.append("wants_capture")
+            return False
+
+    chat.snapshots = Snaps()
+    hold(chat, 4, 0.3)
+    assert len(chat.live) == 2 and sum(live.spare for live in chat.live) == 1
+    assert asked.count("restorable") == 1  # the pinned container's start only
+
+
+def test_a_new_version_takes_its_pinned_gpus_while_the_old_ones_container_still_has_them(tmp_path):
+    """Versions of one app share their GPUs during a switch (by design): v2's first container is on the
+    pinned GPU beside v1's, not a spare (a spare would boot without its snapshot)."""
+    agent, containers = agent_with_gpu_app(tmp_path, max_containers=2)
+    chat = agent.state.pool("chat")
+    hold(chat, 1, 0.0)
+    spec = {**agent.state.spec("chat", 1)}
+    v2 = agent.store.new_version("chat", "img2", spec)
+    live = chat.start(v2)
+    assert (live.gpus, live.spare) == (("0",), False)
+    assert [c.gpus for c in chat.live] == [("0",), ("0",)]
+    got = agent.state.gpu_set("chat", v2, (0,))  # a second v2 container: a spare
+    assert got[1] is True and got[0] not in ((0,), (3,))
