@@ -231,9 +231,10 @@ class Pool:
             pause = min(pause * 1.2, HEALTH_POLL_MAX_S)
 
     # serving ----------------------------------------------------------------------------------
-    def acquire(self, timeout: float) -> Live:
+    def acquire(self, timeout: float, waited_for: list[str] | None = None) -> Live:
         """A READY container of the current version with a free worker slot: the least busy one, else the
-        first that frees one (the queue starts containers meanwhile: `_scale_out`)."""
+        first that frees one (the queue starts containers meanwhile: `_scale_out`). `waited_for` hears why
+        the queue could not start the container it wanted while this task waited (no room, no GPU)."""
         since = time.monotonic()
         deadline = since + timeout
         with self.cond:
@@ -252,6 +253,8 @@ class Pool:
                             and not self.creating and self._failure_version == self.version):
                         raise self._failure  # the start this task waited for failed, and no other is coming
                     self._scale_out(current)
+                    if self.blocked and waited_for is not None and self.blocked not in waited_for:
+                        waited_for.append(self.blocked)
                     left = deadline - time.monotonic()
                     if left <= 0:
                         why = f"; {self.blocked}" if self.blocked else ""

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS apps (
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, app TEXT NOT NULL, version INTEGER, status TEXT NOT NULL, start TEXT,
     received REAL NOT NULL, finished REAL, phases TEXT, total REAL, result TEXT, error TEXT,
-    container TEXT, trace TEXT);
+    container TEXT, trace TEXT, queued TEXT);
 CREATE INDEX IF NOT EXISTS tasks_app ON tasks (app, received);
 CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL, app TEXT NOT NULL, message TEXT NOT NULL);
@@ -50,6 +50,8 @@ class Store:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
             if "trace" not in columns:  # an agent.db from before 0.2.1
                 self._db.execute("ALTER TABLE tasks ADD COLUMN trace TEXT")
+            if "queued" not in columns:  # before 0.2.3
+                self._db.execute("ALTER TABLE tasks ADD COLUMN queued TEXT")
             if "uid" not in {r[1] for r in self._db.execute("PRAGMA table_info(apps)")}:  # before 0.2.3
                 self._db.execute("ALTER TABLE apps ADD COLUMN uid INTEGER")
 
@@ -163,10 +165,10 @@ class Store:
 
     def task_finished(self, task: dict[str, Any]) -> None:
         self._q("UPDATE tasks SET version = ?, status = ?, start = ?, finished = ?, phases = ?, total = ?, "
-                "result = ?, error = ?, trace = ?, container = ? WHERE id = ?",
+                "result = ?, error = ?, trace = ?, container = ?, queued = ? WHERE id = ?",
                 (task["version"], task["status"], task["start"], task["finished"], json.dumps(task["phases"]),
                  task["total"], json.dumps(task["result"]), task["error"], task.get("trace"), task["container"],
-                 task["task_id"]))
+                 task.get("queued"), task["task_id"]))
 
     def task(self, task_id: str) -> dict[str, Any] | None:
         rows = self._q("SELECT * FROM tasks WHERE id = ?", (task_id,))
@@ -206,4 +208,4 @@ def _task(r: sqlite3.Row) -> dict[str, Any]:
             "start": r["start"], "received": r["received"], "finished": r["finished"],
             "phases": json.loads(r["phases"]) if r["phases"] else None, "total": r["total"],
             "result": json.loads(r["result"]) if r["result"] else None, "error": r["error"],
-            "trace": r["trace"], "container": r["container"]}
+            "trace": r["trace"], "container": r["container"], "queued": r["queued"]}

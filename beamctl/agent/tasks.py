@@ -52,9 +52,9 @@ class Tasks:
         task_id = task_id or new_task_id()
         self.store.task_started(task_id, app, received_wall)
         spec = self.state.spec(app, pool.version)
-        version, live, payload = pool.version, None, {}
+        version, live, payload, waited_for = pool.version, None, {}, []
         try:
-            live = pool.acquire(timeout=health_timeout(spec) + spec["timeout_s"])
+            live = pool.acquire(timeout=health_timeout(spec) + spec["timeout_s"], waited_for=waited_for)
             version = live.version
             _, payload = live.request("POST", "/tasks", {"task_id": task_id, "inputs": inputs},
                                       timeout=spec["timeout_s"] + HTTP_SLACK_S)
@@ -73,7 +73,8 @@ class Tasks:
                 "start": kind, "received": received_wall, "finished": time.time(), "phases": phase_s,
                 "total": round(done - received, 6), "result": payload.get("result"),
                 "error": payload.get("error"), "trace": payload.get("trace"),
-                "container": live.id[:12] if live else None}
+                "container": live.id[:12] if live else None,
+                "queued": f"no other container could start: {waited_for[-1]}" if waited_for else None}
         self.store.task_finished(task)
         return task
 

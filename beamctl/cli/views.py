@@ -36,6 +36,8 @@ def profile(task: dict[str, Any], recent_cold: list[float]) -> list[str]:
         width = int(round(value * scale))
         bar = " " * min(lead, BAR_WIDTH) + ("█" * width if width else ("▏" if value else ""))
         lines.append(f"  {label:<30} {ms(value):>12}  [cyan]{bar}[/]")
+        if key == "queue" and task.get("queued"):  # why it waited: the autoscaler could not start more
+            lines.append(f"    [dim]{escape(task['queued'])}[/]")
         offset += value
     if recent_cold:
         avg = sum(recent_cold) / len(recent_cold)

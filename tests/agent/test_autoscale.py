@@ -168,3 +168,25 @@ def test_a_failed_first_start_fails_the_waiting_tasks_with_its_reason():
     served, errors = burst(pool, 3, hold_s=0.0)
     assert served == [] and len(errors) == 3
     assert all(isinstance(e, StartFailed) and "no such image" in e.reason for e in errors), errors
+
+
+def test_a_task_that_waited_hears_why_no_other_container_started_and_its_profile_says_so():
+    from beamctl.cli.views import profile
+
+    containers = FakeContainers()
+    pool, _ = pool_of(containers, Scale(max_containers=2, tasks_per_container=1),
+                      room=lambda v, more: "no free H100 GPU for another container (0 free of 8)")
+    first = pool.acquire(timeout=10)
+    heard: list[str] = []
+    waiter = threading.Thread(target=lambda: pool.release(pool.acquire(timeout=10, waited_for=heard)))
+    waiter.start()
+    time.sleep(0.3)
+    pool.release(first)
+    waiter.join(10)
+    assert heard == ["no free H100 GPU for another container (0 free of 8)"]
+    task = {"task_id": "t-000000000001", "app": "demo", "version": 1, "start": "warm", "status": "succeeded",
+            "total": 0.5, "phases": {"queue": 0.3, "task_run": 0.2, "other": 0.0},
+            "queued": f"no other container could start: {heard[0]}"}
+    lines = profile(task, [])
+    at = next(i for i, line in enumerate(lines) if "queue" in line.lower())
+    assert "no other container could start: no free H100 GPU" in lines[at + 1]

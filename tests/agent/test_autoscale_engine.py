@@ -10,6 +10,8 @@ import os
 import shutil
 import threading
 import time
+import subprocess
+import urllib.error
 import urllib.request
 
 import pytest
@@ -100,3 +102,48 @@ def test_a_burst_scales_out_by_restoring_and_back_in_to_min(host: Host):
     assert left["state"] == "ready" and len(containers_of(app)) == 1
     text = host.ok("status", app).out
     assert "containers: 1 of at most 3 (min 1), 1 tasks per container" in text, text
+
+
+def test_a_container_killed_under_load_fails_its_task_with_the_reason_and_is_replaced(host: Host):
+    app, folder = host.app("scale-kill", YAML.replace("min_containers: 1", "min_containers: 2"),
+                           CODE.replace("time.sleep(1.0)", "time.sleep(inputs.get('s', 1.0))"))
+    host.ok("deploy", "-f", str(folder))
+    status = host.status(app)
+    url, token = status["endpoint"], status["token"]
+    deadline = time.monotonic() + 60
+    while len([c for c in host.status(app)["containers"] if c["state"] == "ready"]) < 2:  # min_containers
+        assert time.monotonic() < deadline, host.status(app)["containers"]
+        time.sleep(0.3)
+
+    answers: list[dict] = []
+    slow = [threading.Thread(target=lambda n=n: answers.append(post_s(url, token, n, 6.0))) for n in range(2)]
+    for t in slow:
+        t.start()
+    deadline = time.monotonic() + 30
+    while sum(c["busy"] for c in host.status(app)["containers"]) < 2:  # both containers run a task
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    victim = host.status(app)["containers"][0]["id"]
+    subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+    for t in slow:
+        t.join(120)
+    failed = [a for a in answers if a["status"] != "succeeded"]
+    assert len(failed) == 1 and "killed by SIGKILL" in failed[0]["error"], answers
+    assert [a["result"]["n"] for a in answers if a["status"] == "succeeded"] in ([0], [1])
+
+    deadline = time.monotonic() + 60  # housekeeping replaces it: min_containers again
+    while len([c for c in host.status(app)["containers"] if c["state"] == "ready"]) < 2:
+        assert time.monotonic() < deadline, host.status(app)["containers"]
+        time.sleep(0.3)
+    assert victim not in {c["id"] for c in host.status(app)["containers"]}
+    assert post_s(url, token, 7, 0.1)["result"] == {"n": 7}
+
+
+def post_s(url: str, token: str, n: int, seconds: float) -> dict:
+    request = urllib.request.Request(url, data=json.dumps({"n": n, "s": seconds}).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
