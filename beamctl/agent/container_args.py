@@ -14,6 +14,7 @@ from beamctl.protocol.spec import RUNTIME_KEY, SECRETS_PATH, AppSpec
 RUNTIME_PORT = 8000  # the runtime's HTTP server inside each container
 STOP_TIMEOUT_S = 5  # SIGTERM, then SIGKILL: the runtime exits at once on SIGTERM
 LABEL_APP, LABEL_VERSION, LABEL_AGENT = "dev.beamctl.app", "dev.beamctl.version", "dev.beamctl.agent"
+LABEL_SPARE = "dev.beamctl.spare-gpus"  # a GPU app's container on GPUs other than its version's: which ones
 GPU_FILE = "gpu.json"  # in a snapshot taken with the GPU checkpoint: its restore needs the driver too
 MIN_NANO_CPUS = 10_000_000  # 0.01 CPU, the engine's smallest share
 PIDS_LIMIT = 4096  # processes and threads of one container (a fork bomb stops here, not at the host)

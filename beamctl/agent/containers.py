@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from beamctl.agent.container_args import (GPU_FILE, HARDENING, LABEL_AGENT, LABEL_APP, LABEL_VERSION,
+from beamctl.agent.container_args import (GPU_FILE, HARDENING, LABEL_AGENT, LABEL_APP, LABEL_SPARE, LABEL_VERSION,
                                           RUNTIME_PORT, STOP_TIMEOUT_S, death_reason)
 from beamctl.agent import app_users, seal
 from beamctl.agent.sandboxes import LABEL_SANDBOX, Sandboxes
@@ -18,6 +18,7 @@ class ContainerInfo:
     app: str
     version: int
     running: bool
+    spare_gpus: tuple[str, ...] = ()  # a spare's GPUs (LABEL_SPARE): its version's pinned ones are known
 
 
 class Containers(Protocol):
@@ -214,7 +215,9 @@ class DockerContainers:
             labels = c["Labels"]
             if LABEL_SANDBOX in labels:
                 continue
-            out.append(ContainerInfo(c["Id"], labels[LABEL_APP], int(labels[LABEL_VERSION]), c["State"] == "running"))
+            spare = tuple(g for g in (labels.get(LABEL_SPARE) or "").split(",") if g.isdigit())
+            out.append(ContainerInfo(c["Id"], labels[LABEL_APP], int(labels[LABEL_VERSION]), c["State"] == "running",
+                                     spare))
         return out
 
 

@@ -34,7 +34,7 @@ class Housekeeping:
                 self.state.pool(app)
         for info in self.containers.list(self.state.agent_id):
             pool = self.pools.get(info.app)
-            if pool and info.running and info.version == pool.version and self._adopt(pool, info.id):
+            if pool and info.running and info.version == pool.version and self._adopt(pool, info):
                 self.store.event(info.app, f"agent restarted: adopted container {info.id[:12]} of v{info.version}")
                 continue
             self.containers.stop(info.id)
@@ -46,8 +46,11 @@ class Housekeeping:
         if lost:
             self.store.event("-", f"agent restarted: {lost} task(s) were cut off")
 
-    def _adopt(self, pool: Pool, container_id: str) -> bool:
-        live = Live(container_id, pool.version or 0, ContainerTimeline(0.0, 0.0, ready_seen=0.0))
+    def _adopt(self, pool: Pool, info: Any) -> bool:
+        container_id = info.id
+        pinned = tuple(str(d) for d in (self.state.spec(info.app, info.version).get("gpu_devices") or ()))
+        live = Live(container_id, pool.version or 0, ContainerTimeline(0.0, 0.0, ready_seen=0.0),
+                    gpus=info.spare_gpus or pinned, spare=bool(info.spare_gpus))  # the GPUs it holds
         try:
             live.key = pool.make_args(live.version).get("runtime_key") if live.version else None
             live.address = self.containers.address(container_id)

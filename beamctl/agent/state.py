@@ -12,7 +12,7 @@ from typing import Any
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import logs as _logs
 from beamctl.agent import app_users, private, secret_files, tokens
-from beamctl.agent.container_args import create_args
+from beamctl.agent.container_args import LABEL_SPARE, create_args
 from beamctl.agent.containers import Containers
 from beamctl.agent.paths import agent_id
 from beamctl.agent.pool import Live, Pool, Scale
@@ -83,8 +83,9 @@ class AgentState:
             devices, spare = got
         args = create_args(spec, version, self.agent_id, self.data_dir, secret_values,
                            spec_json.get("gpu_count", 0), devices, self.secrets_path(app, version), uid)
-        if spare:
+        if spare:  # said on the container too: an agent that restarts knows which GPUs it holds
             args["spare"] = True
+            args["labels"][LABEL_SPARE] = ",".join(str(d) for d in devices)
         return args
 
     def gpu_set(self, app: str, version: int, pinned: tuple[int, ...], more: int = 0

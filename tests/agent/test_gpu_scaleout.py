@@ -27,8 +27,9 @@ class Recording(FakeContainers):
         return cid
 
 
-def agent_with_gpu_app(tmp_path, max_containers: int = 8) -> tuple[Agent, Recording]:
-    containers = Recording()
+def agent_with_gpu_app(tmp_path, max_containers: int = 8, containers: Recording | None = None
+                       ) -> tuple[Agent, Recording]:
+    containers = containers or Recording()
     agent = Agent(tmp_path, containers, gpus=EIGHT)
     for app, devices, state in (("embed", [3], "active"), ("chat", [0], "active")):
         agent.store.ensure_app(app, "sha256:x")
@@ -123,3 +124,39 @@ def test_a_new_version_takes_its_pinned_gpus_while_the_old_ones_container_still_
     assert [c.gpus for c in chat.live] == [("0",), ("0",)]
     got = agent.state.gpu_set("chat", v2, (0,))  # a second v2 container: a spare
     assert got[1] is True and got[0] not in ((0,), (3,))
+
+
+def test_a_restarted_agent_adopts_spares_with_the_gpus_they_hold(tmp_path):
+    from beamctl.agent.containers import ContainerInfo
+    from beamctl.agent.container_args import LABEL_SPARE
+
+    class Restartable(Recording):
+        def __init__(self) -> None:
+            super().__init__()
+            self.addresses: dict[str, str] = {}
+
+        def start(self, cid: str) -> str:
+            self.addresses[cid] = super().start(cid)
+            return self.addresses[cid]
+
+        def address(self, cid: str) -> str:
+            return self.addresses[cid]
+
+        def list(self, agent_id: str) -> list:
+            return [ContainerInfo(cid, a["labels"]["dev.beamctl.app"], int(a["labels"]["dev.beamctl.version"]),
+                                  cid in self.servers,
+                                  tuple((a["labels"].get(LABEL_SPARE) or "").split(",")) if a["labels"].get(LABEL_SPARE)
+                                  else ()) for cid, a in self.args.items()]
+
+    containers = Restartable()
+    first, _ = agent_with_gpu_app(tmp_path, max_containers=3, containers=containers)
+    hold(first.state.pool("chat"), 6, 0.3)
+    held = sorted(live.gpus for live in first.state.pool("chat").live)
+    assert len(held) == 3
+
+    again = Agent(tmp_path, containers, gpus=EIGHT)  # the agent restarted: same data, same containers
+    again.recover()
+    adopted = again.state.pool("chat").live
+    assert sorted(live.gpus for live in adopted) == held and sum(live.spare for live in adopted) == 2
+    got = again.state.gpu_set("chat", 1, (0,))
+    assert got[1] is True and got[0][0] not in {int(g) for gpus in held for g in gpus} | {3}
