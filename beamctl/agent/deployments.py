@@ -15,7 +15,8 @@ from beamctl.agent import gpus as _gpus
 from beamctl.agent import secret_files
 from beamctl.agent.snapshot_key import args_hash
 from beamctl.agent.container_args import volume_dir
-from beamctl.agent.pool import Pool, Scale
+from beamctl.agent.pool import Pool
+from beamctl.agent.scale import Scale
 from beamctl.protocol.spec import RUNTIME_KEY, AppSpec
 from beamctl.agent.state import AgentState
 from beamctl.protocol.errors import AgentError

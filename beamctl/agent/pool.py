@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import math
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
+from beamctl.agent.scale import Scale
 from beamctl.agent.snapshot_key import args_hash
 from beamctl.agent.containers import Containers
 from beamctl.agent.gpu_snapshots import GpuStateLost
@@ -33,25 +32,6 @@ LOG_TAIL_LINES = 20  # lines of a failed container's output shown to the user
 RELEASE_TIMEOUT_S = 30  # POST /checkpoint/release: the runtime answers once READY
 PAUSED = "CHECKPOINT"  # the runtime's state after on_start when checkpoint_enabled: waiting for release
 FAILED_PAUSE_S = 5.0  # after a failed start, no scale-out for this long while other containers serve
-
-
-@dataclass(frozen=True)
-class Scale:
-    """How many containers of the serving version this host runs (beam.yaml's `autoscaler`)."""
-
-    max_containers: int = 1
-    tasks_per_container: int = 0  # tasks queued and running per container before another starts; 0: workers
-    min_containers: int = 0  # kept warm (and started again when they die)
-
-    @classmethod
-    def of(cls, spec: dict[str, Any]) -> "Scale":
-        return cls(int(spec.get("max_containers") or 1), int(spec.get("tasks_per_container") or 0),
-                   int(spec.get("min_containers") or 0))
-
-    def wanted(self, demand: int, workers: int) -> int:
-        """Containers for `demand` tasks (waiting and running), within min and max."""
-        per = self.tasks_per_container or workers
-        return max(self.min_containers, min(self.max_containers, math.ceil(demand / per)))
 
 
 class Pool:
@@ -84,19 +64,23 @@ class Pool:
     def start(self, version: int) -> Live:
         """Create and start one container of `version`; returns at once, READY comes later."""
         t0 = time.monotonic()
+        live = Live("", version, ContainerTimeline(t0, t0))
         with self.placing(version):  # GPUs: what the args give is taken once the container is in the pool
-            args = self.make_args(version)
-            spare = bool(args.pop("spare", False))
-            self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
-            container_id = self.containers.create(args)
-            gpus = args.get("gpus")
-            live = Live(container_id, version, ContainerTimeline(t0, time.monotonic()),
-                        args_hash=args_hash(args), key=args.get("runtime_key"),
-                        gpus=tuple(str(g) for g in gpus) if isinstance(gpus, list) else (), spare=spare)
+            self._create_into(live)
+            live.timeline = ContainerTimeline(t0, time.monotonic())
             with self.cond:
                 self.live.append(live)
         threading.Thread(target=self._boot, args=(live,), daemon=True, name=f"boot-{self.app}").start()
         return live
+
+    def _create_into(self, live: Live) -> None:
+        """A new container of live's version (the caller holds `placing`): its id, args' hash, key, GPUs."""
+        args = self.make_args(live.version)
+        live.spare = bool(args.pop("spare", False))  # on GPUs not its version's: no snapshot (state.py)
+        self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
+        live.id, live.args_hash, live.key = self.containers.create(args), args_hash(args), args.get("runtime_key")
+        gpus = args.get("gpus")
+        live.gpus = tuple(str(g) for g in gpus) if isinstance(gpus, list) else ()
 
     def _boot(self, live: Live) -> None:
         try:
@@ -194,12 +178,9 @@ class Pool:
             live.close()
             self.containers.stop(live.id)
             self.containers.remove(live.id)
+            live.restoring = False
             with self.placing(live.version):
-                args = self.make_args(live.version)
-                live.spare = bool(args.pop("spare", False))
-                gpus = args.get("gpus")
-                live.id, live.args_hash = self.containers.create(args), args_hash(args)
-                live.gpus = tuple(str(g) for g in gpus) if isinstance(gpus, list) else ()
+                self._create_into(live)
             return False
         ended = time.monotonic()
         t = live.timeline
@@ -292,9 +273,9 @@ class Pool:
                           f"scaling out: container {have + 1} of v{version} for {demand} tasks "
                           f"(at most {self.scale.max_containers} here)")
             self.creating += 1
-            threading.Thread(target=self._create, args=(version,), daemon=True, name=f"scale-{self.app}").start()
+            threading.Thread(target=self._spawn, args=(version,), daemon=True, name=f"scale-{self.app}").start()
 
-    def _create(self, version: int) -> None:
+    def _spawn(self, version: int) -> None:
         try:
             self.start(version)
         except Exception as e:  # noqa: BLE001 - the engine refused the create: waiting tasks are told

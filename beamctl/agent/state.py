@@ -15,7 +15,8 @@ from beamctl.agent import app_users, private, secret_files, tokens
 from beamctl.agent.container_args import LABEL_SPARE, create_args
 from beamctl.agent.containers import Containers
 from beamctl.agent.paths import agent_id
-from beamctl.agent.pool import Live, Pool, Scale
+from beamctl.agent.pool import Live, Pool
+from beamctl.agent.scale import Scale
 from beamctl.agent.resident import Resident
 from beamctl.agent.snapshots import AppSnapshots, Snapshots
 from beamctl.protocol.spec import AppSpec

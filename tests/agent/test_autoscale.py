@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from beamctl.agent.pool import Pool, Scale, StartFailed
+from beamctl.agent.pool import Pool, StartFailed
+from beamctl.agent.scale import Scale
 from tests.agent.test_pool_faults import FakeContainers
 
 
