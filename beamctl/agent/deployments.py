@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from beamctl.agent import app_users, door
+from beamctl.agent import app_users, door, tokens
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import secret_files
 from beamctl.agent.snapshot_key import args_hash
@@ -41,8 +41,9 @@ class Deployments:
         return {"gpu": choice, "devices": list(devices)}
 
     def deploy(self, spec_json: dict[str, Any], secret_values: dict[str, str],
-               health_timeout: float | None = None) -> dict[str, Any]:
-        """health_timeout: None is the spec's (its rollout.health_timeout)."""
+               health_timeout: float | None = None, token: str | None = None) -> dict[str, Any]:
+        """health_timeout: None is the spec's (its rollout.health_timeout). `token`: the app's endpoint
+        token on every host (the client's choice); it replaces another one here once the deploy is done."""
         try:
             spec = AppSpec.from_json(spec_json)
             why = door.spec_problem(spec, secret_values)
@@ -54,9 +55,17 @@ class Deployments:
         missing = [n for n in spec.secret_names if n not in secret_values]
         if missing:
             raise AgentError(f"no value for secret(s) {', '.join(missing)}")
+        if token is not None and not tokens.well_formed(token):
+            raise AgentError("deploy refused: a token is at least 32 characters of A-Z, a-z, 0-9, - and _",
+                             kind="input")
         self.state.assign(spec.gpu, spec.app)  # refused before anything is written
         with self._app_lock(spec.app, "deploy", spec.image):
-            return self._deploy(spec, secret_values, health_timeout)
+            result = self._deploy(spec, secret_values, health_timeout, token)
+        if token is not None and result.get("status") == "ready" and result.get("token") != token:
+            self.state.rotate_token(spec.app, token, "the app's endpoint token is now the one of all its hosts; "
+                                                     "the one this host had no longer works")
+            result = {**result, "token": token}
+        return result
 
     @contextmanager
     def _app_lock(self, app: str, op: str, image: str) -> Iterator[None]:
@@ -72,7 +81,8 @@ class Deployments:
         finally:
             lock.release()
 
-    def _deploy(self, spec: AppSpec, secret_values: dict[str, str], health_timeout: float) -> dict[str, Any]:
+    def _deploy(self, spec: AppSpec, secret_values: dict[str, str], health_timeout: float,
+                token: str | None = None) -> dict[str, Any]:
         for v in spec.volumes:  # created once, never deleted by beamctl
             volume_dir(self.state.data_dir, spec.app, v.name).mkdir(parents=True, exist_ok=True)
         if not self.containers.has_image(spec.image):
@@ -87,7 +97,7 @@ class Deployments:
         key = {RUNTIME_KEY: _secrets.token_hex(32)} if spec.runtime_api >= 2 else {}  # its runtime's, for us
         secret_files.write(self.state.secrets_path(spec.app, version), {**secret_values, **key})  # a failed
         # deploy never changes what the serving version starts with
-        token = self.state.token_for(spec.app)
+        token = self.state.token_for(spec.app, token)
         self.store.event(spec.app, f"deploying v{version} ({spec.image})")
         if not spec.as_root and self.state.runs_as_root(spec):
             self.store.event(spec.app, f"v{version} {app_users.ROOT_FOR_SNAPSHOTS}")

@@ -72,8 +72,8 @@ class Agent:
         return self._deployments.check_placement(gpu, app)
 
     def deploy(self, spec_json: dict[str, Any], secret_values: dict[str, str],
-               health_timeout: float | None = None) -> dict[str, Any]:
-        return self._deployments.deploy(spec_json, secret_values, health_timeout)
+               health_timeout: float | None = None, token: str | None = None) -> dict[str, Any]:
+        return self._deployments.deploy(spec_json, secret_values, health_timeout, token)
 
     def rollback(self, app: str, version: int | None = None,
                  health_timeout: float | None = None) -> dict[str, Any]:

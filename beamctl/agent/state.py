@@ -144,25 +144,26 @@ class AgentState:
             self._others_snapshotable = app_users.can_snapshot_others()
         return spec.as_root or (spec.takes_snapshots and not self._others_snapshotable)
 
-    def token_for(self, app: str) -> str | None:
-        """The app's endpoint token here, made (and its digest recorded) on its first deploy."""
+    def token_for(self, app: str, wanted: str | None = None) -> str | None:
+        """The app's endpoint token here, made (or `wanted`, the client's) on its first deploy."""
         if self.store.has_app(app):
             return tokens.read(self.data_dir, app)
-        token = tokens.new()
+        token = wanted or tokens.new()
         tokens.save(self.data_dir, app, token)
         self.store.ensure_app(app, tokens.digest(token))
         return token
 
-    def rotate_token(self, app: str, token: str | None) -> None:
+    def rotate_token(self, app: str, token: str | None,
+                     said: str = "endpoint token rotated: the old one no longer works") -> None:
         """A new token for the app (the client's, so every host gets the same; else a new one)."""
         if not self.store.has_app(app):
             raise AgentError(f"{app} was never deployed here")
         token = token or tokens.new()
-        if len(token) < tokens.MIN_LEN or not token.replace("-", "").replace("_", "").isalnum():
+        if not tokens.well_formed(token):
             raise AgentError("a token is at least 32 characters of A-Z, a-z, 0-9, - and _", kind="input")
         tokens.save(self.data_dir, app, token)
         self.store.set_token(app, tokens.digest(token))
-        self.store.event(app, "endpoint token rotated: the old one no longer works")
+        self.store.event(app, said)
 
     def secrets_path(self, app: str, version: int) -> Path:
         return self.data_dir / "secrets" / f"{app}-v{version}.json"

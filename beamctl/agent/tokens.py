@@ -46,3 +46,8 @@ def read(data_dir: Path, app: str) -> str | None:
         return path(data_dir, app).read_text().strip() or None
     except OSError:
         return None
+
+
+def well_formed(token: str) -> bool:
+    """At least MIN_LEN characters of A-Z, a-z, 0-9, - and _ (what `new` makes)."""
+    return len(token) >= MIN_LEN and token.replace("-", "").replace("_", "").isalnum() and token.isascii()

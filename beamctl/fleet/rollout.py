@@ -25,13 +25,14 @@ leaves at once, naming the hosts that finish on their own.
 
 from __future__ import annotations
 
+import secrets
 import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from beamctl.errors import BeamctlError, ExitCode, Interrupted
-from beamctl.hosts.each import Reply, ask, each
+from beamctl.hosts.each import Reply, ask, ask_all, each
 
 Progress = Callable[[Any], None]
 SWITCH_POLL_S = 0.2  # how often the wait for a batch looks at Ctrl-C
@@ -110,13 +111,21 @@ def place(hosts: list[Any], prefs: tuple[str, ...], app: str | None = None) -> A
         raise
 
 
+def app_token(replies: list[Reply], app: str) -> str | None:
+    """The endpoint token the app keeps on all its hosts: the one most of them have now (ties: the first
+    host's), or None when no host has one yet (pure; `replies`: each host's status of the app)."""
+    held = [a.get("token") for r in replies if r.ok for a in (r.result or {}).get("apps", [])
+            if a.get("app") == app and a.get("token")]
+    return max(held, key=held.count) if held else None
+
+
 def deploy_one(host: Any, spec_json: dict[str, Any], secret_values: dict[str, str], health_timeout: float,
-               progress: Progress) -> Reply:
+               progress: Progress, token: str | None = None) -> Reply:
     """The agent's `deploy` on one host (the image is there): a Reply whose result is a HostDeploy."""
     if not host.local:
         progress(f"{host.name}: starting the new version")
     got = ask(host, "deploy", timeout=health_timeout + ANSWER_SLACK_S, spec_json=spec_json,
-              secret_values=secret_values, health_timeout=health_timeout)
+              secret_values=secret_values, health_timeout=health_timeout, **({"token": token} if token else {}))
     if not got.ok:
         return got
     r = got.result
@@ -125,8 +134,8 @@ def deploy_one(host: Any, spec_json: dict[str, Any], secret_values: dict[str, st
 
 
 def deploy_rolling(hosts: list[Any], spec_json: dict[str, Any], secret_values: dict[str, str],
-                   health_timeout: float, progress: Progress, max_parallel: int | None = None
-                   ) -> tuple[list[HostDeploy], bool]:
+                   health_timeout: float, progress: Progress, max_parallel: int | None = None,
+                   token: str | None = None) -> tuple[list[HostDeploy], bool]:
     """`max_parallel` hosts at a time (default all); after a batch with a failure, the rest are left alone.
     Returns the results and whether Ctrl-C stopped the rollout (after the batch it came in finished)."""
     batch = max(1, max_parallel or len(hosts) or 1)
@@ -144,7 +153,7 @@ def deploy_rolling(hosts: list[Any], spec_json: dict[str, Any], secret_values: d
                                         "(it keeps its version; fix and deploy again)") for h in group]
             continue
         done, interrupted = switch(group, lambda h: deploy_one(h, spec_json, secret_values, health_timeout,
-                                                               progress), progress, results, hosts[i + batch:])
+                                                               progress, token), progress, results, hosts[i + batch:])
         results += [r.result if r.ok else failed_reply(r) for r in done]
     return results, interrupted
 
@@ -257,8 +266,11 @@ def rollout(hosts: list[Any], app: str, prefs: tuple[str, ...], build: Callable[
             if isinstance(got, BeamctlError):
                 results[name] = failed(name, got.message, got)
         live = [h for h in live if h.name not in results]
+        token = None  # one host keeps its own; several get one for all (the one most have, else a new one)
+        if len(live) > 1:
+            token = app_token(ask_all(live, "status", app=app), app) or secrets.token_urlsafe(32)
         rolled, interrupted = deploy_rolling(live, spec_for(image), secret_values, health_timeout, progress,
-                                             max_parallel)
+                                             max_parallel, token)
         for r in rolled:
             got = shipped.get(r.host)
             r.ship, r.cold_boot = (got.as_json() if got is not None else None), cold.get(r.host)

@@ -53,11 +53,14 @@ class FakeAgent:
         self.active[app] = version
         self._log(app, f"v{version} ready")
         return {"app": app, "version": version, "image": image, "status": "ready", "reason": None,
-                "token": "tok", "endpoint": f"http://127.0.0.1:8000/{app}", "serving": version, "checkpoint": None}
+                "token": self.tokens.get(app, "tok"), "endpoint": f"http://127.0.0.1:8000/{app}", "serving": version,
+                "checkpoint": None}
 
     def op_deploy(self, spec_json: dict[str, Any], secret_values: dict[str, str],
-                  health_timeout: float | None = None) -> dict[str, Any]:
+                  health_timeout: float | None = None, token: str | None = None) -> dict[str, Any]:
         app = spec_json["app"]
+        if token is not None:
+            self.tokens[app] = token
         rows = self.versions.setdefault(app, [])
         rows.append({"version": len(rows) + 1, "spec": spec_json})
         return self._start(app, len(rows), spec_json["image"])
@@ -95,7 +98,7 @@ class FakeAgent:
 
     def op_status(self, app: str | None = None) -> dict[str, Any]:
         names = [app] if app else sorted(self.versions)
-        return {"apps": [{"app": a, "active_version": self.active.get(a), "endpoint": None, "token": None,
+        return {"apps": [{"app": a, "active_version": self.active.get(a), "endpoint": None, "token": self.tokens.get(a),
                           "image": (self.versions[a][self.active[a] - 1]["spec"]["image"] if self.active.get(a)
                                     else None),
                           "lock": None, "containers": [{"id": f"c0ffee{self.active[a]:06d}", "state": "ready",

@@ -243,3 +243,25 @@ def test_a_failed_request_while_the_engine_does_not_answer_either_is_said_and_th
     assert failed["error"] == (f"container {cid[:12]} of v{version} died during the task: it stopped answering, "
                                "and so did the Docker Engine (ConnectionError: docker.sock refused)")
     assert agent.status("demo")["apps"][0]["containers"] == []
+
+
+def test_a_deploy_with_the_apps_fleet_token_replaces_this_hosts_only_once_it_is_ready(tmp_path):
+    from beamctl.agent import tokens
+
+    agent = Agent(tmp_path, FakeContainers(), gpus=[])
+    spec = {"app": "demo", "image": "img", "workers": 1, "keep_warm_s": 60, "timeout_s": 5}
+    first = agent.deploy(spec, {}, health_timeout=10)
+    assert first["status"] == "ready"
+    here, fleet = first["token"], "f" * 43
+    with pytest.raises(Exception) as e:
+        agent.deploy({**spec, "image": "img2"}, {}, health_timeout=10, token="short")
+    assert "at least 32 characters" in str(e.value)
+    assert tokens.matches(here, agent.store.token_digest("demo"))
+
+    again = agent.deploy({**spec, "image": "img3"}, {}, health_timeout=10, token=fleet)
+    assert again["token"] == fleet and tokens.matches(fleet, agent.store.token_digest("demo"))
+    assert not tokens.matches(here, agent.store.token_digest("demo"))
+    said = [e["text"] for e in agent.logs("demo") if "one of all its hosts" in e["text"]]
+    assert len(said) == 1
+    same = agent.deploy({**spec, "image": "img4"}, {}, health_timeout=10, token=fleet)
+    assert same["token"] == fleet and len([e for e in agent.logs("demo") if "one of all its hosts" in e["text"]]) == 1

@@ -151,7 +151,7 @@ def one_at_a_time(d: Path) -> Path:
 
 def switching(host: FakeHost, presses: int, release: threading.Event | None = None) -> None:
     """`host`'s deploy: Ctrl-C pressed `presses` times while it runs; it then ends (after `release`)."""
-    def deploy(spec_json, secret_values, health_timeout=None):
+    def deploy(spec_json, secret_values, health_timeout=None, token=None):
         ctrl_c(presses)
         if release is not None:
             release.wait(10)
@@ -500,3 +500,27 @@ def test_token_rotate_here_prints_only_the_token(world, cli, tmp_path):
     assert data["hosts"] == ["local"] and data["token"] == hosts[0].agent.tokens["hello"] and data["failed"] == {}
     missing = cli("token", "rotate", "nope", cwd=tmp_path)
     assert missing.code != 0 and "nope was never deployed here" in missing.err and missing.out == ""
+
+
+def test_a_deploy_gives_the_app_one_token_on_all_its_hosts(world, cli, tmp_path):
+    """The token most hosts have now becomes every host's (issue 18's one front door needs one); a first
+    deploy makes one for all."""
+    from beamctl.fleet.rollout import app_token
+    from beamctl.hosts.each import Reply
+
+    old, other = "a" * 43, "b" * 43
+    w = world(three())
+    folder = app_dir(tmp_path, ["gpu1", "gpu2", "gpu3"])
+    assert cli("deploy", "--json", cwd=folder).code == 0
+    first = {h.agent.tokens.get("hello") for h in w.hosts}
+    assert len(first) == 1 and len(first.pop() or "") >= 32  # made by the client, the same everywhere
+    for h, token in zip(w.hosts, (other, old, old)):
+        h.agent.tokens["hello"] = token  # as hosts deployed one by one before had them
+    (folder / "app.py").write_text("def handler(context, **inputs):\n    return {}\n")
+    r = cli("deploy", "--json", cwd=folder)
+    assert r.code == 0, r.err
+    assert [h.agent.tokens["hello"] for h in w.hosts] == [old, old, old]
+    status = lambda t: Reply("h", {"apps": [{"app": "x", "token": t}]})  # noqa: E731
+    assert app_token([status("p" * 40), status("q" * 40), status("q" * 40)], "x") == "q" * 40
+    assert app_token([status("p" * 40), status("q" * 40)], "x") == "p" * 40  # a tie: the first host's
+    assert app_token([Reply("h", error="never deployed here"), status(None)], "x") is None

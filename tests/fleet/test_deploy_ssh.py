@@ -166,7 +166,7 @@ def test_the_lock_is_taken_before_shipping_and_released_after(fake_fleet):
         asked_then, lock_then = fake_fleet.calls.at_ship[name]
         assert asked_then == ["version", "lock_acquire"]  # locked when the ship started, nothing deployed
         assert lock_then is not None and lock_then["image"] == "beamctl/app:1"
-        assert [op for op, _ in host.asked] == ["version", "lock_acquire", "deploy", "lock_release"]
+        assert [op for op, _ in host.asked] == ["version", "lock_acquire", "status", "deploy", "lock_release"]
         assert lock_of(fake_fleet.root / name) is None
         assert not (fake_fleet.root / name / "locks" / "app.json").exists()
 

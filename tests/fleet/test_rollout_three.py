@@ -87,6 +87,9 @@ def test_three_hosts_deploy_redeploy_noop_logs_rollback(cli, three, app_dir, mon
     assert all(n > 1_000_000 for n in full.values()), full
     assert call_each(cli, app_dir) == {h: "hello, Ada" for h in HOSTS}
     v1 = data["version"]
+    tokens = {r["host"]: r["status"]["apps"][0]["token"]
+              for r in json.loads(cli("status", "hello3", "--json").out)["hosts"]}
+    assert len(set(tokens.values())) == 1 and len(tokens) == 3, tokens  # one token for the app on all hosts
 
     greeting(app_dir, "hi")
     planned = cli("deploy", "--dry-run", "--json", "-f", str(app_dir))  # asks, changes nothing
