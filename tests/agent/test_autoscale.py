@@ -49,6 +49,13 @@ def burst(pool: Pool, n: int, hold_s: float, stagger_s: float = 0.0) -> tuple[li
     return served, errors
 
 
+def until(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within 10 s"
+        time.sleep(0.01)
+
+
 def test_wanted_containers_follow_the_queue_within_min_and_max():
     scale = Scale(max_containers=4, tasks_per_container=2, min_containers=1)
     assert [scale.wanted(d, workers=8) for d in (0, 1, 2, 3, 5, 8, 100)] == [1, 1, 1, 2, 3, 4, 4]
@@ -84,8 +91,7 @@ def test_a_waiting_task_takes_the_first_free_slot_not_the_container_started_for_
     got: list[str] = []
     waiter = threading.Thread(target=lambda: got.append(pool.acquire(timeout=10).id))
     waiter.start()
-    time.sleep(0.2)  # the waiter asked for a second container (still being created)
-    assert pool.creating == 1
+    until(lambda: pool.waiting == 1 and pool.creating == 1)  # it waits, a second container is being created
     pool.release(first)
     waiter.join(10)
     assert got == [first.id]  # it took the slot that freed, not the starting container
@@ -181,7 +187,7 @@ def test_a_task_that_waited_hears_why_no_other_container_started_and_its_profile
     heard: list[str] = []
     waiter = threading.Thread(target=lambda: pool.release(pool.acquire(timeout=10, waited_for=heard)))
     waiter.start()
-    time.sleep(0.3)
+    until(lambda: pool.waiting == 1 and pool.blocked is not None)
     pool.release(first)
     waiter.join(10)
     assert heard == ["no free H100 GPU for another container (0 free of 8)"]
