@@ -11,7 +11,7 @@ from typing import Any
 
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import logs as _logs
-from beamctl.agent import app_users, private, secret_files, tokens
+from beamctl.agent import app_users, private, secret_files, tokens, usage
 from beamctl.agent.container_args import LABEL_SPARE, create_args
 from beamctl.agent.containers import Containers
 from beamctl.agent.paths import agent_id
@@ -129,7 +129,8 @@ class AgentState:
                 other = self.spec(name, v)
                 used_cpu += float(other.get("cpu") or 1.0)
                 used_mem += int(other.get("memory_bytes") or 0)
-        host_cpus, host_mem = os.cpu_count() or 1, _memory_total()
+        total = usage.meminfo(usage.read_text("/proc/meminfo"))
+        host_cpus, host_mem = os.cpu_count() or 1, total[1] if total else 0
         if used_cpu + cpu > host_cpus + 1e-9:
             return f"the host's {host_cpus} CPUs are taken ({used_cpu:g} by running containers; one more needs {cpu:g})"
         if host_mem and used_mem + memory > host_mem:
@@ -187,16 +188,4 @@ class AgentState:
 
     def app_endpoint(self, app: str) -> str | None:
         return f"{self.endpoint}/apps/{app}" if self.endpoint else None
-
-
-def _memory_total() -> int:
-    """The host's memory in bytes (/proc/meminfo MemTotal), 0 when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 

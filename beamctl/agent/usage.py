@@ -119,7 +119,7 @@ def owner(cgroup_text: str, ids: list[str]) -> str | None:
     return None
 
 
-def _read(path: str) -> str:
+def read_text(path: str) -> str:
     try:
         with open(path) as f:
             return f.read()
@@ -204,7 +204,7 @@ class Sampler:
 
 
 def _raw(api: Any, ids: list[str]) -> tuple[Any, dict[str, Any]]:
-    return proc_cpu(_read("/proc/stat")), {cid: _stats(api, cid) for cid in ids}
+    return proc_cpu(read_text("/proc/stat")), {cid: _stats(api, cid) for cid in ids}
 
 
 def sample(api: Any, ids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -229,7 +229,7 @@ def _compute(a: tuple[Any, dict[str, Any]], b: tuple[Any, dict[str, Any]],
         per[cid] = {"cpu_pct": cpu_percent(x, y) if x is not None else None,
                     "mem_used": used[0] if used else None, "mem_limit": used[1] if used else None}
         full[y.get("id") or cid] = cid
-    mem = meminfo(_read("/proc/meminfo"))
+    mem = meminfo(read_text("/proc/meminfo"))
     host: dict[str, Any] = {"cpus": cpus, "cpu_pct": host_cpu_percent(host_a, host_b, cpus),
                             "load1": _load1(), "mem_used": mem[0] if mem else None,
                             "mem_total": mem[1] if mem else None}
@@ -237,7 +237,7 @@ def _compute(a: tuple[Any, dict[str, Any]], b: tuple[Any, dict[str, Any]],
     if listed is not None:
         host["gpus"] = gpus(listed)
         for pid, used_bytes in gpu_processes(_smi(APPS_QUERY) or "").items():
-            cid = owner(_read(f"/proc/{pid}/cgroup"), list(full))
+            cid = owner(read_text(f"/proc/{pid}/cgroup"), list(full))
             if cid is not None:
                 row = per[full[cid]]
                 row["gpu_mem"] = row.get("gpu_mem", 0) + used_bytes
