@@ -35,10 +35,26 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
                                max_parallel=config.rollout.max_parallel, lock_wait=lock_wait,
                                checkpoints=config.checkpoint_enabled)
         placed.record(config.name, entries)  # the app's commands find it by name from any folder
+        if config.gateway is not None and not deployed.interrupted \
+                and any(h.status == "ready" for h in deployed.hosts):
+            _route(config, deployed, hosts, entries or [], progress)
         return deployed
     finally:
         for h in hosts:
             h.close()
+
+
+def _route(config: AppConfig, deployed: Any, hosts: list[Any], entries: list[Any],
+           progress: Callable[[Any], None]) -> None:
+    """The app's front door follows the deploy; a failure is the deploy's to report, not to undo."""
+    from beamctl.errors import BeamctlError
+    from beamctl.fleet import gateway
+
+    progress(f"{config.gateway.host}: the gateway: routing {config.name} to its hosts")
+    try:
+        deployed.gateway = gateway.route(config.name, config.gateway, hosts, entries, progress)
+    except BeamctlError as e:
+        deployed.gateway_error = e
 
 
 def plan_deploy(config: AppConfig, progress: Callable[[Any], None]) -> tuple[Any, list[Any]]:
@@ -91,6 +107,66 @@ def call(hosts: list[Any], app: str, inputs: dict[str, Any], chosen: Callable[[s
             raise reply.exc or AgentFailed(reply.error or "the call failed")
         raise AgentFailed(reply.error if (reply.error or "").startswith(f"{host.name}:")  # which host failed it
                           else f"{host.name}: {reply.error}")
+
+
+def gateway_address(hosts: list[Any], app: str) -> tuple[str, str]:
+    """The app's front door (its hosts' word) and its token: (url, token)."""
+    from beamctl.errors import BeamctlError
+    from beamctl.fleet.gateway import gateway_of
+
+    replies = ask_all(hosts, "status", app=app)
+    where = gateway_of(replies, app)
+    token = next((a.get("token") for r in replies if r.ok for a in (r.result or {}).get("apps", [])
+                  if a.get("app") == app and a.get("token")), None)
+    if where is None or not token:
+        errors = error_lines(replies)
+        raise BeamctlError(f"{app} has no gateway" + (f" (no answer from: {'; '.join(errors)})" if errors else ""),
+                           hint="add gateway: to its beam.yaml and deploy, or call it without --gateway")
+    return where["url"], token
+
+
+def call_gateway(url: str, app: str, token: str, inputs: dict[str, Any], cafile: Any = None,
+                 timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+    """One task through the front door, over HTTPS (or HTTP when the door is plain): the task as the agent
+    answers it. The door never sends a task twice; neither does this (no retry)."""
+    import http.client
+    import json
+    import ssl
+    import time
+    from urllib.parse import urlsplit
+
+    from beamctl.errors import BeamctlError, UsageError
+
+    parts = urlsplit(url)
+    body = json.dumps(inputs).encode()
+    began = time.monotonic()
+    if parts.scheme == "https":
+        try:
+            context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(f"--cacert {cafile}: {e}") from None
+        conn: Any = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    try:
+        conn.request("POST", f"/apps/{app}", body=body, headers={"Authorization": f"Bearer {token}",
+                                                                  "Content-Type": "application/json"})
+        answer = conn.getresponse()
+        raw = answer.read()
+    except ssl.SSLCertVerificationError as e:
+        raise BeamctlError(f"{url}: its certificate is not trusted: {e.verify_message}",
+                           hint="pass the CA (or the self-signed certificate) with --cacert FILE") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise BeamctlError(f"{url}: {e}", hint="beamctl status shows the app's gateway and its rotation") from None
+    finally:
+        conn.close()
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        data = {}
+    if answer.status in (200, 500) and "task_id" in data:
+        return {"total": time.monotonic() - began, **data}
+    raise BeamctlError(f"{url}: {answer.status} {answer.reason}: {data.get('error') or raw[:200]!r}")
 
 
 def never_sent(reply: Reply) -> bool:

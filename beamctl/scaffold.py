@@ -46,6 +46,7 @@ _EXAMPLE: dict[str, Any] = {
 }
 _COMMENTED: dict[str, Any] = {"autoscaler": {"max_containers": 4, "tasks_per_container": 1, "min_containers": 0},
                                "hosts": ["user@gpu-host:22"],
+                               "gateway": {"host": "gw1", "port": 8443, "certificate": "tls/app.pem"},
                                "rollout": {"max_parallel": 2, "health_timeout": 300}}
 
 APP_PY = '''\

@@ -99,9 +99,14 @@ def test_app_name_from_folder(tmp_path):
 def test_commented_out_keys_validate_once_uncommented(cli, tmp_path):
     cli("init", str(tmp_path), "--name", "demo")
     lines = (tmp_path / "beam.yaml").read_text().splitlines()
-    opened = [line[2:] if line.startswith(("# autoscaler:", "# hosts:", "# rollout:", "#   ")) else line for line in lines]
+    opened = [line[2:] if line.startswith(("# autoscaler:", "# hosts:", "# gateway:", "# rollout:", "#   "))
+              else line for line in lines]
     (tmp_path / "beam.yaml").write_text("\n".join(opened) + "\n")
+    (tmp_path / "tls").mkdir()  # the gateway's certificate: validate reads its PEM markers only
+    (tmp_path / "tls" / "app.pem").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
+                                              "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n")
     config, warnings = load(tmp_path / "beam.yaml")
+    assert (config.gateway.host, config.gateway.port, config.gateway.tls) == ("gw1", 8443, True)
     assert warnings == [] and [h.hostname for h in config.hosts] == ["gpu-host"]
     assert (config.rollout.max_parallel, config.rollout.health_timeout_s) == (2, 300.0)
     assert (config.autoscaler.max_containers, config.autoscaler.tasks_per_container) == (4, 1)

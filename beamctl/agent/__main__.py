@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     host, _, port = args.http.rpartition(":")
     web = http_api.serve(agent, host or "127.0.0.1", int(port))
     agent.endpoint = f"http://{web.server_address[0]}:{web.server_address[1]}"
+    agent.state.exposure.serve = lambda h, p, allowed: http_api.serve(agent, h, p, allowed=allowed)
+    try:
+        agent.state.exposure.start()  # where a gateway reaches this agent, as the last deploy said
+    except Exception as e:  # noqa: BLE001 - the loopback endpoint and the control socket still serve
+        print(f"beamctl-agent: the gateway's listener did not start: {e}", file=sys.stderr, flush=True)
     control.serve(agent, data_dir / "agent.sock")
     (data_dir / "agent.json").write_text(json.dumps({"pid": os.getpid(), "version": __version__,
                                                      "endpoint": agent.endpoint}))

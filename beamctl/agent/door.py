@@ -22,6 +22,8 @@ ARG_TYPES: dict[str, tuple[type, ...]] = {
     "app": (str,), "task_id": (str,), "limit": (int,), "tail": (int,), "since": NUMBER, "version": (int,),
     "status": (str,), "health_timeout": NUMBER, "token": (str,), "gpu": (list,), "spec_json": (dict,),
     "secret_values": (dict,), "inputs": (dict,), "holder": (dict,),
+    "port": (int,), "tls": (bool,), "servers": (list,), "bind": (str,), "pem": (str,), "listen": (str,),
+    "allow": (list,), "url": (str,), "gateway": (str,),
 }
 
 
@@ -33,9 +35,9 @@ def args_problem(args: Any) -> str | None:
         want = ARG_TYPES.get(name)
         if value is None or want is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, want):
+        if (isinstance(value, bool) and bool not in want) or not isinstance(value, want):
             kinds = " or ".join({int: "an integer", float: "a number", str: "a string", list: "a list",
-                                 dict: "an object"}[t] for t in want)
+                                 dict: "an object", bool: "true or false"}[t] for t in want)
             return f"{name} must be {kinds}, not {type(value).__name__}"
     app = args.get("app")
     if isinstance(app, str) and not APP_NAME.fullmatch(app):
@@ -82,3 +84,29 @@ def spec_problem(spec: AppSpec, secret_values: dict[str, Any]) -> str | None:
     if spec.cache_dir is not None and (not isinstance(spec.cache_dir, str) or "\0" in spec.cache_dir):
         return "cache_dir is not a path"
     return None
+
+
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def servers(value: list[Any]) -> tuple[tuple[str, str], ...]:
+    """A gateway's servers, [[host name, "address:port"], ...], checked: names as the inventory's, addresses IPs."""
+    import ipaddress
+
+    from beamctl.protocol.errors import AgentError
+
+    out = []
+    for item in value:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            raise AgentError("servers must be [[host name, address:port], ...]", kind="input")
+        name, address = item
+        host, _, port = address.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            ok = 0 < int(port) < 65536
+        except ValueError:
+            ok = False
+        if not HOST_NAME.fullmatch(name) or not ok:
+            raise AgentError(f"bad server {name!r} at {address!r}", kind="input")
+        out.append((name, address))
+    return tuple(out)

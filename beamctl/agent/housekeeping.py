@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from beamctl.agent import gateway as _gateway
 from beamctl.agent import logs as _logs
 from beamctl.agent.pool import Live, Pool
 from beamctl.agent.profile import ContainerTimeline
@@ -13,6 +14,7 @@ from beamctl.agent.state import AgentState
 from beamctl.protocol.errors import AgentError
 
 REAP_EVERY_S = 0.5  # how often idle containers are looked for
+GATEWAY_EVERY_S = 2.0  # how often a gateway host's HAProxy is looked for
 STOP_DRAIN_S = 30  # `stop` waits this long for running tasks before stopping their containers
 STARTING_AT_DEATH = "the agent stopped during its start"
 
@@ -45,6 +47,18 @@ class Housekeeping:
                 self.containers.forget(app)
         if lost:
             self.store.event("-", f"agent restarted: {lost} task(s) were cut off")
+        self.heal_gateway()
+
+    def heal_gateway(self) -> None:
+        """This host's front door: HAProxy started again when it routes apps and none runs."""
+        try:
+            with self.state.gateway_lock:
+                started = _gateway.heal(self.state.data_dir)
+        except AgentError as e:
+            self.store.event("-", f"gateway: HAProxy is not running and did not start: {e.message}")
+            return
+        if started:
+            self.store.event("-", "gateway: HAProxy was not running; started it again")
 
     def _adopt(self, pool: Pool, info: Any) -> bool:
         container_id = info.id
@@ -65,8 +79,12 @@ class Housekeeping:
         return True
 
     def reap_forever(self) -> None:
+        checked = time.monotonic()
         while not self.state.stopping.wait(REAP_EVERY_S):
             self.reap(time.monotonic())
+            if time.monotonic() - checked >= GATEWAY_EVERY_S:
+                checked = time.monotonic()
+                self.heal_gateway()
 
     def reap(self, now: float) -> None:
         for app, pool in list(self.pools.items()):

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 from beamctl.agent.container_args import size_text
 from beamctl.mounts import MAX_INPUT, memory_bytes
@@ -35,7 +36,10 @@ def bearer(header: str | None) -> str | None:
 
 
 def serve(agent: Any, host: str, port: int, timeout_s: float = TIMEOUT_S,
-          connections: int = CONNECTIONS) -> ThreadingHTTPServer:
+          connections: int = CONNECTIONS, allowed: Callable[[str, str | None], bool] | None = None
+          ) -> ThreadingHTTPServer:
+    """The endpoint on host:port. `allowed(peer address, app or None for /health)`: who may use it (a
+    gateway's listener, agent/exposure.py); others get 403 and the connection closes. None: everyone."""
     from beamctl.agent import tokens
     from beamctl.protocol.errors import AgentError
 
@@ -61,7 +65,15 @@ def serve(agent: Any, host: str, port: int, timeout_s: float = TIMEOUT_S,
             self.end_headers()
             self.wfile.write(data)
 
+        def _refused(self, app: str | None) -> bool:
+            if allowed is None or allowed(self.client_address[0], app):
+                return False
+            self._send(403, {"error": "this address of the agent serves its gateway only"}, close=True)
+            return True
+
         def do_GET(self) -> None:
+            if self._refused(None):
+                return
             if self.path == "/health":
                 self._send(200, {"ok": True})
             else:
@@ -76,6 +88,8 @@ def serve(agent: Any, host: str, port: int, timeout_s: float = TIMEOUT_S,
             if len(parts) != 2 or parts[0] != "apps":
                 return self._send(404, {"error": "not found; POST /apps/NAME runs a task"}, close=length > 0)
             app = parts[1]
+            if self._refused(app):
+                return None
             given = bearer(self.headers.get("Authorization"))
             if given is None or not tokens.matches(given, agent.store.token_digest(app)):
                 # the body is never read: the connection cannot be reused
@@ -117,6 +131,8 @@ def serve(agent: Any, host: str, port: int, timeout_s: float = TIMEOUT_S,
             finally:
                 self.slots.release()
 
+    if ":" in host:
+        Server.address_family = socket.AF_INET6
     server = Server((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
     return server

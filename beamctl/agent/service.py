@@ -5,6 +5,7 @@ deployments.py, tasks.py, deaths.py, housekeeping.py; status and logs read acros
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 from beamctl.protocol.gpus import Gpu
 from beamctl.agent import locks as _locks
 from beamctl.agent import logs as _logs
+from beamctl.agent import door as _door
+from beamctl.agent import gateway as _gateway
 from beamctl.agent import tokens as _tokens
 from beamctl.agent.containers import Containers
 from beamctl.agent.deaths import Deaths
@@ -77,7 +80,12 @@ class Agent:
 
     def rollback(self, app: str, version: int | None = None,
                  health_timeout: float | None = None) -> dict[str, Any]:
-        return self._deployments.rollback(app, version, health_timeout)
+        return self._with_gateway(app, self._deployments.rollback(app, version, health_timeout))
+
+    def _with_gateway(self, app: str, result: dict[str, Any]) -> dict[str, Any]:
+        """A result the client follows with the app's front door, when it has one (stop, rollback, rotate)."""
+        where = self.state.exposure.gateway_of(app)
+        return {**result, "gateway": where} if where else result
 
     # deploy locks (held across a whole fleet deploy by the client; agent/locks.py) -------------------
     def lock_acquire(self, app: str, holder: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +138,7 @@ class Agent:
                         "image": next((v["image"] for v in versions if v["version"] == active), None),
                         "containers": live, "scaling": _scaling(pool), "token": token, "lock": _locks.read(self.data_dir, name),
                         "endpoint": self.state.app_endpoint(name),
+                        "gateway": self.state.exposure.gateway_of(name),
                         "versions": [{**{k: v[k] for k in ("version", "image", "state", "reason", "created")},
                                       "checkpoint": snaps.get(v["version"])} for v in versions[-5:]]})
         return {"agent": {"data_dir": str(self.data_dir), "pid": os.getpid(), "endpoint": self.endpoint,
@@ -143,11 +152,49 @@ class Agent:
         return _logs.merged(self.data_dir, app, running, list(self.store.events(app, since)), since, tail, task_id)
 
     def stop(self, app: str) -> dict[str, Any]:
-        return self._housekeeping.stop(app)
+        return self._with_gateway(app, self._housekeeping.stop(app))
 
     def token_rotate(self, app: str, token: str | None = None) -> dict[str, Any]:
         self.state.rotate_token(app, token)
-        return {"app": app, "rotated": True}
+        return self._with_gateway(app, {"app": app, "rotated": True})
+
+    # the front door (beam.yaml `gateway:`): on the gateway host, and where a gateway reaches this agent ----
+    def gateway_serve(self, app: str, port: int, tls: bool, token: str, servers: list[Any],
+                      bind: str = "", pem: str | None = None) -> dict[str, Any]:
+        door = _gateway.Door(app, port, bind, tls, _tokens.digest(token).removeprefix(_tokens.PREFIX),
+                             _door.servers(servers))
+        if tls and not pem:
+            raise AgentError("a TLS front door needs its certificate", kind="input")
+        with self.state.gateway_lock:
+            _gateway.set_door(self.data_dir, door, pem)
+        self.store.event(app, f"gateway: port {port} routes to {', '.join(n for n, _ in door.servers) or 'no host'}")
+        return _gateway.status(self.data_dir)
+
+    def gateway_update(self, app: str, token: str | None = None, servers: list[Any] | None = None
+                       ) -> dict[str, Any]:
+        """The app's route with a new token or servers (stop, rollback, token rotate); the rest as it was."""
+        with self.state.gateway_lock:
+            old = next((d for d in _gateway.doors(self.data_dir) if d.app == app), None)
+            if old is None:
+                raise AgentError(f"this host's front door does not route {app}")
+            door = dataclasses.replace(
+                old, digest=_tokens.digest(token).removeprefix(_tokens.PREFIX) if token else old.digest,
+                servers=_door.servers(servers) if servers is not None else old.servers)
+            _gateway.set_door(self.data_dir, door, None)
+        return _gateway.status(self.data_dir)
+
+    def gateway_remove(self, app: str) -> dict[str, Any]:
+        with self.state.gateway_lock:
+            removed = _gateway.remove_door(self.data_dir, app)
+        return {"removed": removed, **_gateway.status(self.data_dir)}
+
+    def gateway_status(self) -> dict[str, Any]:
+        return _gateway.status(self.data_dir)
+
+    def gateway_expose(self, app: str, listen: str, allow: list[Any], url: str, gateway: str) -> dict[str, Any]:
+        if not self.store.has_app(app):
+            raise AgentError(f"{app} was never deployed here")
+        return self.state.exposure.expose(app, listen, [str(a) for a in allow], url, gateway)
 
 
 def _lock_op(fn: Any, *args: Any) -> Any:

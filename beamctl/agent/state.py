@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from beamctl.agent.exposure import Exposure
 from beamctl.agent import gpus as _gpus
 from beamctl.agent import logs as _logs
 from beamctl.agent import app_users, private, secret_files, tokens, usage
@@ -43,6 +44,8 @@ class AgentState:
         self.agent_id = agent_id(data_dir)
         self.pools: dict[str, Pool] = {}
         self.endpoint = ""  # set by the HTTP server: http://host:port
+        self.exposure = Exposure(data_dir)  # where gateways reach this agent (agent/exposure.py)
+        self.gateway_lock = threading.Lock()  # one change of this host's front door at a time
         self.stopping = threading.Event()  # the agent's background loops end
         self._lock = threading.Lock()
         self._placing = threading.Lock()  # GPU containers: from their create args until they are in a pool

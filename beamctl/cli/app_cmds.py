@@ -24,16 +24,26 @@ FOLLOW_POLL_S = 0.5
 @app.command()
 def call(name: str = typer.Argument(..., help="The app."),
          inputs: Optional[str] = typer.Argument(None, help="Inputs as a JSON object, or @FILE."),
-         json: bool = JsonOpt, host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
+         json: bool = JsonOpt, host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt,
+         gateway: bool = typer.Option(False, "--gateway", help="Through the app's front door (beam.yaml "
+                                                               "gateway:), as any other client would."),
+         cacert: Optional[Path] = typer.Option(None, "--cacert", help="With --gateway: the CA (or self-signed "
+                                               "certificate) to trust for the door's TLS; default: the system's.")
+         ) -> int:
     """Run one task and print its result (on the least busy host that serves the app)."""
     from beamctl import apps
 
     data = _inputs(inputs)
     with reach.hosts(name, host, file) as hosts:
         local = reach.local(hosts)
-        task, where = apps.call(hosts, name, data,
-                                lambda h: console.say(f"[dim]calling {name} on {console.escape(h)}[/]"),
-                                console.error)
+        if gateway:
+            url, token = apps.gateway_address(hosts, name)
+            console.say(f"[dim]calling {name} at {console.escape(url)}[/]")
+            task, where = apps.call_gateway(url, name, token, data, cacert), None
+        else:
+            task, where = apps.call(hosts, name, data,
+                                    lambda h: console.say(f"[dim]calling {name} on {console.escape(h)}[/]"),
+                                    console.error)
     where = None if local else where
     if json:
         console.emit_json({**{k: task[k] for k in ("task_id", "status", "start", "result", "error")},
@@ -176,6 +186,7 @@ def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt,
     with reach.hosts(name, host, file) as hosts:
         replies = ask_all(hosts, "status", app=name)
         local = reach.local(hosts)
+        door = _door(name, replies, hosts) if name and not local else None
     if local:
         data = only(replies)
         if json:
@@ -186,11 +197,29 @@ def status(name: Optional[str] = typer.Argument(None), json: bool = JsonOpt,
         return ExitCode.OK
     if json:
         console.emit_json({"hosts": [{"host": r.host, **({"status": r.result} if r.error is None
-                                                         else {"error": r.error})} for r in replies]})
+                                                         else {"error": r.error})} for r in replies],
+                           **({"gateway": door} if door else {})})
     else:
+        if door:
+            for line in views.gateway_lines(name, door["where"], door.get("door"), door.get("error")):  # type: ignore[arg-type]
+                console.show(line)
         for line in views.host_status(replies):
             console.show(line)
     return reach.outcome(replies)
+
+
+def _door(app: str, replies: list[Any], hosts: list[Any]) -> dict[str, Any] | None:
+    """The app's gateway as its hosts know it, and the door's rotation as the gateway host tells it."""
+    from beamctl.fleet import gateway
+
+    where = gateway.gateway_of(replies, app)
+    if where is None:
+        return None
+    try:
+        door = gateway.door(app, where, hosts)
+    except Exception as e:  # noqa: BLE001 - status still shows the hosts; the gateway's error is one line
+        return {"where": where, "error": getattr(e, "message", None) or str(e)}
+    return {"where": where, "door": door}
 
 
 @app.command()
@@ -203,11 +232,12 @@ def stop(name: str = typer.Argument(...), host: Optional[List[str]] = HostOpt,
     with reach.hosts(name, host, file) as hosts:
         replies = ask_all(hosts, "stop", app=name)
         local = reach.local(hosts)
-    if local:
-        console.say(views.stopped(name, only(replies)))
-        return ExitCode.OK
-    for r in replies:
-        if r.error is None:
-            console.say(f"{console.escape(r.host)}: {views.stopped(name, r.result)}")
-    reach.report_errors(replies)
-    return reach.outcome(replies)
+        if local:
+            console.say(views.stopped(name, only(replies)))
+            return ExitCode.OK
+        for r in replies:
+            if r.error is None:
+                console.say(f"{console.escape(r.host)}: {views.stopped(name, r.result)}")
+        reach.report_errors(replies)
+        door_failed = reach.follow_gateway(name, hosts, replies)
+    return reach.with_gateway(reach.outcome(replies), door_failed)

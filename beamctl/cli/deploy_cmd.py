@@ -82,6 +82,21 @@ def _deployed_here(result: Any, json: bool) -> int:
     return ExitCode.FAILURE
 
 
+def _gateway_lines(result: Any) -> bool:
+    """The front door's line (its address and the hosts it routes to); True when it was not updated."""
+    g = result.gateway
+    if g is not None:
+        to = ", ".join(s["host"] for s in g.servers) or "no host"
+        via = f"; HAProxy: {g.haproxy}" if g.haproxy else ""
+        console.say(f"[bold green]gateway[/] {console.escape(g.host)}: {g.url}/apps/{result.app} -> {to}{via}")
+        for line in g.unexposed:
+            console.error(f"gateway: {line}")
+    if result.gateway_error is not None:
+        console.error(f"gateway: not updated: {result.gateway_error.message}", result.gateway_error.hint)
+        return True
+    return False
+
+
 def _interrupted(ready: int, total: int) -> int:
     """Ctrl-C came during the switch: what was started finished (shown above), nothing more was."""
     rest = f"; the other {total - ready} keep their version" if ready < total else ""
@@ -98,7 +113,9 @@ def _deployed_to_hosts(result: Any, json: bool) -> int:
     if json:
         console.emit_json({"app": result.app, "version": result.version, "image": result.image,
                            "hosts": [h.as_json(("host", "status", "reason", "version", "ship", "checkpoint",
-                                                "cold_boot")) for h in hosts]})
+                                                "cold_boot")) for h in hosts],
+                           **({"gateway": result.gateway.as_json()} if result.gateway else {}),
+                           **({"gateway_error": result.gateway_error.message} if result.gateway_error else {})})
     for h in hosts:
         name = console.escape(h.host)
         if h.status == "ready":
@@ -115,6 +132,8 @@ def _deployed_to_hosts(result: Any, json: bool) -> int:
         console.error(f"{h.host}: {result.app} not deployed: {h.reason}{serving}",
                       h.error.hint if h.error is not None else None)  # the fix (a host key's, a lock's)
     code = outcome(hosts)
+    if _gateway_lines(result) and code == ExitCode.OK:
+        code = ExitCode.PARTIAL  # the hosts run it; its front door does not route to them
     ready = sum(h.status == "ready" for h in hosts)
     if result.interrupted:
         return _interrupted(ready, len(hosts))

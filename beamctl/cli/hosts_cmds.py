@@ -161,7 +161,9 @@ def _trust_one(ssh: Any, entry: Any, yes: bool) -> int:
 @hosts_app.command()
 def add(name: str = typer.Argument(..., help="A short name, like gpu1."),
         target: str = typer.Argument(..., help="user@host[:port], [ipv6]:port, or an ~/.ssh/config alias."),
-        label: list[str] = typer.Option(None, "--label", "-l", help="KEY=VALUE (repeatable).")) -> int:
+        label: list[str] = typer.Option(None, "--label", "-l", help="KEY=VALUE (repeatable)."),
+        address: str = typer.Option(None, "--address", help="Its private IP address, where an app's gateway "
+                                                            "reaches its agent (default: its target's).")) -> int:
     """Add a host to the inventory (no connection is made; trust it next)."""
     from beamctl.hosts import inventory
 
@@ -171,7 +173,7 @@ def add(name: str = typer.Argument(..., help="A short name, like gpu1."),
         if not sep:
             raise UsageError(f"--label {item!r}: write KEY=VALUE")
         labels[key] = value
-    path = inventory.add(inventory.make_entry(name, target, labels))
+    path = inventory.add(inventory.make_entry(name, target, labels, address))
     console.say(console.escape(f"added {name} ({target}) to {path}"))
     console.say(f"next: beamctl hosts trust {name}, then beamctl hosts check {name}")
     return ExitCode.OK

@@ -38,3 +38,30 @@ def outcome(replies: list[Any]) -> int:
     from beamctl.hosts.each import outcome as of
 
     return of(replies)
+
+
+def follow_gateway(name: str, hosts: list[Any], replies: list[Any], token: str | None = None) -> bool:
+    """After stop, rollback or token rotate: when a host's answer says the app has a front door, the door
+    routes to the hosts that serve it now, with this token. One line; True when it could not be updated."""
+    from beamctl.errors import BeamctlError
+    from beamctl.fleet import gateway
+
+    if local(hosts) or not any(r.ok and isinstance(r.result, dict) and r.result.get("gateway") for r in replies):
+        return False
+    try:
+        routed = gateway.update(name, hosts, token)
+    except BeamctlError as e:
+        console.error(f"gateway: not updated: {e.message}", e.hint)
+        return True
+    if routed is not None:
+        to = ", ".join(s["host"] for s in routed.servers) or "no host (stopped: it answers 503)"
+        console.say(console.escape(f"gateway {routed.host}: {name} -> {to}"))
+        for line in routed.unexposed:
+            console.error(f"gateway: {line}")
+    return False
+
+
+def with_gateway(code: int, failed: bool) -> int:
+    from beamctl.errors import ExitCode
+
+    return ExitCode.PARTIAL if failed and code == ExitCode.OK else code

@@ -30,12 +30,13 @@ def rollback(name: str = typer.Argument(..., help="The app."),
     with reach.hosts(name, host, file) as hosts:
         replies = apps.rollback(hosts, name, version, health_timeout, _say)
         local = reach.local(hosts)
+        door_failed = reach.follow_gateway(name, hosts, replies)
     if local and replies[0].exc is not None:
         if json:
             console.emit_json({"app": name, "hosts": [{"host": "local", "status": "refused",
                                                        "error": replies[0].exc.message}]})
         raise replies[0].exc
-    return _rolled_back(name, replies, json, local)
+    return reach.with_gateway(_rolled_back(name, replies, json, local), door_failed)
 
 
 def _say(event: Any) -> None:

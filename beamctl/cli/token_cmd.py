@@ -28,7 +28,8 @@ def rotate(name: str = typer.Argument(..., help="The app."), json: bool = JsonOp
     token = secrets.token_urlsafe(32)  # one for all hosts (the app will have one front door)
     with reach.hosts(name, host, file) as hosts:
         replies = ask_all(hosts, "token_rotate", app=name, token=token)
-    done = [r.host for r in replies if r.ok]
+        done = [r.host for r in replies if r.ok]
+        door_failed = reach.follow_gateway(name, hosts, replies, token) if done else False
     if json:
         console.emit_json({"app": name, "token": token if done else None, "hosts": done,
                            "failed": {r.host: r.error for r in replies if not r.ok}})
@@ -39,4 +40,4 @@ def rotate(name: str = typer.Argument(..., help="The app."), json: bool = JsonOp
     reach.report_errors(replies)
     if done and len(done) < len(replies):
         console.error(f"the hosts that did not answer keep the old token: run `beamctl token rotate {name}` again")
-    return reach.outcome(replies)
+    return reach.with_gateway(reach.outcome(replies), door_failed)

@@ -72,6 +72,9 @@ def status(data: dict[str, Any]) -> list[str]:
     for app in data["apps"]:
         lines.append(f"[bold]{app['app']}[/]  active: v{app['active_version']}  {app['image'] or ''}"
                      if app["active_version"] else f"[bold]{app['app']}[/]  not running")
+        if app.get("gateway"):
+            lines.append(f"  address:  {app['gateway']['url']}/apps/{app['app']} (gateway "
+                         f"{escape(app['gateway']['gateway'])}; beamctl call {app['app']} --gateway)")
         if app["endpoint"]:
             lines.append(f"  endpoint: {app['endpoint']}")
             lines.append(f"  token:    {app['token']}")
@@ -182,6 +185,17 @@ def host_status(replies: list[Any]) -> list[str]:
             continue
         block = status(r.result) if r.result and r.result.get("apps") else ["no apps deployed"]
         lines.extend(f"[bold]{r.host}[/]  {line}" for line in block)
+    return lines
+
+
+def gateway_lines(app: str, where: dict[str, Any], door: dict[str, Any] | None, error: str | None) -> list[str]:
+    """The app's one address, and each host's place in the door's rotation (HAProxy's word: UP, DOWN, ...)."""
+    lines = [f"[bold]{app}[/]  address: {where['url']}/apps/{app} (gateway {escape(where['gateway'])})"]
+    if error:
+        lines.append(f"  [red]gateway:[/] {escape(error)}")
+    elif door is not None:
+        states = ", ".join(f"{s['host']} {s['state']}" for s in door.get("servers", [])) or "no host (stopped)"
+        lines.append(f"  rotation: {states}")
     return lines
 
 

@@ -6,6 +6,7 @@ problems are reported too, so every check guards its own inputs) and yields prob
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Callable, Iterator
@@ -204,6 +205,59 @@ def autoscaler_sound(doc: Document, app_dir: Path) -> Iterator[Problem]:
                           f"raise max_containers to {low}, or lower min_containers")
 
 
+def gateway_sound(doc: Document, app_dir: Path) -> Iterator[Problem]:
+    """A gateway has TLS (a readable PEM with a certificate and a key) or says plain_http; its host is a
+    plain SSH target or name; its bind an IP address."""
+    gw = doc.data.get("gateway")
+    if not isinstance(gw, dict):
+        return
+    if not doc.data.get("hosts"):
+        yield doc.problem(("gateway",), "needs the app's hosts: list them under hosts (an app on this machine "
+                                        "alone is reached at its own endpoint)")
+    host = gw.get("host")
+    if isinstance(host, str):
+        try:
+            parse_host(host)
+        except ValueError as e:
+            yield doc.problem(("gateway", "host"), str(e))
+    bind = gw.get("bind")
+    if isinstance(bind, str):
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            yield doc.problem(("gateway", "bind"), f"{bind!r} is not an IP address: write one of the gateway "
+                                                  "host's addresses, or leave bind out for every address")
+    cert, plain = gw.get("certificate"), gw.get("plain_http") is True
+    if plain and cert is not None:
+        yield doc.problem(("gateway", "plain_http"), "and certificate both given: keep the certificate for TLS, "
+                                                    "or remove it for plain HTTP")
+    elif plain:
+        yield doc.problem(("gateway", "plain_http"), "serves plain HTTP: the app's token crosses the network "
+                          "readable; give a certificate for TLS", severity="warning")
+    elif cert is None:
+        yield doc.problem(("gateway",), "needs a certificate (a PEM file with the certificate and its key) for "
+                                        "TLS, or plain_http: true")
+    elif isinstance(cert, str):
+        yield from _pem_problems(doc, app_dir / cert)
+
+
+def _pem_problems(doc: Document, path: Path) -> Iterator[Problem]:
+    where = ("gateway", "certificate")
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")[:1 << 20]
+    except OSError as e:
+        yield doc.problem(where, f"cannot be read: {e.strerror or e}")
+        return
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        yield doc.problem(where, f"{path.name} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    if not re.search(r"-----BEGIN (RSA |EC |ENCRYPTED )?PRIVATE KEY-----", text):
+        yield doc.problem(where, f"{path.name} holds no private key: HAProxy wants the certificate and its "
+                                 "key in one PEM file (cat cert.pem key.pem > app.pem)")
+    elif "ENCRYPTED PRIVATE KEY" in text:
+        yield doc.problem(where, f"{path.name}'s key is encrypted: the door starts unattended, so it needs the "
+                                 "key without a passphrase (openssl pkey -in key.pem -out plain.pem)")
+
+
 def rollout_has_hosts(doc: Document, app_dir: Path) -> Iterator[Problem]:
     """rollout.max_parallel without `hosts:` has no effect: deploy then goes to this machine only."""
     rollout = doc.data.get("rollout")
@@ -245,7 +299,7 @@ def numbers_are_numbers(doc: Document, app_dir: Path) -> Iterator[Problem]:
 
 CHECKS: tuple[Check, ...] = (entrypoints_exist, gpu_names, checkpoint_single_gpu, volumes_sound,
                              cache_dir_on_volume, image_sources, env_and_secrets, hosts_safe,
-                             autoscaler_sound, rollout_has_hosts, numbers_are_numbers)
+                             autoscaler_sound, gateway_sound, rollout_has_hosts, numbers_are_numbers)
 
 
 def run_checks(doc: Document, app_dir: Path) -> list[Problem]:

@@ -66,6 +66,19 @@ class AutoscalerConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    host: str  # an inventory name or an SSH target
+    port: int
+    certificate: Path | None  # None: plain HTTP
+    bind: str  # "": every address
+    url: str | None  # None: made from the gateway host's address
+
+    @property
+    def tls(self) -> bool:
+        return self.certificate is not None
+
+
+@dataclass(frozen=True)
 class AppConfig:
     file: Path
     app_dir: Path
@@ -90,6 +103,7 @@ class AppConfig:
     secrets: tuple[str, ...]
     hosts: tuple[Host, ...]  # empty: the local machine
     rollout: RolloutConfig
+    gateway: GatewayConfig | None = None
 
     @property
     def gpu_count(self) -> int:
@@ -153,4 +167,14 @@ def build(data: dict[str, Any], schema: dict[str, Any], file: Path) -> AppConfig
             max_parallel=rollout.get("max_parallel"),
             health_timeout_s=float(rollout.get("health_timeout", rollout_props["health_timeout"]["default"])),
         ),
+        gateway=_gateway(data.get("gateway"), app_dir),
     )
+
+
+def _gateway(gw: dict[str, Any] | None, app_dir: Path) -> GatewayConfig | None:
+    if gw is None:
+        return None
+    plain = bool(gw.get("plain_http"))
+    return GatewayConfig(host=gw["host"], port=gw.get("port") or (80 if plain else 443),
+                         certificate=None if plain else app_dir / gw["certificate"],
+                         bind=gw.get("bind") or "", url=gw.get("url"))

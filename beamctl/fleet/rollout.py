@@ -65,6 +65,8 @@ class Deployed:
     image: str | None
     hosts: list[HostDeploy]
     interrupted: bool = False  # Ctrl-C during the switch: the started hosts finished, the rest were left
+    gateway: Any = None  # fleet/gateway.Routed when beam.yaml has a gateway and it was set
+    gateway_error: Any = None  # BeamctlError: the deploy landed, its front door was not updated
 
     @property
     def version(self) -> int | None:

@@ -3,6 +3,7 @@
     - name: gpu1
       target: deploy@10.0.0.5:22     # or an ~/.ssh/config alias
       labels: {rack: a}              # optional, text to text
+      address: 10.0.0.5              # optional: where other hosts (an app's gateway) reach this one
 
 A beam.yaml with `hosts:` uses those and not this file (`which_hosts`). Names and targets
 pass config.hosts.parse_host, so none can be read as an ssh option or as shell.
@@ -10,6 +11,7 @@ pass config.hosts.parse_host, so none can be read as an ssh option or as shell.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,13 +35,15 @@ class Entry:
     name: str
     target: str
     labels: dict[str, str] = field(default_factory=dict)
+    address: str | None = None  # its private address, for a gateway; None: its target's, resolved
 
     @property
     def host(self) -> Host:
         return parse_host(self.target)
 
     def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "target": self.target, "labels": dict(self.labels)}
+        return {"name": self.name, "target": self.target, "labels": dict(self.labels),
+                **({"address": self.address} if self.address else {})}
 
 
 def inventory_file() -> Path:
@@ -64,10 +68,10 @@ def load(path: Path | None = None) -> list[Entry]:
     entries: list[Entry] = []
     for i, item in enumerate(data):
         where = f"{path}: host {i + 1}"
-        if not isinstance(item, dict) or set(item) - {"name", "target", "labels"}:
-            raise InventoryError(f"{where}: must be a mapping with name, target and (optionally) labels")
+        if not isinstance(item, dict) or set(item) - {"name", "target", "labels", "address"}:
+            raise InventoryError(f"{where}: must be a mapping with name, target and (optionally) labels, address")
         try:
-            entry = make_entry(item.get("name"), item.get("target"), item.get("labels") or {})
+            entry = make_entry(item.get("name"), item.get("target"), item.get("labels") or {}, item.get("address"))
         except InventoryError as e:
             raise InventoryError(f"{where}: {e.message}") from None
         if any(e.name == entry.name for e in entries):
@@ -76,7 +80,7 @@ def load(path: Path | None = None) -> list[Entry]:
     return entries
 
 
-def make_entry(name: Any, target: Any, labels: Any = None) -> Entry:
+def make_entry(name: Any, target: Any, labels: Any = None, address: Any = None) -> Entry:
     """One checked entry; InventoryError says what is wrong with which part."""
     if not isinstance(name, str) or not isinstance(target, str):
         raise InventoryError("name and target must both be given, as text")
@@ -97,13 +101,19 @@ def make_entry(name: Any, target: Any, labels: Any = None) -> Entry:
     bad = [k for k in labels if not _LABEL.match(k)]
     if bad:
         raise InventoryError(f"label name {bad[0]!r} must be letters, digits and . _ - (at most 63)")
-    return Entry(name, target, {k: str(v) for k, v in labels.items()})
+    if address is not None:
+        try:
+            address = str(ipaddress.ip_address(str(address)))
+        except ValueError:
+            raise InventoryError(f"address {address!r} must be an IP address (where other hosts reach this one)") from None
+    return Entry(name, target, {k: str(v) for k, v in labels.items()}, address)
 
 
 def save(entries: list[Entry], path: Path | None = None) -> Path:
     path = path or inventory_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = [{"name": e.name, "target": e.target, **({"labels": e.labels} if e.labels else {})} for e in entries]
+    data = [{"name": e.name, "target": e.target, **({"labels": e.labels} if e.labels else {}),
+             **({"address": e.address} if e.address else {})} for e in entries]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("# beamctl hosts (beamctl hosts add/remove edit this file)\n"
                    + yaml.safe_dump(data, sort_keys=False, default_flow_style=False), encoding="utf-8")
@@ -134,6 +144,13 @@ def which_hosts(config_hosts: tuple[Host, ...] | None, path: Path | None = None)
     if config_hosts:
         return [Entry(h.target, h.target) for h in config_hosts], "beam.yaml"
     return load(path), str(path or inventory_file())
+
+
+def find(word: str, path: Path | None = None) -> Entry:
+    """One host by inventory name, else by target (an entry whose target it is), else the word as a target."""
+    entries = load(path)
+    return (next((e for e in entries if e.name == word), None) or next((e for e in entries if e.target == word), None)
+            or lookup([word], path)[0])
 
 
 def lookup(words: list[str], path: Path | None = None) -> list[Entry]:

@@ -380,6 +380,7 @@ class Host:
         before = self._ready_lines()
         docker("start", self.container)
         self._wait_ready(before)
+        self.fleet._write_inventory()  # its address may have changed
         self.fleet._save()
 
     def logs(self) -> str:
@@ -510,8 +511,12 @@ class Fleet:
             "  BatchMode yes\n  LogLevel ERROR\n")
         self.known_hosts.write_text("".join(f"{h.known_as} {h.host_key}\n" for h in self.hosts))
         self.known_hosts.chmod(0o600)
-        self.inventory.write_text("".join(f"- name: {h.name}\n  target: {h.name}\n" for h in self.hosts))
+        self._write_inventory()
         self._save()
+
+    def _write_inventory(self) -> None:  # address: where the other hosts (a gateway) reach each one
+        self.inventory.write_text("".join(f"- name: {h.name}\n  target: {h.name}\n  address: {h.ip}\n"
+                                          for h in self.hosts))
 
     def _save(self) -> None:
         state = {"id": self.id, "connect_timeout": self.connect_timeout,
