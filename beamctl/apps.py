@@ -156,6 +156,10 @@ def call_gateway(url: str, app: str, token: str, inputs: dict[str, Any], cafile:
     except ssl.SSLCertVerificationError as e:
         raise BeamctlError(f"{url}: its certificate is not trusted: {e.verify_message}",
                            hint="pass the CA (or the self-signed certificate) with --cacert FILE") from None
+    except http.client.RemoteDisconnected:  # the door cut it: the host running it went down mid-task
+        raise BeamctlError(f"{url}: the connection closed without an answer: the host running the task stopped "
+                           "answering mid-task, and the gateway does not send a task twice",
+                           hint=f"beamctl tasks {app} shows whether it ran; beamctl status {app}, the rotation") from None
     except (OSError, http.client.HTTPException) as e:
         raise BeamctlError(f"{url}: {e}", hint="beamctl status shows the app's gateway and its rotation") from None
     finally:

@@ -115,6 +115,9 @@ def render(all_doors: list[Door], where: Path, user: tuple[str, str] | None) -> 
               "    timeout check 2s", "    timeout http-request 30s",
               "    retries 2",  # only a connection that failed before the request went out
               "    option redispatch 1",
+              # a new connection to the agent for each task: a kept one the agent closed meanwhile (it died,
+              # it restarted) would fail a task that never reached it; a refused new one is retried elsewhere
+              "    option http-server-close",
               f"    default-server check inter {CHECK_INTER_MS} fall {FALL} rise {RISE} maxconn {SERVER_MAXCONN}"
               " on-marked-down shutdown-sessions"]
     lines += [f"    http-error status {code} {_error(code)}" for code in (502, 503, 504)]

@@ -125,6 +125,13 @@ def serve(agent: Any, host: str, port: int, timeout_s: float = TIMEOUT_S,
                 return
             super().process_request(request, client_address)
 
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            """A client (a gateway's health check, too) that reset its connection is no error of ours."""
+            import sys
+
+            if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                super().handle_error(request, client_address)
+
         def process_request_thread(self, request: Any, client_address: Any) -> None:
             try:
                 super().process_request_thread(request, client_address)
