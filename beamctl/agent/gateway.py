@@ -39,7 +39,9 @@ from beamctl.protocol.errors import AgentError
 FOLDER = "gateway"
 CARRIED = "/opt/beamctl/haproxy/haproxy"  # hosts/haproxy.py puts it there on a host without HAProxy
 SERVER_MAXCONN = 100  # per agent; the agent's own limit is 128 connections (http_api.CONNECTIONS)
-CHECK_INTER_MS, FALL, RISE = 1000, 2, 2  # down within ~2-3 s, back as fast
+# a check every second, every 0.5 s once one failed, each given 1 s: a host that stops answering is out
+# of the rotation 2-3.5 s later, and back 1.5-2 s after it answers again
+CHECK_INTER_MS, CHECK_FAST_MS, CHECK_TIMEOUT_S, FALL, RISE = 1000, 500, 1, 2, 2
 QUEUE_TIMEOUT_S = 30  # a request waits this long for a free server slot, then 503
 TASK_TIMEOUT_S = 3600  # as the client's call timeout (hosts/each.CALL_TIMEOUT_S)
 START_TIMEOUT_S = 20
@@ -112,13 +114,14 @@ def render(all_doors: list[Door], where: Path, user: tuple[str, str] | None) -> 
     lines += ["    ssl-default-bind-options ssl-min-ver TLSv1.2", "",
               "defaults", "    mode http", "    timeout connect 3s", "    timeout client 60s",
               f"    timeout server {TASK_TIMEOUT_S}s", f"    timeout queue {QUEUE_TIMEOUT_S}s",
-              "    timeout check 2s", "    timeout http-request 30s",
+              f"    timeout check {CHECK_TIMEOUT_S}s", "    timeout http-request 30s",
               "    retries 2",  # only a connection that failed before the request went out
               "    option redispatch 1",
               # a new connection to the agent for each task: a kept one the agent closed meanwhile (it died,
               # it restarted) would fail a task that never reached it; a refused new one is retried elsewhere
               "    option http-server-close",
-              f"    default-server check inter {CHECK_INTER_MS} fall {FALL} rise {RISE} maxconn {SERVER_MAXCONN}"
+              f"    default-server check inter {CHECK_INTER_MS} fastinter {CHECK_FAST_MS} fall {FALL} rise {RISE}"
+              f" maxconn {SERVER_MAXCONN}"
               " on-marked-down shutdown-sessions"]
     lines += [f"    http-error status {code} {_error(code)}" for code in (502, 503, 504)]
     by_port: dict[int, list[Door]] = {}

@@ -1,0 +1,265 @@
+"""One front door for an app on three real test hosts (issue 18): HAProxy on testhost-1 (carried there: the
+test hosts have none), TLS with a certificate the test makes, the agents of testhost-2 and -3 open to
+testhost-1's address only. In order: one address serves the app from every host; the token refused at the
+door and the agents refused from anywhere else; reloads during traffic fail no task; a host that stops
+answering leaves the rotation within seconds and comes back, tasks in flight on it fail with a clear
+error, none runs twice; token rotation and stop follow at the door; a killed HAProxy is started again by
+the agent, and a killed agent leaves the door serving."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fleet.conftest import hello_on_two_hosts
+
+pytestmark = pytest.mark.integration
+HOSTS = ("testhost-1", "testhost-2", "testhost-3")
+APP = "door"
+PORT = 8443
+
+
+@pytest.fixture(scope="module")
+def three(fleet):
+    return fleet(3)
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory, three):
+    gen = hello_on_two_hosts(tmp_path_factory.mktemp("door"), APP)
+    d = next(gen)
+    ip = three[0].ip
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "key.pem"),
+                    "-out", str(d / "cert.pem"), "-days", "2", "-subj", f"/CN={ip}",
+                    "-addext", f"subjectAltName=IP:{ip}"], check=True, capture_output=True)
+    (d / "door.pem").write_text((d / "cert.pem").read_text() + (d / "key.pem").read_text())
+    text = (d / "beam.yaml").read_text().replace("hosts: [testhost-1, testhost-2]", f"hosts: [{', '.join(HOSTS)}]")
+    (d / "beam.yaml").write_text(text + f"gateway:\n  host: testhost-1\n  port: {PORT}\n  certificate: door.pem\n")
+    yield d
+    next(gen, None)
+
+
+@pytest.fixture(scope="module")
+def deployed(three, app_dir):
+    """The first deploy, through the CLI in a subprocess (module scope: no monkeypatch here)."""
+    import os
+    import sys
+
+    env = {**os.environ, **three.env}
+    env.pop("SSH_AUTH_SOCK", None)
+    done = subprocess.run([sys.executable, "-m", "beamctl", "deploy", "-f", str(app_dir), "--json"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+class Door:
+    def __init__(self, three, app_dir: Path, token: str) -> None:
+        self.ip, self.ca, self.token = three[0].ip, app_dir / "cert.pem", token
+
+    def conn(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self.ip, PORT, timeout=30,
+                                           context=ssl.create_default_context(cafile=str(self.ca)))
+
+    def post(self, token: str | None = "", conn=None, body: dict | None = None) -> tuple[int, dict]:
+        c = conn or self.conn()
+        token = self.token if token == "" else token
+        c.request("POST", f"/apps/{APP}", body=json.dumps(body or {"name": "Ada"}).encode(),
+                  headers={"Authorization": f"Bearer {token}"} if token else {})
+        r = c.getresponse()
+        data = json.loads(r.read() or b"{}")
+        if conn is None:
+            c.close()
+        return r.status, data
+
+
+def token_of(cli) -> str:
+    rows = json.loads(cli("status", APP, "--json").out)["hosts"]
+    tokens = {a["token"] for r in rows if "status" in r for a in r["status"]["apps"]}
+    assert len(tokens) == 1, tokens
+    return tokens.pop()
+
+
+class Rotation:
+    """The door's rotation, asked on testhost-1 over one SSH connection kept open (a poll takes ~0.1 s)."""
+
+    def __enter__(self):
+        from beamctl.fleet.query import hosts_of
+        from beamctl.hosts.inventory import find
+
+        self.host = hosts_of([find("testhost-1")])[0]
+        return self
+
+    def __exit__(self, *exc):
+        self.host.close()
+
+    def __call__(self) -> dict[str, str]:
+        answer = self.host.request("gateway_status", timeout=20)
+        route = next(a for a in answer["result"]["apps"] if a["app"] == APP)
+        return {s["host"]: s["state"] for s in route["servers"]}
+
+
+def tasks_on(cli, host: str, since: float) -> list[dict]:
+    rows = json.loads(cli("tasks", APP, "--host", host, "-n", "5000", "--json").out)
+    return [t for t in rows if t["received"] >= since]
+
+
+def stream(door: Door, seconds: float, threads: int = 4) -> list[tuple[float, object, dict]]:
+    """Tasks through the door, each on a new connection (as `beamctl call --gateway`): (sent, code, body)."""
+    out: list = []
+    end = time.time() + seconds
+
+    def one() -> None:
+        while time.time() < end:
+            sent = time.time()
+            try:
+                code, body = door.post()
+            except (OSError, http.client.HTTPException) as e:
+                code, body = type(e).__name__, {}
+            out.append((sent, code, body))
+
+    ts = [threading.Thread(target=one) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
+def test_one_address_serves_the_app_from_every_host(cli, three, app_dir, deployed, monkeypatch):
+    three.apply_env(monkeypatch)
+    gw = deployed["gateway"]
+    assert gw["url"] == f"https://{three[0].ip}:{PORT}" and gw["host"] == "testhost-1"
+    assert [s["host"] for s in gw["servers"]] == list(HOSTS) and not gw["unexposed"]
+    assert gw["haproxy"].startswith("carried 2.")  # the test hosts have no HAProxy: beamctl brought it
+    door = Door(three, app_dir, token_of(cli))
+    answers = [door.post(body={"name": f"n{i}"}) for i in range(12)]
+    assert [c for c, _ in answers] == [200] * 12, answers
+    ids = {b["task_id"] for _, b in answers}
+    served = {h for h in HOSTS if ids & {t["task_id"] for t in tasks_on(cli, h, 0)}}
+    assert len(served) >= 2, served  # least connections over the hosts, not one host
+    through = cli("call", APP, '{"name": "Bo"}', "--gateway", "--cacert", str(app_dir / "cert.pem"), "-f", str(app_dir))
+    assert through.code == 0 and "hello, Bo" in through.out, through.err
+    untrusted = cli("call", APP, "--gateway", "-f", str(app_dir))
+    assert untrusted.code != 0 and "not trusted" in untrusted.err and "--cacert" in untrusted.err
+    status = cli("status", APP, "-f", str(app_dir))
+    assert f"address: https://{three[0].ip}:{PORT}/apps/{APP}" in status.out
+    assert "rotation: testhost-1 UP, testhost-2 UP, testhost-3 UP" in status.out, status.out
+
+
+def test_the_token_is_checked_at_the_door_and_the_agents_answer_it_alone(cli, three, app_dir, deployed, monkeypatch):
+    three.apply_env(monkeypatch)
+    token = token_of(cli)
+    door = Door(three, app_dir, token)
+    before = sum(len(tasks_on(cli, h, 0)) for h in HOSTS)
+    assert door.post("x" * 43)[0] == 401 and door.post(None)[0] == 401
+    for host in three.hosts[1:]:  # from this machine, with the right token, straight to an agent: refused
+        c = http.client.HTTPConnection(host.ip, 8430, timeout=10)
+        c.request("POST", f"/apps/{APP}", body=b"{}", headers={"Authorization": f"Bearer {token}"})
+        r = c.getresponse()
+        assert r.status == 403 and "gateway only" in r.read().decode()
+    assert sum(len(tasks_on(cli, h, 0)) for h in HOSTS) == before  # nothing ran
+    cfg = three[0].exec(["sh", "-c", "cat /var/lib/beamctl/gateway/haproxy.cfg; "
+                               "stat -c '%a %n' /var/lib/beamctl/gateway/haproxy.cfg "
+                               "/var/lib/beamctl/gateway/certs/*/*.pem"]).stdout
+    assert token not in cfg and "sha2(256)" in cfg
+    modes = cfg.splitlines()[-2:] + three[1].exec(["stat", "-c", "%a %n", "/var/lib/beamctl/exposed.json"]).stdout.splitlines()
+    assert all(line.startswith("600 ") for line in modes), modes
+
+
+def test_reloads_during_traffic_fail_no_task(cli, three, app_dir, deployed, monkeypatch):
+    three.apply_env(monkeypatch)
+    door = Door(three, app_dir, token_of(cli))
+    pids = set()
+    got: list = []
+    runner = threading.Thread(target=lambda: got.extend(stream(door, 12)))
+    runner.start()
+    for _ in range(2):  # an unchanged deploy routes again: HAProxy reloads on the same file
+        time.sleep(1)
+        again = cli("deploy", "-f", str(app_dir), "--json")
+        assert again.code == 0, again.err
+        pids.add(three[0].exec(["cat", "/var/lib/beamctl/gateway/haproxy.pid"]).stdout.strip())
+    runner.join()
+    assert len(pids) == 2  # two reloads, two new HAProxy processes
+    failed = [(c, b) for _, c, b in got if c != 200]
+    assert len(got) > 50 and not failed, (len(got), failed[:5])
+
+
+def test_a_host_that_stops_answering_leaves_the_rotation_and_comes_back(cli, three, app_dir, deployed, monkeypatch):
+    three.apply_env(monkeypatch)
+    door = Door(three, app_dir, token_of(cli))
+    began = time.time()
+    got: list = []
+    runner = threading.Thread(target=lambda: got.extend(stream(door, 16)))
+    runner.start()
+    with Rotation() as rotation:
+        time.sleep(3)
+        three[2].pause()  # the whole machine stops answering: TCP still accepted, nothing answered
+        paused = time.time()
+        try:
+            while rotation()["testhost-3"] != "DOWN":
+                assert time.time() - paused < 8, "testhost-3 still in the rotation"
+                time.sleep(0.1)
+            out_after = time.time() - paused
+        finally:
+            time.sleep(max(0.0, 10 - (time.time() - began)))
+            three[2].unpause()
+        back = time.time()
+        while rotation()["testhost-3"] != "UP":
+            assert time.time() - back < 8, "testhost-3 did not come back"
+            time.sleep(0.1)
+    runner.join()
+    assert out_after < 4.5, out_after
+    failed = [(t, c, b) for t, c, b in got if c != 200]
+    assert len(failed) <= 4, failed  # at most the tasks in flight on testhost-3 (4 clients)
+    assert all(t < paused + out_after for t, _, _ in failed), failed  # none sent after it left
+    assert all(c in ("RemoteDisconnected", 502, 504) for _, c, _ in failed), failed
+    ok_ids = [b["task_id"] for _, c, b in got if c == 200]
+    assert len(ok_ids) == len(set(ok_ids)) > 50
+    ran = [t for h in HOSTS for t in tasks_on(cli, h, began)]  # the earlier tests' all ended before
+    assert len(ran) == len({t["task_id"] for t in ran})  # each task id on one host only
+    assert len(ok_ids) <= len(ran) <= len(ok_ids) + len(failed), (len(ok_ids), len(ran), len(failed))  # none twice
+
+
+def test_a_new_token_and_a_stop_follow_at_the_door(cli, three, app_dir, deployed, monkeypatch):
+    three.apply_env(monkeypatch)
+    old = token_of(cli)
+    rotated = cli("token", "rotate", APP, "-f", str(app_dir))
+    assert rotated.code == 0 and "gateway testhost-1" in rotated.err, rotated.err
+    new = rotated.out.strip()
+    assert Door(three, app_dir, old).post()[0] == 401
+    assert Door(three, app_dir, new).post()[0] == 200
+    stopped = cli("stop", APP, "-f", str(app_dir))
+    assert stopped.code == 0 and "no host (stopped" in stopped.err, stopped.err
+    code, body = Door(three, app_dir, new).post()
+    assert code == 503 and "stopped" in body["error"]
+    again = cli("deploy", "-f", str(app_dir), "--json")
+    assert again.code == 0, again.err
+    assert [s["host"] for s in json.loads(again.out)["gateway"]["servers"]] == list(HOSTS)
+    assert Door(three, app_dir, new).post()[0] == 200
+
+
+def test_a_killed_haproxy_comes_back_and_a_killed_agent_leaves_the_door_serving(cli, three, app_dir, deployed,
+                                                                                 monkeypatch):
+    three.apply_env(monkeypatch)
+    door = Door(three, app_dir, token_of(cli))
+    gw = three[0]
+    gw.exec(["sh", "-c", "kill -9 $(cat /var/lib/beamctl/gateway/haproxy.pid)"])
+    killed = time.time()
+    while True:  # the agent's housekeeping starts it again
+        try:
+            if door.post()[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.time() - killed < 10, "HAProxy was not started again"
+        time.sleep(0.2)
+    gw.exec(["sh", "-c", "kill -9 $(python3 -c 'import json; print(json.load(open(\"/var/lib/beamctl/agent.json\"))[\"pid\"])')"])
+    assert [door.post()[0] for _ in range(5)] == [200] * 5  # HAProxy outlives the agent, as containers do
