@@ -37,6 +37,7 @@ _PATTERN_HINTS = {
     "secrets": "a secret's name is an environment variable name: letters, digits and '_'",
     "env": "an environment variable name is letters, digits and '_', not starting with a digit",
     "system_packages": "a Debian package name (lowercase), optionally =VERSION",
+    "url": "write the scheme and host (and port) only, like https://api.example.com or http://10.0.0.2:8080",
 }
 
 
