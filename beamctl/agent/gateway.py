@@ -117,9 +117,8 @@ def render(all_doors: list[Door], where: Path, user: tuple[str, str] | None) -> 
               f"    timeout check {CHECK_TIMEOUT_S}s", "    timeout http-request 30s",
               "    retries 2",  # only a connection that failed before the request went out
               "    option redispatch 1",
-              # a new connection to the agent for each task: a kept one the agent closed meanwhile (it died,
-              # it restarted) would fail a task that never reached it; a refused new one is retried elsewhere
-              "    option http-server-close",
+              # connections to the agents are kept (HAProxy's `http-reuse safe`): a new one per task halved
+              # the door's throughput (bench/gateway.py). One an agent closes while idle leaves the pool
               f"    default-server check inter {CHECK_INTER_MS} fastinter {CHECK_FAST_MS} fall {FALL} rise {RISE}"
               f" maxconn {SERVER_MAXCONN}"
               " on-marked-down shutdown-sessions"]

@@ -87,7 +87,7 @@ def test_the_haproxy_file_one_frontend_per_port_one_backend_per_app():
     assert "unless app_a or app_b" in text  # an app not routed: 401, as a wrong token
     assert "b is stopped" in text.split("\nbackend app_b\n")[1].split("\nbackend ")[0]  # no server: 503, said why
     assert "server gpu3 [fd00::3]:8430" in text
-    assert "retry-on" not in text and "option http-server-close" in text  # a task is never sent twice
+    assert "retry-on" not in text and "retries 2" in text  # only a connection never made is tried again
     assert "on-marked-down shutdown-sessions" in text and "balance leastconn" in text
     assert "user nobody" in text and "chroot /var/lib/beamctl/gateway/empty" in text
 
