@@ -263,3 +263,29 @@ def test_a_killed_haproxy_comes_back_and_a_killed_agent_leaves_the_door_serving(
         time.sleep(0.2)
     gw.exec(["sh", "-c", "kill -9 $(python3 -c 'import json; print(json.load(open(\"/var/lib/beamctl/agent.json\"))[\"pid\"])')"])
     assert [door.post()[0] for _ in range(5)] == [200] * 5  # HAProxy outlives the agent, as containers do
+
+
+def test_a_second_app_on_other_hosts_shares_the_gateway_on_its_own_port(cli, three, app_dir, deployed, monkeypatch,
+                                                                          tmp_path):
+    three.apply_env(monkeypatch)
+    gen = hello_on_two_hosts(tmp_path, "door2")
+    d = next(gen)
+    try:
+        text = (d / "beam.yaml").read_text().replace("hosts: [testhost-1, testhost-2]", "hosts: [testhost-2, testhost-3]")
+        (d / "beam.yaml").write_text(text + "gateway: {host: testhost-1, port: 8080, plain_http: true}\n")
+        done = cli("deploy", "-f", str(d), "--json")
+        assert done.code == 0, done.err
+        assert "plain HTTP" in done.err  # said: the token crosses the network readable
+        gw = json.loads(done.out)["gateway"]
+        assert gw["url"] == f"http://{three[0].ip}:8080" and [s["host"] for s in gw["servers"]] == ["testhost-2", "testhost-3"]
+        rows = json.loads(cli("status", "door2", "--json", "-f", str(d)).out)["hosts"]
+        token = rows[0]["status"]["apps"][0]["token"]
+        c = http.client.HTTPConnection(three[0].ip, 8080, timeout=30)
+        c.request("POST", "/apps/door2", body=b'{"name": "Cy"}', headers={"Authorization": f"Bearer {token}"})
+        r = c.getresponse()
+        assert r.status == 200 and json.loads(r.read())["result"]["message"] == "hello, Cy"
+        assert Door(three, app_dir, token_of(cli)).post()[0] == 200  # the first app, same HAProxy, still served
+        assert Door(three, app_dir, token).post()[0] == 401  # one app's token opens no other app
+    finally:
+        cli("stop", "door2", "-f", str(d))
+        next(gen, None)
