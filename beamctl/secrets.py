@@ -8,6 +8,7 @@ printed, logged or put in argv.
 from __future__ import annotations
 
 import os
+import threading
 import re
 import stat
 from pathlib import Path
@@ -105,7 +106,7 @@ def _rewrite(change: Callable[[list[str]], list[str]]) -> Path:
     _read_file(path)  # a file others can read is refused here too
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in change(lines)))

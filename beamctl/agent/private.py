@@ -5,6 +5,7 @@ once at start; `write` / `append` create files 0600 from the first byte."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 FILE_MODE, DIR_MODE = 0o600, 0o700
@@ -41,7 +42,7 @@ def _chmod(path: Path, mode: int) -> None:
 def write(path: Path, data: str | bytes) -> None:
     """`data` into `path` atomically, 0600 from the start."""
     raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     with os.fdopen(fd, "wb") as f:
         f.write(raw)

@@ -10,6 +10,7 @@ valid verdicts are stored; any error here just means "not cached".
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def remember_valid(key: str) -> None:
     path = _entry(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(key, encoding="utf-8")
         tmp.replace(path)  # readers never see half an entry
     except OSError:

@@ -184,7 +184,7 @@ def _python_of(client, ref: str, image) -> tuple[str, str, str]:
     known[image.id] = [version, executable, platform]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
         os.replace(tmp, path)
     except OSError:

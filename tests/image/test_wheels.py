@@ -285,3 +285,33 @@ def test_another_index_from_the_environment_is_refused_unless_asked_for(tmp_path
     assert wheels.pip_environment({"PIP_FIND_LINKS": "/opt/wheels", "PIP_CERT": "/x"}) == {
         "PIP_FIND_LINKS": "/opt/wheels", "PIP_CERT": "/x"}  # local folders and certificates: the user's own
     assert wheels.pip_environment({"PIP_INDEX_URL": "u", "BEAMCTL_PIP_ENV": "1"})["PIP_INDEX_URL"] == "u"
+
+
+def test_two_threads_checking_one_new_wheel_at_once_both_get_its_digest(tmp_path):
+    """Hosts are installed in parallel threads of one process, each checking the same new wheels: their
+    records were written through one temporary name per process, and the second rename failed (the first
+    had moved the file away). Seen in CI as a host that was `unreachable` during its agent install."""
+    import hashlib
+    import threading
+
+    from beamctl.image import wheels
+
+    for round_ in range(20):
+        wheel = tmp_path / f"pkg{round_}-1.0-py3-none-any.whl"
+        wheel.write_bytes(b"wheel %d" % round_ * 1000)
+        got, errors = [], []
+        start = threading.Barrier(4)
+
+        def check() -> None:
+            start.wait()
+            try:
+                got.append(wheels.verified(wheel))
+            except Exception as e:  # noqa: BLE001 - what the test looks for
+                errors.append(e)
+
+        threads = [threading.Thread(target=check) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and got == [hashlib.sha256(wheel.read_bytes()).hexdigest()] * 4
