@@ -35,8 +35,7 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
                                max_parallel=config.rollout.max_parallel, lock_wait=lock_wait,
                                checkpoints=config.checkpoint_enabled)
         placed.record(config.name, entries)  # the app's commands find it by name from any folder
-        if config.gateway is not None and not deployed.interrupted \
-                and any(h.status == "ready" for h in deployed.hosts):
+        if not deployed.interrupted and any(h.status == "ready" for h in deployed.hosts):
             _route(config, deployed, hosts, entries or [], progress)
         return deployed
     finally:
@@ -46,13 +45,19 @@ def deploy(config: AppConfig, progress: Callable[[Any], None], health_timeout: f
 
 def _route(config: AppConfig, deployed: Any, hosts: list[Any], entries: list[Any],
            progress: Callable[[Any], None]) -> None:
-    """The app's front door follows the deploy; a failure is the deploy's to report, not to undo."""
+    """The app's front door follows the deploy (and a door it had elsewhere forgets it); a failure is the
+    deploy's to report, not to undo. An app on this machine alone has none."""
     from beamctl.errors import BeamctlError
     from beamctl.fleet import gateway
 
-    progress(f"{config.gateway.host}: the gateway: routing {config.name} to its hosts")
+    before = next((h.gateway for h in deployed.hosts if h.gateway), None)
+    if not entries or (config.gateway is None and before is None):
+        return  # no door now and none before: nothing to ask
+    if config.gateway is not None:
+        progress(f"{config.gateway.host}: the gateway: routing {config.name} to its hosts")
     try:
-        deployed.gateway = gateway.route(config.name, config.gateway, hosts, entries, progress)
+        deployed.gateway, deployed.gateway_moved = gateway.follow_deploy(config.name, config.gateway, hosts,
+                                                                         entries, progress, before)
     except BeamctlError as e:
         deployed.gateway_error = e
 

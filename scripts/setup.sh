@@ -8,7 +8,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DOCKERD_LOG=/var/log/beamctl-dockerd.log
 DOCKERD_PIDFILE=/var/run/docker.pid   # dockerd's default pidfile
-APT_PKGS=(docker.io openssh-server openssh-client debootstrap zstd iproute2 procps ca-certificates curl haproxy)
+APT_PKGS=(docker.io openssh-server openssh-client debootstrap zstd iproute2 procps ca-certificates curl haproxy chromium chromium-driver)
 export DEBIAN_FRONTEND=noninteractive
 export PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # sbin dirs may be missing in CI
 

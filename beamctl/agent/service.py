@@ -76,7 +76,8 @@ class Agent:
 
     def deploy(self, spec_json: dict[str, Any], secret_values: dict[str, str],
                health_timeout: float | None = None, token: str | None = None) -> dict[str, Any]:
-        return self._deployments.deploy(spec_json, secret_values, health_timeout, token)
+        result = self._deployments.deploy(spec_json, secret_values, health_timeout, token)
+        return self._with_gateway(str(spec_json.get("app")), result)
 
     def rollback(self, app: str, version: int | None = None,
                  health_timeout: float | None = None) -> dict[str, Any]:
@@ -190,6 +191,10 @@ class Agent:
 
     def gateway_status(self) -> dict[str, Any]:
         return _gateway.status(self.data_dir)
+
+    def gateway_unexpose(self, app: str) -> dict[str, Any]:
+        """The app no longer has a gateway (or another one): this host forgets the old one."""
+        return {"forgot": self.state.exposure.forget(app)}
 
     def gateway_expose(self, app: str, listen: str, allow: list[Any], url: str, gateway: str) -> dict[str, Any]:
         if not self.store.has_app(app):

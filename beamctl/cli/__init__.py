@@ -41,7 +41,8 @@ def _root(
 
 
 from beamctl.cli import (  # noqa: E402,F401,I001  (register, in help order)
-    config_cmds, build_cmd, deploy_cmd, app_cmds, exec_cmd, release_cmds, apps_cmd, hosts_cmds, secrets_cmd, token_cmd)
+    config_cmds, build_cmd, deploy_cmd, app_cmds, exec_cmd, release_cmds, apps_cmd, hosts_cmds, secrets_cmd, token_cmd,
+    dashboard_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

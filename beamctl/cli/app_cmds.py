@@ -105,20 +105,24 @@ def tasks(name: Optional[str] = typer.Argument(None, help="Only this app."), jso
 
 @app.command()
 def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl call` or `beamctl tasks`."),
-            json: bool = JsonOpt, host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt) -> int:
+            json: bool = JsonOpt, host: Optional[List[str]] = HostOpt, file: Optional[Path] = AppFileOpt,
+            svg: Optional[Path] = typer.Option(None, "--svg", help="Also write its waterfall to this SVG file."),
+            html: Optional[Path] = typer.Option(None, "--html", help="Also write its waterfall as a web page.")) -> int:
     """Where a task's time went: queue, image load, container start, on_start, run."""
     from beamctl import apps
     from beamctl.cli import views
     from beamctl.protocol.errors import AgentFailed
 
     with reach.hosts(None, host, file) as hosts:
-        found, replies, recent_rows = apps.find_task(hosts, task_id, recent=not json)
+        found, replies, recent_rows = apps.find_task(hosts, task_id, recent=not json or bool(svg or html))
         local = reach.local(hosts)
     if not found.ok:
         if not local:
             reach.report_errors(replies)
         raise found.exc or AgentFailed(found.error or f"no task {task_id}")
     task, where = found.result, None if local else found.host
+    if svg or html:
+        _waterfall_files(task, recent_rows, svg, html)
     if json:
         console.emit_json({"task_id": task["task_id"], "app": task["app"], "status": task.get("status"),
                            "start": task["start"], "phases": task["phases"], "total": task["total"],
@@ -132,6 +136,21 @@ def profile(task_id: str = typer.Argument(..., help="A task id from `beamctl cal
     for line in views.profile(task, recent):
         console.show(line)
     return ExitCode.OK
+
+
+def _waterfall_files(task: dict[str, Any], recent: list[dict[str, Any]], svg: Path | None, html: Path | None) -> None:
+    from beamctl import waterfall
+
+    medians = waterfall.medians(recent)
+    for path, text in ((svg, waterfall.svg(task, medians) if svg else ""),
+                       (html, waterfall.html(task, medians) if html else "")):
+        if path is None:
+            continue
+        try:
+            path.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+        console.say(f"[dim]wrote {console.escape(str(path))}[/]")
 
 
 @app.command()

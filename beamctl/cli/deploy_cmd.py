@@ -91,6 +91,8 @@ def _gateway_lines(result: Any) -> bool:
         console.say(f"[bold green]gateway[/] {console.escape(g.host)}: {g.url}/apps/{result.app} -> {to}{via}")
         for line in g.unexposed:
             console.error(f"gateway: {line}")
+    if result.gateway_moved:
+        console.say(f"gateway: {console.escape(result.gateway_moved)}")
     if result.gateway_error is not None:
         console.error(f"gateway: not updated: {result.gateway_error.message}", result.gateway_error.hint)
         return True

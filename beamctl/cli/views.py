@@ -3,16 +3,15 @@ each returns text (rich markup) for the console."""
 
 from __future__ import annotations
 
+from beamctl.waterfall import PHASES
+
 import time
 from typing import Any
 
 from beamctl.units import human_bytes
 
 BAR_WIDTH = 48  # characters for the whole task in `beamctl profile`
-PHASE_LABELS = {"queue": "queue", "image_load": "image load", "container_start": "container start",
-                "imports": "imports", "application_start": "application start (on_start)",
-                "checkpoint_capture": "checkpoint capture", "checkpoint_restore": "checkpoint restore",
-                "task_run": "task run", "other": "other"}
+PHASE_LABELS = PHASES  # in the order they happen (waterfall.py draws them too)
 
 
 def ms(seconds: float | None) -> str:

@@ -105,6 +105,30 @@ def serving(replies: list[Reply], app: str) -> list[str]:
     return out
 
 
+def follow_deploy(app: str, config: Any, hosts: list[Any], entries: list[Any], progress: Callable[[str], None],
+                  before: dict[str, Any] | None, open_host: Callable[[Any], Any] | None = None
+                  ) -> tuple[Routed | None, str | None]:
+    """After a deploy: the door of beam.yaml's `gateway` routes to the app's hosts, and a door the app had
+    before elsewhere (its hosts remember which) no longer routes it; with no `gateway`, that old door
+    forgets the app and the hosts forget it. `before`: the gateway the hosts had (their deploy answers).
+    (the new door or None, what was said about the old one)"""
+    from beamctl.hosts.inventory import find
+
+    routed = route(app, config, hosts, entries, progress, open_host) if config is not None else None
+    if before is None:
+        return routed, None
+    old = find(before["gateway"])
+    if config is not None and config.host in (old.name, old.target):
+        return routed, None
+    with gateway_host(before["gateway"], hosts, open_host) as old_host:
+        gone = ask(old_host, "gateway_remove", app=app)
+    if config is None:
+        ask_all(hosts, "gateway_unexpose", app=app)
+    said = (f"{before['gateway']} no longer routes {app}" if gone.ok else
+            f"{before['gateway']} still routes {app}: {gone.error} (beamctl stop {app} there, or deploy again)")
+    return routed, said
+
+
 def route(app: str, config: Any, hosts: list[Any], entries: list[Any], progress: Callable[[str], None],
           open_host: Callable[[Any], Any] | None = None) -> Routed:
     """Point the app's front door at the hosts that serve it (after a deploy)."""

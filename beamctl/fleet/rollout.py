@@ -53,6 +53,7 @@ class HostDeploy:
     checkpoint: dict[str, Any] | None = None
     ship: dict[str, Any] | None = None
     cold_boot: str | None = None  # why this host boots the app cold (no usable CRIU there)
+    gateway: dict[str, Any] | None = None  # the app's gateway as this host was told ({url, gateway})
     error: BeamctlError | None = None  # what stopped this host (a one-host deploy on this machine raises it)
 
     def as_json(self, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -67,6 +68,7 @@ class Deployed:
     interrupted: bool = False  # Ctrl-C during the switch: the started hosts finished, the rest were left
     gateway: Any = None  # fleet/gateway.Routed when beam.yaml has a gateway and it was set
     gateway_error: Any = None  # BeamctlError: the deploy landed, its front door was not updated
+    gateway_moved: str | None = None  # what became of the door the app had before elsewhere
 
     @property
     def version(self) -> int | None:
@@ -132,7 +134,8 @@ def deploy_one(host: Any, spec_json: dict[str, Any], secret_values: dict[str, st
         return got
     r = got.result
     return got._replace(result=HostDeploy(host.name, r["status"], r.get("reason"), r.get("log_tail", []),
-                                          r.get("version"), r.get("serving"), r.get("endpoint"), r.get("checkpoint")))
+                                          r.get("version"), r.get("serving"), r.get("endpoint"), r.get("checkpoint"),
+                                          gateway=r.get("gateway")))
 
 
 def deploy_rolling(hosts: list[Any], spec_json: dict[str, Any], secret_values: dict[str, str],

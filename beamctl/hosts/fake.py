@@ -80,7 +80,8 @@ class FakeAgent:
         phases = {"queue": 0.001, "task_run": 0.002, **({"container_start": 0.5, "on_start": 1.0} if first else {})}
         row = {"task_id": task_id or "t-" + secrets.token_hex(6), "app": app, "version": self.active[app],
                "status": "succeeded", "start": "cold" if first else "warm", "result": {"echo": inputs},
-               "error": None, "phases": phases, "total": sum(phases.values()), "received": next(self._clock)}
+               "error": None, "phases": phases, "total": sum(phases.values()),
+               "received": time.time() + next(self._clock) * 1e-6}  # a time, in the order of the calls
         self.task_rows.append(row)
         self._log(app, f"task {row['task_id']} succeeded", row["task_id"])
         return row

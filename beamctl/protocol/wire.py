@@ -17,7 +17,8 @@ from typing import Any, Callable, NamedTuple
 MAX_LINE_BYTES = 64 << 20  # one request (a deploy with its secrets, a call with its inputs)
 OPS = ("version", "check_placement", "deploy", "rollback", "call", "task", "tasks", "status", "logs", "stop",
        "lock_acquire", "lock_renew", "lock_release", "lock_break", "token_rotate",
-       "gateway_serve", "gateway_update", "gateway_remove", "gateway_status", "gateway_expose")
+       "gateway_serve", "gateway_update", "gateway_remove", "gateway_status", "gateway_expose",
+       "gateway_unexpose")
 
 TASK_ID_RE = re.compile(r"^t-[0-9a-f]{12}$")  # `call` takes the client's, so it can name a task cut off
 

@@ -17,7 +17,8 @@ def test_help_lists_only_working_commands(cli):
     section = result.out.split("Commands:")[1].splitlines()
     commands = [l.split()[0] for l in section if l.startswith("  ") and not l.startswith("   ")]
     assert commands == ["init", "validate", "schema", "build", "deploy", "call", "tasks", "profile", "logs",
-                        "status", "stop", "exec", "shell", "rollback", "unlock", "apps", "hosts", "secrets", "token"]
+                        "status", "stop", "exec", "shell", "rollback", "unlock", "apps", "dashboard", "hosts", "secrets",
+                        "token"]
 
 
 def test_unknown_option_is_a_usage_error(cli):
