@@ -286,6 +286,15 @@ def test_a_second_app_on_other_hosts_shares_the_gateway_on_its_own_port(cli, thr
         assert r.status == 200 and json.loads(r.read())["result"]["message"] == "hello, Cy"
         assert Door(three, app_dir, token_of(cli)).post()[0] == 200  # the first app, same HAProxy, still served
         assert Door(three, app_dir, token).post()[0] == 401  # one app's token opens no other app
+
+        (d / "beam.yaml").write_text(text)  # the gateway taken out of beam.yaml: the door forgets the app
+        again = cli("deploy", "-f", str(d), "--json")
+        assert again.code == 0 and "testhost-1 no longer routes door2" in again.err, again.err
+        with pytest.raises(OSError):  # its port was door2's alone: closed
+            http.client.HTTPConnection(three[0].ip, 8080, timeout=5).request("GET", "/health")
+        exposed = three[1].exec(["cat", "/var/lib/beamctl/exposed.json"]).stdout
+        assert "door2" not in exposed and '"door"' in exposed  # the other app's gateway is still allowed
+        assert Door(three, app_dir, token_of(cli)).post()[0] == 200
     finally:
         cli("stop", "door2", "-f", str(d))
         next(gen, None)
