@@ -55,3 +55,13 @@ def schema_link(yaml_file: Path) -> Path:
             assert "://" not in m.group(1), f"{yaml_file}: {m.group(1)} is an address, not a file here"
             return (yaml_file.parent / m.group(1)).resolve()
     raise AssertionError(f"{yaml_file} has no yaml-language-server modeline")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium through chromium-driver (tests/browser.py), one per module."""
+    from tests import browser as chromium
+
+    driver = chromium.start()
+    yield driver
+    driver.quit()

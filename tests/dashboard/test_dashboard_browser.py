@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.test_agent_engine import Host
-from tests.integration.conftest import need
+from tests.browser import css, wait
 
 pytestmark = pytest.mark.integration
 
@@ -79,42 +79,6 @@ def dashboard(host, apps):
     yield url
     proc.terminate()
     proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = need("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(need("chromedriver")), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-
-
-def wait(driver, find, timeout: float = 20.0):
-    from selenium.common.exceptions import StaleElementReferenceException
-
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            got = find(driver)
-            if got:
-                return got
-        except StaleElementReferenceException:
-            pass
-        assert time.monotonic() < end, f"not on the page within {timeout} s:\n{driver.page_source[-3000:]}"
-        time.sleep(0.1)
-
-
-def css(driver, selector):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
 def phases_on_page(driver) -> dict[str, float]:

@@ -298,3 +298,48 @@ def test_a_second_app_on_other_hosts_shares_the_gateway_on_its_own_port(cli, thr
     finally:
         cli("stop", "door2", "-f", str(d))
         next(gen, None)
+
+
+def test_the_dashboard_over_the_fleet_with_a_host_down(three, app_dir, deployed, browser, tmp_path):
+    """`beamctl dashboard` over the three SSH test hosts with testhost-3 stopped (the module's last test:
+    the host stays down): its rows say why, the other two are whole."""
+    import os
+    import sys
+
+    from tests.browser import css, wait
+
+    door = Door(three, app_dir, "")
+    env = {**os.environ, **three.env}
+    env.pop("SSH_AUTH_SOCK", None)
+    rows = json.loads(subprocess.run([sys.executable, "-m", "beamctl", "status", APP, "-f", str(app_dir), "--json"],
+                                     capture_output=True, text=True, env=env, timeout=120).stdout)["hosts"]
+    door.token = rows[0]["status"]["apps"][0]["token"]
+    ids = {door.post(body={"name": f"d{i}"})[1]["task_id"] for i in range(6)}
+
+    def ran_on(host: str) -> set[str]:
+        out = subprocess.run([sys.executable, "-m", "beamctl", "tasks", APP, "--host", host, "-n", "5000", "--json"],
+                             capture_output=True, text=True, env=env, timeout=120).stdout
+        return {t["task_id"] for t in json.loads(out)} & ids
+
+    on_up = ran_on("testhost-1") | ran_on("testhost-2")
+    three[2].stop()
+    dash = subprocess.Popen([sys.executable, "-m", "beamctl", "dashboard", APP, "-f", str(app_dir), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = dash.stdout.readline().strip()
+        assert "token=" in url, dash.stderr.read() if dash.poll() is not None else url
+        browser.get(url)
+        err = wait(browser, lambda d: css(d, '.hosterr[data-host="testhost-3"]'), timeout=40)[0]
+        assert "testhost-3" in err.text and ("refused" in err.text or "unreachable" in err.text), err.text
+        shown = wait(browser, lambda d: {r.get_attribute("data-task-id"): r.find_elements("css selector", "td")[3].text
+                                         for r in css(d, "tr.task")} or None)
+        assert set(shown.values()) <= {"testhost-1", "testhost-2"}
+        assert set(shown) & ids == on_up  # every task of the hosts that answer, none of the one down
+        browser.get(url + "#/apps")
+        wait(browser, lambda d: css(d, '.hosterr[data-host="testhost-3"]'), timeout=40)
+        hosts = [r.get_attribute("data-host") for r in wait(browser, lambda d: css(d, f'.app[data-app="{APP}"] tr[data-host]'))]
+        assert hosts == ["testhost-1", "testhost-2"]
+        browser.save_screenshot(str(Path(os.environ.get("BEAMCTL_SCREENSHOTS") or tmp_path) / "fleet-host-down.png"))
+    finally:
+        dash.terminate()
+        dash.wait(timeout=10)
