@@ -144,7 +144,7 @@ class Bench:
 
     def snapshot(self, app: dict) -> None:
         proc = app["proc"]
-        gpu = cuda_ckpt.cuda_pids(proc.pid) if self.cuda else []
+        gpu = sorted(cuda_ckpt.cuda_processes(self.cuda, proc.pid)) if self.cuda else []  # as the driver says
         if self.cuda and not gpu:
             raise RuntimeError(f"the app (pid {proc.pid}) has no /dev/nvidia* open: nothing for the driver to checkpoint")
         shutil.rmtree(self.images, ignore_errors=True)
@@ -230,6 +230,10 @@ class Bench:
 
     def stop(self, pid: int, proc: subprocess.Popen | None) -> None:
         self.live.pop(pid, None)
+        if self.cuda is not None and Path(f"/proc/{pid}").exists():
+            # lock + checkpoint first: SIGKILL of a restored CUDA process holding its GPU can hang the
+            # driver and the host (NVIDIA/cuda-checkpoint#53, driver 595)
+            cuda_ckpt.quiesce(self.cuda, sorted(cuda_ckpt.cuda_processes(self.cuda, pid)), 5000)
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:

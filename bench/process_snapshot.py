@@ -81,7 +81,7 @@ def dump(pid: int, images_dir: Path | str, *, leave_running: bool = False, criu:
     breakdown: dict[str, float] = {}
     gpu: list[int] = []
     if cuda is not None:
-        gpu = list(cuda_pids) if cuda_pids is not None else cuda_ckpt.cuda_pids(pid)
+        gpu = list(cuda_pids) if cuda_pids is not None else sorted(cuda_ckpt.cuda_processes(cuda, pid))
         try:
             breakdown.update(cuda_ckpt.suspend(cuda, gpu, lock_timeout_ms))
         except cuda_ckpt.CudaCheckpointError as e:

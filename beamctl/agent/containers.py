@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -43,11 +44,15 @@ class Containers(Protocol):
     def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any: ...  # RestoreResult
 
 
+QUIESCE_LOCK_MS = 5_000  # a restored CUDA process's running kernels finish before its stop
+
+
 class DockerContainers:
     def __init__(self, client: Any) -> None:
         self.client, self.api = client, client.api
         self._docker_root: Path | None = None  # DockerRootDir, asked once (restores link snapshots into it)
         self._cuda_lib: Any = None  # cuda_ckpt.CudaCheckpoint, loaded on the first GPU capture or restore
+        self._gpu_restored: set[str] = set()  # containers restored with GPU state: quiesced before a stop
         self.sandboxes = Sandboxes(self.api, LABEL_APP, LABEL_AGENT)  # network namespaces made ahead
         self._sampler: Any = None  # usage.Sampler, from the first `status`
 
@@ -117,6 +122,7 @@ class DockerContainers:
         if (folder / GPU_FILE).exists():
             from beamctl.agent import gpu_snapshots
 
+            self._gpu_restored.add(cid)
             gpu_snapshots.after_restore(self._cuda(checkpoint.RestoreFailed), self._pid(cid))
         return result
 
@@ -179,9 +185,24 @@ class DockerContainers:
         import docker
 
         try:
+            self._quiesce_gpu(container_id)
             self.api.stop(container_id, timeout=STOP_TIMEOUT_S)
         except docker.errors.NotFound:
             pass
+
+    def _quiesce_gpu(self, container_id: str) -> None:
+        """A container restored with GPU state: its CUDA processes locked and checkpointed before the stop's
+        signals. SIGKILL of a restored CUDA process that still holds its GPU can hang the driver, and the
+        host with it (NVIDIA/cuda-checkpoint#53, driver 595); a checkpointed one holds nothing there."""
+        cid = next((c for c in self._gpu_restored if c.startswith(container_id)), None)
+        if cid is None or self._cuda_lib is None:
+            return
+        self._gpu_restored.discard(cid)
+        from beamctl.agent import cuda_ckpt
+
+        pids = sorted(cuda_ckpt.cuda_processes(self._cuda_lib, self._pid(cid)))
+        for problem in cuda_ckpt.quiesce(self._cuda_lib, pids, QUIESCE_LOCK_MS):
+            print(f"beamctl-agent: before stopping {cid[:12]}: {problem}", file=sys.stderr, flush=True)
 
     def remove(self, container_id: str) -> None:
         import docker

@@ -179,11 +179,22 @@ def suspend(cuda: CudaCheckpoint, pids: list[int], timeout_ms: int) -> dict[str,
     return {"cuda_lock": t1 - t0, "cuda_checkpoint": time.monotonic() - t1}
 
 
+RESUMABLE = ("running", "locked", "checkpointed")
+
+
 def resume(cuda: CudaCheckpoint, pids: list[int]) -> dict[str, float]:
     """Restore every checkpointed process, then unlock every one. Returns {"cuda_restore", "cuda_unlock"}.
 
     A process already past a step (running after a failed earlier resume, say) is not an error: the
-    step is skipped by state, so a caller can retry resume() after fixing the cause."""
+    step is skipped by state, so a caller can retry resume() after fixing the cause. A process in the
+    driver's `failed` state (or one this code does not know) is: nothing is done, and the error names it.
+    After a restore that hit GPU out-of-memory the driver leaves the process `failed`, and every later
+    restore of it fails too (NVIDIA/cuda-checkpoint#44): its container must be replaced, not retried."""
+    states = {pid: cuda.state(pid) for pid in pids}
+    bad = {pid: st for pid, st in states.items() if st not in RESUMABLE}
+    if bad:
+        raise CudaCheckpointError("; ".join(f"process {pid} is {st} in the CUDA driver" for pid, st in bad.items())
+                                  + ": its GPU state cannot be brought back (the container must be replaced)")
     t0 = time.monotonic()
     for pid in pids:
         if cuda.state(pid) == "checkpointed":
@@ -205,6 +216,51 @@ def _rollback(cuda: CudaCheckpoint, done: list[int], locked: list[int]) -> list[
     for pid in locked:
         try:
             cuda.unlock(pid)
+        except CudaCheckpointError as e:
+            problems.append(e.reason)
+    return problems
+
+
+def cuda_processes(cuda: CudaCheckpoint, pid: int, proc: Path = Path("/proc")) -> dict[int, str]:
+    """The processes of the tree rooted at pid that the CUDA driver knows, with their state: it answers
+    `cuCheckpointProcessGetState` for a process with a CUDA context and refuses it for any other (as CRIU's
+    CUDA plugin and NVIDIA's Dynamo find them). An open /dev/nvidia* file says less: NVML-only processes
+    (nvidia-smi, a metrics exporter) have one and no CUDA context, and a forked child inherits the fds."""
+    found = {}
+    for p in process_tree(pid, proc):
+        try:
+            found[p] = cuda.state(p)
+        except CudaCheckpointError:
+            continue
+    return found
+
+
+def gpu_holders(pids: list[int], proc: Path = Path("/proc")) -> dict[int, str]:
+    """Of these processes, those with a /dev/nvidia* file open, with their name: after the driver's
+    checkpoint none may be left, or CRIU cannot dump the container."""
+    return {p: _comm(proc / str(p)) for p in pids if _has_nvidia_fd(proc / str(p) / "fd")}
+
+
+def _comm(d: Path) -> str:
+    try:
+        return (d / "stat").read_text().split("(", 1)[1].rsplit(")", 1)[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def quiesce(cuda: CudaCheckpoint, pids: list[int], timeout_ms: int) -> list[str]:
+    """Before a restored CUDA process is killed: lock it and checkpoint it, so it holds no GPU state when
+    SIGKILL comes. Killing a restored CUDA process that still holds its GPU can hang the driver, and with
+    it the host (NVIDIA/cuda-checkpoint#53, driver 595). Best effort: what failed is returned, to be said."""
+    problems = []
+    for pid in pids:
+        try:
+            state = cuda.state(pid)
+            if state == "running":
+                cuda.lock(pid, timeout_ms)
+                state = "locked"
+            if state == "locked":
+                cuda.checkpoint(pid)
         except CudaCheckpointError as e:
             problems.append(e.reason)
     return problems

@@ -35,17 +35,27 @@ def enabled(env: dict[str, str] | None = None) -> bool:
 
 def capture(cuda: cuda_ckpt.CudaCheckpoint, root_pid: int, run_capture: Callable[[], T],
             proc: Path = Path("/proc")) -> T:
-    """suspend the container's CUDA processes, run_capture() (runc checkpoint --leave-running), resume."""
-    pids = cuda_ckpt.cuda_pids(root_pid, proc)
-    if not pids:
-        raise CheckpointFailed("no process of the container has the GPU open (/dev/nvidia*): nothing for the "
-                               "driver to checkpoint; was on_start run on the GPU?")
+    """suspend the container's CUDA processes, run_capture() (runc checkpoint --leave-running), resume.
+    The CUDA processes are those the driver knows (cuda_ckpt.cuda_processes); once they are checkpointed,
+    a process of the container still holding /dev/nvidia* (an NVML-only one) fails the capture by name
+    before CRIU runs: CRIU could not dump it."""
+    known = cuda_ckpt.cuda_processes(cuda, root_pid, proc)
+    if not known:
+        raise CheckpointFailed("no process of the container is known to the CUDA driver: nothing for it to "
+                               "checkpoint; was on_start run on the GPU?")
+    pids = sorted(known)
     try:
         cuda_ckpt.suspend(cuda, pids, LOCK_TIMEOUT_MS)
     except cuda_ckpt.CudaCheckpointError as e:  # suspend leaves nothing locked
         raise CheckpointFailed(f"CUDA checkpoint failed: {e.reason}") from None
     failure: CheckpointFailed | None = None
+    holders = cuda_ckpt.gpu_holders(cuda_ckpt.process_tree(root_pid, proc), proc)
     try:
+        if holders:
+            raise CheckpointFailed("after the CUDA checkpoint, " + ", ".join(
+                f"process {p} ({name})" for p, name in sorted(holders.items()))
+                + " still holds /dev/nvidia*: CRIU cannot dump it (an NVML-only process? it has no CUDA "
+                  "context for the driver to release); run it outside the app's container")
         result = run_capture()
     except CheckpointFailed as e:
         failure = e
@@ -61,17 +71,26 @@ def capture(cuda: cuda_ckpt.CudaCheckpoint, root_pid: int, run_capture: Callable
 
 def after_restore(cuda: cuda_ckpt.CudaCheckpoint, root_pid: int, proc: Path = Path("/proc")) -> list[int]:
     """Restore and unlock every process of the restored container that the driver holds `checkpointed`
-    (their /dev/nvidia* handles were released at capture, so they are found by asking the driver)."""
-    held = []
-    for pid in cuda_ckpt.process_tree(root_pid, proc):
-        try:
-            if cuda.state(pid) == "checkpointed":
-                held.append(pid)
-        except cuda_ckpt.CudaCheckpointError:
-            continue  # not a CUDA process
+    (their /dev/nvidia* handles were released at capture, so they are found by asking the driver).
+
+    One owner of the GPU steps: the agent (hosts/criu.py points CRIU's plugin folder at an empty one, so
+    no CRIU CUDA plugin restores them first). Should a host's CRIU load one anyway, it restores and
+    unlocks the processes itself; finding them all running, this takes the restore as done rather than
+    throw a good one away. A process `failed` (or in a state this code does not know) fails the restore."""
+    if not (proc / str(root_pid) / "root" / "dev" / "nvidiactl").exists() and (proc / str(root_pid)).exists():
+        raise RestoreFailed("the restored container has no /dev/nvidiactl: it was not started with the GPU "
+                            "its snapshot needs")
+    known = cuda_ckpt.cuda_processes(cuda, root_pid, proc)
+    if not known:
+        raise RestoreFailed("the restored container has no process the CUDA driver knows: the snapshot was "
+                            "not taken with the GPU checkpoint")
+    bad = {p: st for p, st in known.items() if st not in cuda_ckpt.RESUMABLE}
+    if bad:
+        raise RestoreFailed("CUDA restore failed: " + "; ".join(f"process {p} is {st} in the driver"
+                                                                for p, st in sorted(bad.items())))
+    held = sorted(p for p, st in known.items() if st in ("checkpointed", "locked"))
     if not held:
-        raise RestoreFailed("the restored container has no process in the driver's checkpointed state: the "
-                            "snapshot was not taken with the GPU checkpoint")
+        return []  # all running: a CRIU CUDA plugin did the steps (see above)
     try:
         cuda_ckpt.resume(cuda, held)
     except cuda_ckpt.CudaCheckpointError as e:

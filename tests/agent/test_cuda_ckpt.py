@@ -14,16 +14,22 @@ from beamctl.agent import cuda_ckpt as cc
 
 gpu = pytest.mark.skipif(not Path("/dev/nvidia0").exists(), reason="needs an NVIDIA GPU (/dev/nvidia0)")
 
-NAMES = {1: b"CUDA_ERROR_INVALID_VALUE", 401: b"CUDA_ERROR_ILLEGAL_STATE", 801: b"CUDA_ERROR_NOT_SUPPORTED",
-         909: b"CUDA_ERROR_TIMEOUT"}
+NAMES = {1: b"CUDA_ERROR_INVALID_VALUE", 401: b"CUDA_ERROR_ILLEGAL_STATE", 500: b"CUDA_ERROR_NOT_FOUND",
+         801: b"CUDA_ERROR_NOT_SUPPORTED", 909: b"CUDA_ERROR_TIMEOUT"}
 RUNNING, LOCKED, CHECKPOINTED = 0, 1, 2
 
 
-class FakeDriver:
-    """libcuda's checkpoint calls as a state machine per pid; records (call, pid) in order.
-    fail: {(call, pid): CUresult} makes that call fail without changing state."""
+NOT_FOUND = 500  # CUDA_ERROR_NOT_FOUND: what the driver answers for a process it has no CUDA context of
 
-    def __init__(self, fail: dict[tuple[str, int], int] | None = None, version: int = 13000) -> None:
+
+class FakeDriver:
+    """libcuda's checkpoint calls as a state machine per pid; records (call, pid) in order. As strict as
+    the real driver: only the processes in `cuda` have a CUDA context; any call about another one fails
+    (NOT_FOUND), GetState too. fail: {(call, pid): CUresult} makes that call fail without changing state."""
+
+    def __init__(self, cuda: set[int] | tuple[int, ...] = (), fail: dict[tuple[str, int], int] | None = None,
+                 version: int = 13000, proc: Path | None = None) -> None:
+        self.cuda, self.proc = set(cuda), proc  # proc: a fake /proc whose /dev/nvidia* fds checkpoint releases
         self.fail, self.version = dict(fail or {}), version
         self.calls: list[tuple[str, int]] = []
         self.states: dict[int, int] = {}
@@ -33,10 +39,23 @@ class FakeDriver:
         self.calls.append((call, pid))
         if (call, pid) in self.fail:
             return self.fail[(call, pid)]
+        if pid not in self.cuda:
+            return NOT_FOUND
         if self.states.get(pid, RUNNING) != source:
             return 401  # CUDA_ERROR_ILLEGAL_STATE, as the driver answers a step out of order
         self.states[pid] = target
+        if self.proc is not None and call in ("checkpoint", "restore"):
+            self._move_gpu_fds(pid, back=call == "restore")
         return 0
+
+    def _move_gpu_fds(self, pid: int, back: bool) -> None:
+        """The driver's checkpoint releases the process's /dev/nvidia* files; restore opens them again."""
+        fds, kept = self.proc / str(pid) / "fd", self.proc / str(pid) / "fd.released"
+        src, dst = (kept, fds) if back else (fds, kept)
+        dst.mkdir(exist_ok=True)
+        for link in list(src.iterdir()) if src.is_dir() else []:
+            if os.readlink(link).startswith("/dev/nvidia"):
+                os.rename(link, dst / link.name)
 
     def cuInit(self, flags: int) -> int:
         return 0
@@ -65,10 +84,14 @@ class FakeDriver:
         return self._step("unlock", pid, LOCKED, RUNNING)
 
     def cuCheckpointProcessGetState(self, pid: int, out) -> int:
+        if pid not in self.cuda:
+            return NOT_FOUND
         out.contents.value = self.states.get(pid, RUNNING)
         return 0
 
     def cuCheckpointProcessGetRestoreThreadId(self, pid: int, out) -> int:
+        if pid not in self.cuda:
+            return NOT_FOUND
         out.contents.value = pid + 1
         return 0
 
@@ -86,7 +109,7 @@ def test_structs_are_the_driver_s_64_byte_layouts() -> None:
 
 
 def test_single_calls_states_and_error_names() -> None:
-    cuda, drv = fake()
+    cuda, drv = fake(cuda={5, 6})
     assert cuda.driver_version() == 13000 and cuda.state(5) == "running"
     cuda.lock(5, 2500)
     assert drv.timeouts[5] == 2500 and cuda.state(5) == "locked"
@@ -104,14 +127,18 @@ def test_single_calls_states_and_error_names() -> None:
     assert cuda.error_name(909) == "CUDA_ERROR_TIMEOUT"  # from the driver
     assert cuda.error_name(100) == "CUDA_ERROR_NO_DEVICE"  # the driver has no name for it here: our table
     assert cuda.error_name(12345) == "CUresult 12345"
-    lock_fails, _ = fake(fail={("lock", 7): 909})
+    with pytest.raises(cc.CudaCheckpointError, match="get state of process 8 failed: CUDA_ERROR_NOT_FOUND"):
+        cuda.state(8)  # no CUDA context: the driver knows no state of it (the fake is as strict)
+    with pytest.raises(cc.CudaCheckpointError, match="lock process 8 failed: CUDA_ERROR_NOT_FOUND"):
+        cuda.lock(8, 100)
+    lock_fails, _ = fake(cuda={7}, fail={("lock", 7): 909})
     with pytest.raises(cc.CudaCheckpointError) as e:
         lock_fails.lock(7, 100)
     assert e.value.reason == "CUDA lock process 7 failed: CUDA_ERROR_TIMEOUT"
 
 
 def test_suspend_locks_all_then_checkpoints_all_and_resume_reverses() -> None:
-    cuda, drv = fake()
+    cuda, drv = fake(cuda={11, 12})
     times = cc.suspend(cuda, [11, 12], timeout_ms=3000)
     assert drv.calls == [("lock", 11), ("lock", 12), ("checkpoint", 11), ("checkpoint", 12)]
     assert set(times) == {"cuda_lock", "cuda_checkpoint"} and drv.timeouts == {11: 3000, 12: 3000}
@@ -125,7 +152,7 @@ def test_suspend_locks_all_then_checkpoints_all_and_resume_reverses() -> None:
 
 
 def test_a_failed_checkpoint_midway_leaves_nothing_locked() -> None:
-    cuda, drv = fake(fail={("checkpoint", 12): 801})
+    cuda, drv = fake(cuda={11, 12, 13}, fail={("checkpoint", 12): 801})
     with pytest.raises(cc.CudaCheckpointError, match="CUDA checkpoint process 12 failed: CUDA_ERROR_NOT_SUPPORTED"):
         cc.suspend(cuda, [11, 12, 13], timeout_ms=0)
     assert drv.calls == [("lock", 11), ("lock", 12), ("lock", 13), ("checkpoint", 11), ("checkpoint", 12),
@@ -134,7 +161,7 @@ def test_a_failed_checkpoint_midway_leaves_nothing_locked() -> None:
 
 
 def test_a_failed_lock_unlocks_the_ones_before() -> None:
-    cuda, drv = fake(fail={("lock", 13): 909})
+    cuda, drv = fake(cuda={11, 12, 13}, fail={("lock", 13): 909})
     with pytest.raises(cc.CudaCheckpointError, match="lock process 13 failed: CUDA_ERROR_TIMEOUT"):
         cc.suspend(cuda, [11, 12, 13], timeout_ms=10)
     assert drv.calls == [("lock", 11), ("lock", 12), ("lock", 13), ("unlock", 11), ("unlock", 12)]
@@ -142,7 +169,7 @@ def test_a_failed_lock_unlocks_the_ones_before() -> None:
 
 
 def test_a_failed_rollback_is_named_too() -> None:
-    cuda, drv = fake(fail={("checkpoint", 12): 801, ("unlock", 11): 1})
+    cuda, drv = fake(cuda={11, 12}, fail={("checkpoint", 12): 801, ("unlock", 11): 1})
     with pytest.raises(cc.CudaCheckpointError) as e:
         cc.suspend(cuda, [11, 12], timeout_ms=10)
     assert e.value.reason == ("CUDA checkpoint process 12 failed: CUDA_ERROR_NOT_SUPPORTED; rollback also failed: "
@@ -151,7 +178,7 @@ def test_a_failed_rollback_is_named_too() -> None:
 
 
 def test_resume_failure_names_the_process() -> None:
-    cuda, drv = fake(fail={("restore", 12): 2})
+    cuda, drv = fake(cuda={11, 12}, fail={("restore", 12): 2})
     cc.suspend(cuda, [11, 12], timeout_ms=10)
     with pytest.raises(cc.CudaCheckpointError, match="CUDA restore process 12 failed: CUDA_ERROR_OUT_OF_MEMORY"):
         cc.resume(cuda, [11, 12])
@@ -194,6 +221,42 @@ def test_cuda_pids_walks_the_tree_and_keeps_the_gpu_holders(tmp_path: Path) -> N
     assert cc.cuda_pids(103, proc=tmp_path) == []
     _proc(tmp_path, 104, 1, "gpu-root", ["/dev/nvidia1"])
     assert cc.cuda_pids(104, proc=tmp_path) == [104]
+
+
+def test_resume_refuses_a_failed_process_and_touches_nothing() -> None:
+    """After a restore that hit GPU out-of-memory the driver leaves the process failed and every later
+    restore fails (cuda-checkpoint#44): resume names it and makes no call, rather than skip it silently."""
+    cuda, drv = fake(cuda={11, 12})
+    cc.suspend(cuda, [11, 12], timeout_ms=10)
+    drv.states[12] = 3
+    drv.calls.clear()
+    with pytest.raises(cc.CudaCheckpointError, match="process 12 is failed in the CUDA driver"):
+        cc.resume(cuda, [11, 12])
+    assert drv.calls == []
+    drv.states[12] = 17
+    with pytest.raises(cc.CudaCheckpointError, match="process 12 is state-17"):
+        cc.resume(cuda, [11, 12])
+
+
+def test_the_driver_says_which_processes_are_cuda_ones(tmp_path: Path) -> None:
+    _proc(tmp_path, 100, 1, "python3", ["/dev/nvidiactl", "/dev/nvidia0"])  # CUDA
+    _proc(tmp_path, 101, 100, "nvidia-smi", ["/dev/nvidiactl"])  # NVML only: the device open, no context
+    _proc(tmp_path, 102, 100, "forked", ["/dev/nvidia0"])  # a fork: the fds, not the context
+    _proc(tmp_path, 103, 100, "mapped", [])  # a context reached through mappings only: no fd
+    cuda, drv = fake(cuda={100, 103})
+    drv.states[103] = LOCKED
+    assert cc.cuda_processes(cuda, 100, tmp_path) == {100: "running", 103: "locked"}
+    assert cc.cuda_pids(100, proc=tmp_path) == [100, 101, 102]  # what open files alone would have said
+    assert cc.gpu_holders([100, 101, 103], tmp_path) == {100: "python3", 101: "nvidia-smi"}
+
+
+def test_a_restored_process_is_locked_and_checkpointed_before_it_is_killed() -> None:
+    cuda, drv = fake(cuda={11, 12, 13})
+    drv.states[12] = LOCKED
+    assert cc.quiesce(cuda, [11, 12, 13, 99], timeout_ms=500) == [
+        "CUDA get state of process 99 failed: CUDA_ERROR_NOT_FOUND"]
+    assert drv.states == {11: CHECKPOINTED, 12: CHECKPOINTED, 13: CHECKPOINTED}
+    assert drv.calls == [("lock", 11), ("checkpoint", 11), ("checkpoint", 12), ("lock", 13), ("checkpoint", 13)]
 
 
 def test_cuda_pids_of_this_process_on_a_host_without_gpu_use() -> None:

@@ -29,16 +29,18 @@ def tree(tmp_path: Path) -> Path:
     _proc(proc, 101, 100, "sh", ["/dev/null"])
     _proc(proc, 102, 101, "worker", ["/dev/nvidia-uvm"])
     _proc(proc, 7, 1, "elsewhere", ["/dev/nvidia0"])  # another container's process: never touched
+    (proc / "100" / "root" / "dev").mkdir(parents=True)
+    (proc / "100" / "root" / "dev" / "nvidiactl").touch()  # the container's own /dev, with the GPU's nodes
     return proc
 
 
-def driver(**kw) -> tuple[cc.CudaCheckpoint, FakeDriver]:
-    drv = FakeDriver(**kw)
+def driver(tree: Path | None = None, **kw) -> tuple[cc.CudaCheckpoint, FakeDriver]:
+    drv = FakeDriver(cuda=kw.pop("cuda", {100, 102, 7}), proc=tree, **kw)
     return cc.load(lib=drv), drv
 
 
 def test_capture_suspends_runs_the_capture_and_resumes(tree: Path) -> None:
-    cuda, drv = driver()
+    cuda, drv = driver(tree)
     seen = []
     got = gs.capture(cuda, 100, lambda: seen.append(dict(drv.states)) or "images", tree)
     assert got == "images"
@@ -49,7 +51,7 @@ def test_capture_suspends_runs_the_capture_and_resumes(tree: Path) -> None:
 
 
 def test_a_failed_criu_capture_still_resumes_the_app(tree: Path) -> None:
-    cuda, drv = driver()
+    cuda, drv = driver(tree)
 
     def fails():
         raise CheckpointFailed("checkpoint failed (exit 1)")
@@ -60,7 +62,7 @@ def test_a_failed_criu_capture_still_resumes_the_app(tree: Path) -> None:
 
 
 def test_a_failed_cuda_checkpoint_leaves_nothing_locked_and_runs_no_criu(tree: Path) -> None:
-    cuda, drv = driver(fail={("checkpoint", 102): 909})
+    cuda, drv = driver(tree, fail={("checkpoint", 102): 909})
     ran = []
     with pytest.raises(CheckpointFailed, match="CUDA checkpoint failed: CUDA checkpoint process 102 failed: "
                                                "CUDA_ERROR_TIMEOUT"):
@@ -69,7 +71,7 @@ def test_a_failed_cuda_checkpoint_leaves_nothing_locked_and_runs_no_criu(tree: P
 
 
 def test_a_failed_resume_means_the_container_is_lost(tree: Path) -> None:
-    cuda, drv = driver(fail={("restore", 102): 2})
+    cuda, drv = driver(tree, fail={("restore", 102): 2})
     with pytest.raises(gs.GpuStateLost, match="could not be brought back.*CUDA_ERROR_OUT_OF_MEMORY"):
         gs.capture(cuda, 100, lambda: "images", tree)
 
@@ -77,21 +79,49 @@ def test_a_failed_resume_means_the_container_is_lost(tree: Path) -> None:
 def test_no_gpu_process_no_capture(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     _proc(proc, 100, 1, "python3", ["/dev/null"])
-    with pytest.raises(CheckpointFailed, match="no process of the container has the GPU open"):
-        gs.capture(driver()[0], 100, lambda: "x", proc)
+    with pytest.raises(CheckpointFailed, match="no process of the container is known to the CUDA driver"):
+        gs.capture(driver(proc, cuda={7})[0], 100, lambda: "x", proc)
 
 
 def test_after_restore_resumes_the_checkpointed_processes(tree: Path) -> None:
     cuda, drv = driver()
-    drv.states = {100: CHECKPOINTED, 102: CHECKPOINTED}  # as CRIU brought them back
+    drv.states = {100: CHECKPOINTED, 102: CHECKPOINTED, 7: CHECKPOINTED}  # as CRIU brought them back
     assert gs.after_restore(cuda, 100, tree) == [100, 102]
-    assert drv.states == {100: 0, 102: 0} and ("unlock", 7) not in drv.calls
-    with pytest.raises(RestoreFailed, match="no process in the driver's checkpointed state"):
-        gs.after_restore(cuda, 100, tree)
+    assert drv.states == {100: 0, 102: 0, 7: CHECKPOINTED} and ("unlock", 7) not in drv.calls
     drv.states = {100: CHECKPOINTED}
     drv.fail = {("restore", 100): 2}
     with pytest.raises(RestoreFailed, match="CUDA restore failed"):
         gs.after_restore(cuda, 100, tree)
+
+
+def test_a_restore_a_crius_cuda_plugin_finished_is_kept(tree: Path) -> None:
+    """A host whose CRIU loads its CUDA plugin restores and unlocks the processes itself: all running.
+    That restore is good: kept (it was thrown away, and the container booted cold)."""
+    cuda, drv = driver()
+    drv.states = {100: 0, 102: 0}
+    assert gs.after_restore(cuda, 100, tree) == [] and drv.calls == []
+
+
+def test_a_failed_process_or_a_missing_device_fails_the_restore(tree: Path) -> None:
+    cuda, drv = driver()
+    drv.states = {100: CHECKPOINTED, 102: 3}  # failed: after an out-of-memory restore (cuda-checkpoint#44)
+    with pytest.raises(RestoreFailed, match="process 102 is failed in the driver"):
+        gs.after_restore(cuda, 100, tree)
+    assert drv.calls == []  # nothing half-resumed
+    with pytest.raises(RestoreFailed, match="no process the CUDA driver knows"):
+        gs.after_restore(driver(cuda={7})[0], 100, tree)
+    (tree / "100" / "root" / "dev" / "nvidiactl").unlink()
+    with pytest.raises(RestoreFailed, match="has no /dev/nvidiactl"):
+        gs.after_restore(cuda, 100, tree)
+
+
+def test_a_process_still_holding_the_gpu_after_the_checkpoint_fails_the_capture_by_name(tree: Path) -> None:
+    _proc(tree, 103, 100, "nvidia-smi", ["/dev/nvidiactl"])  # NVML only: the driver knows no context of it
+    cuda, drv = driver(tree)
+    ran = []
+    with pytest.raises(CheckpointFailed, match=r"process 103 \(nvidia-smi\) still holds /dev/nvidia\*"):
+        gs.capture(cuda, 100, lambda: ran.append(1), tree)
+    assert ran == [] and drv.states == {100: 0, 102: 0}  # CRIU never ran; the app runs on
 
 
 def test_single_gpu_checkpoints_are_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,7 +135,7 @@ def test_dump_refuses_a_used_folder_and_says_why_a_gpu_step_failed(tmp_path: Pat
     (tmp_path / "old.img").write_text("x")
     with pytest.raises(ps.SnapshotFailed, match="is not empty: give each snapshot its own folder"):
         ps.dump(os.getpid(), tmp_path)
-    drv = FakeDriver(fail={("lock", 42): 909})
+    drv = FakeDriver(cuda={42}, fail={("lock", 42): 909})
     with pytest.raises(ps.SnapshotFailed, match=r"GPU checkpoint of process 42 failed \(nothing dumped, app "
                                                r"running\): CUDA lock process 42 failed: CUDA_ERROR_TIMEOUT"):
         ps.dump(42, tmp_path / "new", cuda=cc.load(lib=drv), cuda_pids=[42], criu="/nonexistent/criu")
@@ -198,7 +198,7 @@ def test_leave_running_then_restore_after_the_original_ends(app: App, tmp_path: 
 
 @criu_test
 def test_gpu_steps_wrap_criu_in_order(app: App, tmp_path: Path, reaper) -> None:
-    drv = FakeDriver()
+    drv = FakeDriver(cuda={app.pid})
     cuda = cc.load(lib=drv)
     res = ps.dump(app.pid, tmp_path / "snap", cuda=cuda, cuda_pids=[app.pid], timeout_s=30)
     app.proc.wait(timeout=5)
@@ -216,8 +216,8 @@ def test_gpu_steps_wrap_criu_in_order(app: App, tmp_path: Path, reaper) -> None:
 
 @criu_test
 def test_a_failed_dump_gives_the_gpu_state_back_and_names_criu_s_reason(tmp_path: Path) -> None:
-    drv = FakeDriver()
-    gone = 4_000_000  # above any pid_max: no such process
+    gone = 4_000_000  # above any pid_max: no such process (the fake driver is told it has a context)
+    drv = FakeDriver(cuda={gone})
     with pytest.raises(ps.SnapshotFailed, match=f"CRIU dump of process {gone} failed .*No such process") as e:
         ps.dump(gone, tmp_path / "snap", cuda=cc.load(lib=drv), cuda_pids=[gone], timeout_s=30)
     assert any("Error" in line for line in e.value.log_tail)
@@ -226,7 +226,7 @@ def test_a_failed_dump_gives_the_gpu_state_back_and_names_criu_s_reason(tmp_path
 
 @criu_test
 def test_a_failed_gpu_restore_kills_the_restored_process(app: App, tmp_path: Path, reaper) -> None:
-    drv = FakeDriver()
+    drv = FakeDriver(cuda={app.pid})
     ps.dump(app.pid, tmp_path / "snap", cuda=cc.load(lib=drv), cuda_pids=[app.pid], timeout_s=30)
     app.proc.wait(timeout=5)
     drv.fail[("restore", app.pid)] = 2
