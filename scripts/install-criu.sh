@@ -117,6 +117,17 @@ EOF
 # restore here (docs/BENCHMARKS.md). `network-lock nftables` locks the same way through libnftables, in
 # process. Written only when the file chooses no lock method yet, and only if a trial dump of a process
 # in its own network namespace works with it (a kernel without nf_tables keeps CRIU's default).
+# No CRIU plugins for runc's dumps and restores: with NVIDIA's CUDA plugin CRIU would restore and unlock a
+# GPU container's processes itself; the agent drives those steps (beamctl/agent/gpu_snapshots.py).
+no_plugins() {
+    local conf=${BEAMCTL_CRIU_RUNC_CONF:-/etc/criu/runc.conf} dir
+    dir=$(dirname "$PREFIX")/criu-no-plugins
+    mkdir -p "$dir" "$(dirname "$conf")"
+    if grep -qE '^[[:space:]]*libdir' "$conf" 2>/dev/null; then return; fi
+    printf '# Added by beamctl scripts/install-criu.sh: no CRIU plugins (the agent drives the CUDA steps)\nlibdir %s\n' "$dir" >>"$conf"
+    say "$conf: libdir $dir (no plugins)"
+}
+
 configure_runc_conf() {
     local conf=${BEAMCTL_CRIU_RUNC_CONF:-/etc/criu/runc.conf} work pid ok=""
     if [[ -f $conf ]] && grep -qE '^[[:space:]]*network-lock' "$conf"; then
@@ -158,3 +169,4 @@ fi
 check_criu
 say "criu check: Looks good"
 configure_runc_conf
+no_plugins

@@ -8,7 +8,10 @@ place whole, so a broken stream leaves the old prefix (or none), never half of o
 CRIU is >= 4.2 keeps it. Then `criu check`, and `network-lock` in RUNC_CONF when the file has no choice
 yet: nftables where a trial dump works (in process: 70-85 ms less per capture and restore than CRIU's
 default, which runs iptables-restore), else iptables written down, so the trial is not repeated.
-Nothing here fails an agent install: a host without a usable CRIU gets the agent and boots cold.
+`libdir` in RUNC_CONF names an empty folder, so CRIU loads no plugin: a host's CRIU with NVIDIA's CUDA
+plugin would restore and unlock a GPU container's processes itself, behind the agent's back (the agent
+does those steps: agent/gpu_snapshots.py). Nothing here fails an agent install: a host without a usable
+CRIU gets the agent and boots cold.
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ if ! { [ -f "$C" ] && grep -qE '^[[:space:]]*network-lock' "$C"; }; then
     mkdir -p "$(dirname "$C")"
     printf '# beamctl hosts install: network-lock %s (nftables when a trial dump with it works)\nnetwork-lock %s\n' \
         "$lock" "$lock" >>"$C"
+fi
+if ! grep -qE '^[[:space:]]*libdir' "$C" 2>/dev/null; then  # one owner of a GPU container's CUDA steps
+    N=$(dirname "$P")/criu-no-plugins; mkdir -p "$N" "$(dirname "$C")"
+    printf '# beamctl hosts install: no CRIU plugins: the agent drives the CUDA steps (agent/gpu_snapshots.py)\nlibdir %s\n' \
+        "$N" >>"$C"
 fi
 echo "lock $(sed -n 's/^[[:space:]]*network-lock[[:space:]]*//p' "$C" | head -n1)"
 """

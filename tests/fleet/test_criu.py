@@ -107,7 +107,9 @@ def test_the_carried_prefix_runs_checks_and_picks_the_network_lock(tmp_path):
     again = run_script(tmp_path, criu.prefix_tar(PREFIX))  # a second install replaces it whole; conf untouched
     lines = (tmp_path / "etc/runc.conf").read_text().splitlines()
     assert again.returncode == 0 and [ln for ln in lines if ln.startswith("network-lock")] == [f"network-lock {r.network_lock}"]
-    assert sorted(p.name for p in (tmp_path / "opt").iterdir()) == ["criu"]
+    no_plugins = tmp_path / "opt/criu-no-plugins"  # CRIU loads no plugin: the agent owns the CUDA steps
+    assert [ln for ln in lines if ln.startswith("libdir")] == [f"libdir {no_plugins}"] and not any(no_plugins.iterdir())
+    assert sorted(p.name for p in (tmp_path / "opt").iterdir()) == ["criu", "criu-no-plugins"]
 
 
 @pytest.mark.integration
