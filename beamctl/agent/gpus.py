@@ -9,7 +9,7 @@ from typing import Any
 
 from beamctl.protocol.gpus import Gpu, parse
 
-QUERY = "--query-gpu=index,name,memory.total,driver_version"
+QUERY = "--query-gpu=index,name,memory.total,driver_version,uuid"
 
 
 def inventory() -> list[Gpu]:

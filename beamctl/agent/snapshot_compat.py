@@ -39,9 +39,11 @@ class SnapshotKeys:
                                                          "criu_version", "gpu")}
             facts = dict(self._facts[1])
         gpu = None
-        if devices:  # the pinned GPUs' models and the driver: device memory is restored onto the same kind
+        if devices:  # the pinned GPUs themselves (by UUID), their models and the driver: a snapshot's device
+            # memory goes back onto the GPU it came from, never onto another one that took its index
             by_index = {g.index: g for g in self.gpus}
             gpu = {"models": [by_index[i].canonical if i in by_index else "?" for i in devices],
+                   "uuids": [by_index[i].uuid if i in by_index else "?" for i in devices],
                    "driver": next((by_index[i].driver for i in devices if i in by_index), "?")}
         return {**facts, "image_id": self.containers.image_id(image), "create_args_hash": args_hash, "gpu": gpu}
 

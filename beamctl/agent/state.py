@@ -90,6 +90,9 @@ class AgentState:
         if spare:  # said on the container too: an agent that restarts knows which GPUs it holds
             args["spare"] = True
             args["labels"][LABEL_SPARE] = ",".join(str(d) for d in devices)
+        uuids = {g.index: g.uuid for g in self.gpus if g.uuid}
+        if devices and all(d in uuids for d in devices):  # pinned by UUID: the index may change at a reboot
+            args["gpus"] = [uuids[d] for d in devices]
         return args
 
     def gpu_set(self, app: str, version: int, pinned: tuple[int, ...], more: int = 0

@@ -15,24 +15,28 @@ class Gpu:
     canonical: str | None  # "H100", or None for a type beamctl does not name
     memory_mib: int | None  # None: [N/A] on unified-memory parts (GB10)
     driver: str
+    uuid: str = ""  # "GPU-5f3c...": which physical GPU, whatever its index after a reboot ("" if not asked)
 
 
 def parse(csv_text: str, strict: bool = False) -> list[Gpu]:
-    """nvidia-smi's `index, name, memory.total, driver_version` lines. Lines that are not GPUs (its own
-    messages) are skipped, or, `strict`, a ValueError."""
+    """nvidia-smi's `index, name, memory.total, driver_version[, uuid]` lines. Lines that are not GPUs (its
+    own messages) are skipped, or, `strict`, a ValueError."""
     out = []
     for line in csv_text.strip().splitlines():
         if not line.strip():
             continue
         try:
-            index, name, memory, driver = (p.strip() for p in line.split(","))
+            index, name, memory, driver, *rest = (p.strip() for p in line.split(","))
             number = int(index)
+            if len(rest) > 1:
+                raise ValueError(line)
         except ValueError:
             if strict:
                 raise
             continue
         mib = memory.split()[0] if memory.split() else ""
-        out.append(Gpu(number, name, canonical_name(name), int(mib) if mib.isdigit() else None, driver))
+        out.append(Gpu(number, name, canonical_name(name), int(mib) if mib.isdigit() else None, driver,
+                       rest[0] if rest and rest[0].startswith("GPU-") else ""))
     return out
 
 

@@ -77,3 +77,20 @@ def test_a_rollback_to_gpus_another_app_took_meanwhile_is_refused(tmp_path):
     with pytest.raises(AgentError) as e:
         agent.rollback("chat", old)
     assert e.value.message == f"v{old} used GPU(s) 0, now held by embed"
+
+
+def test_a_pinned_container_asks_for_its_gpus_by_uuid_when_the_driver_names_them(tmp_path):
+    """Indices follow the PCI order at boot; a UUID is the GPU itself (issue 20, item 6)."""
+    with_uuids = [rules.Gpu(g.index, g.name, g.canonical, g.memory_mib, g.driver, f"GPU-{g.index}abc") for g in H100]
+    agent = Agent(tmp_path, containers=None, gpus=with_uuids)
+    spec = {"app": "chat", "image": "img", "gpu": ["H100"], "gpu_count": 1, "gpu_devices": [1]}
+    v = agent.store.new_version("chat", "img", spec)
+    agent.store.ensure_app("chat", "token")
+    args = agent.state.create_args("chat", v)
+    assert args["gpus"] == ["GPU-1abc"]
+    (request,) = _gpus(args["gpus"])
+    assert request["DeviceIDs"] == ["GPU-1abc"]
+    old = Agent(tmp_path / "old", containers=None, gpus=H100)  # a driver that names none: indices
+    v = old.store.new_version("chat", "img", spec)
+    old.store.ensure_app("chat", "token")
+    assert old.state.create_args("chat", v)["gpus"] == ["1"]

@@ -149,7 +149,8 @@ class Engine:
 
 
 SPEC = {"image": "img", "gpu_count": 1, "gpu_devices": [1], "volumes": []}
-GPUS = [Gpu(0, "NVIDIA H100 80GB HBM3", "H100", 81559, "580.65"), Gpu(1, "NVIDIA H200", "H200", 143771, "580.65")]
+GPUS = [Gpu(0, "NVIDIA H100 80GB HBM3", "H100", 81559, "580.65", "GPU-aaaa"),
+        Gpu(1, "NVIDIA H200", "H200", 143771, "580.65", "GPU-bbbb")]
 
 
 def test_a_gpu_snapshot_is_keyed_by_the_pinned_gpus_model_and_driver(tmp_path: Path, monkeypatch) -> None:
@@ -159,11 +160,32 @@ def test_a_gpu_snapshot_is_keyed_by_the_pinned_gpus_model_and_driver(tmp_path: P
     assert snaps.capture("app", 1, "c", "h", SPEC)
     assert engine.calls == [True]
     folder = snaps.folder("app", 1)
-    assert json.loads((folder / "key.json").read_text())["gpu"] == {"models": ["H200"], "driver": "580.65"}
+    assert json.loads((folder / "key.json").read_text())["gpu"] == {"models": ["H200"], "uuids": ["GPU-bbbb"],
+                                                                    "driver": "580.65"}
     assert (folder / "gpu.json").exists()
     assert snaps.restorable("app", 1, "h", "img", [1]) is not None
     assert snaps.restorable("app", 1, "h", "img", [0]) is None  # onto an H100: incompatible
     assert "gpu changed" in snaps.describe("app")[1]["reason"]
+
+
+def test_a_gpu_snapshot_goes_back_onto_its_own_gpu_only(tmp_path: Path, monkeypatch) -> None:
+    """Another H200 that took index 1 after a reboot is not the GPU the snapshot came from: cold boot."""
+    monkeypatch.setenv(gs.ENABLE, "1")
+    store, engine = Store(tmp_path / "a.db"), Engine()
+    assert Snapshots(tmp_path, store, engine, lambda a, m: None, GPUS).capture("app", 1, "c", "h", SPEC)
+    same = Snapshots(tmp_path, store, engine, lambda a, m: None, GPUS)
+    assert same.restorable("app", 1, "h", "img", [1]) is not None
+    swapped = [GPUS[0], Gpu(1, "NVIDIA H200", "H200", 143771, "580.65", "GPU-cccc")]
+    other = Snapshots(tmp_path, store, engine, lambda a, m: None, swapped)
+    assert other.restorable("app", 1, "h", "img", [1]) is None and "gpu changed" in other.describe("app")[1]["reason"]
+
+
+def test_gpus_are_pinned_by_uuid_when_the_driver_says_them() -> None:
+    from beamctl.protocol.gpus import parse
+
+    gpus = parse("0, NVIDIA H200, 143771, 580.65.06, GPU-5f3c0a9e-1d2b-4c3d-8e9f-0a1b2c3d4e5f\n"
+                 "1, NVIDIA H200, 143771, 580.65.06\n", strict=True)
+    assert [g.uuid for g in gpus] == ["GPU-5f3c0a9e-1d2b-4c3d-8e9f-0a1b2c3d4e5f", ""]  # an older query: none
 
 
 def test_a_lost_gpu_state_is_recorded_and_raised_for_the_pool(tmp_path: Path, monkeypatch) -> None:
