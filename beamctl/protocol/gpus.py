@@ -25,11 +25,12 @@ def parse(csv_text: str, strict: bool = False) -> list[Gpu]:
     for line in csv_text.strip().splitlines():
         if not line.strip():
             continue
+        parts = [p.strip() for p in line.split(",")]
         try:
-            index, name, memory, driver, *rest = (p.strip() for p in line.split(","))
+            if len(parts) not in (4, 5):
+                raise ValueError(f"{len(parts)} fields, not index, name, memory, driver[, uuid]")
+            index, name, memory, driver, *rest = parts
             number = int(index)
-            if len(rest) > 1:
-                raise ValueError(line)
         except ValueError:
             if strict:
                 raise

@@ -98,8 +98,8 @@ def test_agent_versions():
 
 def test_garbage_is_a_problem_not_a_crash():
     f = parse_probe(with_section("gpus", "0, half a line", 0))
-    assert f.gpus == () and f.problems == ["gpus: cannot read the output (not enough values to unpack "
-                                           "(expected 4, got 2))"]
+    assert f.gpus == () and f.problems == ["gpus: cannot read the output (2 fields, not index, name, memory, "
+                                           "driver[, uuid])"]
     assert parse_probe("").problems == [f"no {n} section" for n in ("system", "docker", "gpus", "criu",
                                                                      "criu_check", "runc", "nvidia", "disk",
                                                                      "agent", "unzstd")]
