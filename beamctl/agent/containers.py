@@ -108,8 +108,14 @@ class DockerContainers:
             return checkpoint.capture(cid, folder, timeout_s)
         from beamctl.agent import gpu_snapshots
 
-        return gpu_snapshots.capture(self._cuda(checkpoint.CheckpointFailed), self._pid(cid),
-                                     lambda: checkpoint.capture(cid, folder, timeout_s))
+        from beamctl.agent import usage
+
+        pid = self._pid(cid)
+        held = gpu_snapshots.device_memory(pid, usage._smi)  # before the driver moves it to host memory
+        result = gpu_snapshots.capture(self._cuda(checkpoint.CheckpointFailed), pid,
+                                       lambda: checkpoint.capture(cid, folder, timeout_s))
+        gpu_snapshots.record_memory(folder, held)
+        return result
 
     def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any:
         from beamctl.agent import checkpoint
@@ -117,6 +123,12 @@ class DockerContainers:
         if self._docker_root is None:
             self._docker_root = Path(self.client.info()["DockerRootDir"])
         cid = self._full_id(container_id)
+        if (folder / GPU_FILE).exists():  # refused before CRIU runs: a cold boot, said why
+            from beamctl.agent import gpu_snapshots, usage
+
+            why = gpu_snapshots.restore_refusal(folder, gpu_snapshots.pinned_uuids(folder), usage._smi)
+            if why is not None:
+                raise checkpoint.RestoreFailed(why)
         result = checkpoint.restore(self.client, cid, folder, "beamctl", docker_root=self._docker_root,
                                     timeout_s=timeout_s)
         if (folder / GPU_FILE).exists():

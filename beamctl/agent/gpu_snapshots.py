@@ -12,6 +12,7 @@ uses it only with BEAMCTL_GPU_CHECKPOINTS=1 in its environment (snapshot_compat.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -19,6 +20,8 @@ from typing import Callable, TypeVar
 from beamctl.agent import cuda_ckpt
 from beamctl.agent.checkpoint import CheckpointFailed, RestoreFailed
 
+MEMORY_FILE = "gpu-memory.json"  # in a GPU snapshot: the device memory its processes held at capture
+FREE_QUERY = "--query-gpu=uuid,memory.free"
 LOCK_TIMEOUT_MS = 10_000  # the app's running kernels finish first; a stuck one fails the capture, not the app
 ENABLE = "BEAMCTL_GPU_CHECKPOINTS"
 T = TypeVar("T")
@@ -96,3 +99,55 @@ def after_restore(cuda: cuda_ckpt.CudaCheckpoint, root_pid: int, proc: Path = Pa
     except cuda_ckpt.CudaCheckpointError as e:
         raise RestoreFailed(f"CUDA restore failed: {e.reason}") from None
     return held
+
+
+Smi = Callable[..., "str | None"]  # nvidia-smi's CSV for a query (usage._smi), None when it cannot say
+
+
+def device_memory(root_pid: int, smi: Smi, proc: Path = Path("/proc")) -> int | None:
+    """Bytes of GPU memory the container's processes hold now (nvidia-smi's compute apps), None if unknown."""
+    from beamctl.agent import usage
+
+    text = smi(usage.APPS_QUERY)
+    if text is None:
+        return None
+    held = usage.gpu_processes(text)
+    return sum(held.get(p, 0) for p in cuda_ckpt.process_tree(root_pid, proc))
+
+
+def record_memory(folder: Path, held: int | None) -> None:
+    if held is not None:
+        (folder / MEMORY_FILE).write_text(json.dumps({"bytes": held}))
+
+
+def restore_refusal(folder: Path, uuids: list[str], smi: Smi) -> str | None:
+    """Why this GPU snapshot must not be restored now (its pinned GPU has less free memory than it held),
+    or None. A restore that runs out of GPU memory leaves its processes `failed` in the driver, and every
+    later restore of them fails too (cuda-checkpoint#44): better a cold boot, said why, than that."""
+    try:
+        needed = int(json.loads((folder / MEMORY_FILE).read_text())["bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not measured at capture: nothing to compare
+    text = smi(FREE_QUERY)
+    if text is None:
+        return None
+    free: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[1].isdigit():
+            free[parts[0]] = int(parts[1]) << 20
+    for uuid in uuids:
+        if uuid in free and free[uuid] < needed:
+            return (f"GPU {uuid} has {free[uuid] >> 20} MiB free, the snapshot held {needed >> 20} MiB: "
+                    "restoring it would run out of GPU memory")
+    return None
+
+
+def pinned_uuids(folder: Path) -> list[str]:
+    from beamctl.agent.container_args import GPU_FILE
+
+    try:
+        return [u for u in json.loads((folder / GPU_FILE).read_text()).get("uuids", []) if u and u != "?"]
+    except (OSError, ValueError, AttributeError):
+        return []
+

@@ -211,3 +211,26 @@ def test_the_pool_replaces_a_container_whose_gpu_state_was_lost() -> None:
         assert runtime.released == []  # never released into service
     finally:
         runtime.shutdown()
+
+
+def test_a_restore_onto_a_gpu_without_room_for_it_is_refused_before_criu(tree: Path, tmp_path: Path) -> None:
+    """The snapshot's device memory is measured at capture; a restore onto its GPU with less free than that
+    is refused (a cold boot, said why): a restore that runs out of GPU memory leaves the processes failed
+    for good (cuda-checkpoint#44)."""
+    answers = {"--query-compute-apps=pid,used_memory": "100, 6000\n102, 2000\n7, 9999\n",
+               gs.FREE_QUERY: "GPU-bbbb, 7000\nGPU-aaaa, 50000\n"}
+    smi = lambda query: answers.get(query)  # noqa: E731
+    held = gs.device_memory(100, smi, tree)
+    assert held == 8000 << 20  # the container's processes (100 and 102), not another container's (7)
+    folder = tmp_path / "snap"
+    folder.mkdir()
+    gs.record_memory(folder, held)
+    (folder / "gpu.json").write_text(json.dumps({"models": ["H200"], "uuids": ["GPU-bbbb"], "driver": "580"}))
+    assert gs.pinned_uuids(folder) == ["GPU-bbbb"]
+    why = gs.restore_refusal(folder, ["GPU-bbbb"], smi)
+    assert why == ("GPU GPU-bbbb has 7000 MiB free, the snapshot held 8000 MiB: restoring it would run out of "
+                   "GPU memory")
+    assert gs.restore_refusal(folder, ["GPU-aaaa"], smi) is None  # room enough there
+    assert gs.restore_refusal(folder, ["GPU-bbbb"], lambda q: None) is None  # nvidia-smi silent: not refused
+    (folder / gs.MEMORY_FILE).unlink()
+    assert gs.restore_refusal(folder, ["GPU-bbbb"], smi) is None  # not measured at capture
