@@ -8,19 +8,12 @@ haproxy.cfg (pure; tests read it); `apply` checks the new file with `haproxy -c`
 old one (a refused file changes nothing) and reloads: a new HAProxy takes the listening sockets from the
 old one over its admin socket (`-x`, `expose-fd listeners`) and tells it to finish its connections and
 leave (`-sf`), so no connection is refused or cut. HAProxy runs detached (`-D`) and outlives the agent,
-as containers do; housekeeping starts it again when it died (`heal`).
-
-The door checks the token itself (its SHA-256 against the record's: the file holds no token), answers
-401 for a wrong one and for an app it does not know (names are not disclosed), balances by least
-connections over the servers whose `/health` answers (every second; down after 2 misses, up after 2
-answers), and never sends a request twice: it retries only a connection that failed before the request
-went out. A server marked down has its connections cut at once, and their clients get 502 saying so.
+as containers do; housekeeping starts it again when it died (`heal`). What the file says: haproxy_conf.py.
 """
 
 from __future__ import annotations
 
 import grp
-import ipaddress
 import json
 import os
 import pwd
@@ -28,50 +21,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from beamctl.agent import private
+from beamctl.agent.haproxy_conf import Door, ident, render
 from beamctl.protocol.errors import AgentError
+
+__all__ = ["Door", "render", "set_door", "remove_door", "apply", "start", "heal", "status", "doors", "pids"]
 
 FOLDER = "gateway"
 CARRIED = "/opt/beamctl/haproxy/haproxy"  # hosts/haproxy.py puts it there on a host without HAProxy
-SERVER_MAXCONN = 100  # per agent; the agent's own limit is 128 connections (http_api.CONNECTIONS)
-# a check every second, every 0.5 s once one failed, each given 1 s: a host that stops answering is out
-# of the rotation 2-3.5 s later, and back 1.5-2 s after it answers again
-CHECK_INTER_MS, CHECK_FAST_MS, CHECK_TIMEOUT_S, FALL, RISE = 1000, 500, 1, 2, 2
-QUEUE_TIMEOUT_S = 30  # a request waits this long for a free server slot, then 503
-TASK_TIMEOUT_S = 3600  # as the client's call timeout (hosts/each.CALL_TIMEOUT_S)
 START_TIMEOUT_S = 20
-
-ERRORS = {  # the door's own answers, JSON like the agents'
-    401: "missing or wrong token (Authorization: Bearer TOKEN; beamctl status shows it)",
-    502: "the host running this task failed or stopped answering mid-task; it was not sent to another host "
-         "(it may have run there: beamctl tasks shows what each host ran)",
-    503: "no host of this app can take a task now (all down, stopped or full); try again",
-    504: "no answer from the host in time",
-}
-
-
-@dataclass(frozen=True)
-class Door:
-    """One app's route through this host's front door."""
-    app: str
-    port: int
-    bind: str  # an address of this host, "" for all
-    tls: bool
-    digest: str  # hex SHA-256 of the app's endpoint token
-    servers: tuple[tuple[str, str], ...]  # (host name, "address:port" of its agent's endpoint)
-
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "servers": [list(s) for s in self.servers]}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Door":
-        return cls(d["app"], int(d["port"]), d.get("bind") or "", bool(d["tls"]), d["digest"],
-                   tuple((str(n), str(a)) for n, a in d.get("servers") or ()))
 
 
 def folder(data_dir: Path) -> Path:
@@ -86,79 +47,6 @@ def doors(data_dir: Path) -> list[Door]:
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a damaged record: that app has no route until its next deploy says it again
     return out
-
-
-def _quote(text: str) -> str:
-    assert "'" not in text and "\n" not in text
-    return f"'{text}'"
-
-
-def _error(code: int) -> str:
-    return f"content-type application/json string {_quote(json.dumps({'error': ERRORS[code]}))}"
-
-
-def _server_address(address: str) -> str:
-    host, _, port = address.rpartition(":")
-    ip = ipaddress.ip_address(host.strip("[]"))
-    return f"[{ip}]:{int(port)}" if ip.version == 6 else f"{ip}:{int(port)}"
-
-
-def render(all_doors: list[Door], where: Path, user: tuple[str, str] | None) -> str:
-    """haproxy.cfg for these doors: one frontend per port (several apps share one, told apart by path),
-    one backend per app."""
-    lines = ["# written by the beamctl agent (agent/gateway.py); each deploy writes it again", "global",
-             f"    stats socket {where / 'admin.sock'} mode 600 level admin expose-fd listeners",
-             "    maxconn 4096", f"    chroot {where / 'empty'}"]
-    if user:
-        lines += [f"    user {user[0]}", f"    group {user[1]}"]
-    lines += ["    ssl-default-bind-options ssl-min-ver TLSv1.2", "",
-              "defaults", "    mode http", "    timeout connect 3s", "    timeout client 60s",
-              f"    timeout server {TASK_TIMEOUT_S}s", f"    timeout queue {QUEUE_TIMEOUT_S}s",
-              f"    timeout check {CHECK_TIMEOUT_S}s", "    timeout http-request 30s",
-              "    retries 2",  # only a connection that failed before the request went out
-              "    option redispatch 1",
-              # connections to the agents are kept (HAProxy's `http-reuse safe`): a new one per task halved
-              # the door's throughput (bench/gateway.py). One an agent closes while idle leaves the pool
-              f"    default-server check inter {CHECK_INTER_MS} fastinter {CHECK_FAST_MS} fall {FALL} rise {RISE}"
-              f" maxconn {SERVER_MAXCONN}"
-              " on-marked-down shutdown-sessions"]
-    lines += [f"    http-error status {code} {_error(code)}" for code in (502, 503, 504)]
-    by_port: dict[int, list[Door]] = {}
-    for d in all_doors:
-        by_port.setdefault(d.port, []).append(d)
-    for port, here in sorted(by_port.items()):
-        first = here[0]
-        bind = f"[{first.bind}]" if ":" in first.bind else first.bind
-        tls = f" ssl crt {where / 'certs' / str(port)}/" if first.tls else ""
-        lines += ["", f"frontend port_{port}", f"    bind {bind}:{port}{tls}",
-                  "    http-request return status 200 content-type application/json "
-                  "string '{\"ok\": true}' if { path /health }",
-                  "    http-request set-var(txn.token) req.hdr(authorization),"
-                  "regsub(\"^[Bb][Ee][Aa][Rr][Ee][Rr] +\",\"\")"]
-        for d in here:
-            lines.append(f"    acl app_{_id(d.app)} path /apps/{d.app} /apps/{d.app}/")
-        known = " or ".join(f"app_{_id(d.app)}" for d in here)
-        lines.append(f"    http-request return status 401 {_error(401)} hdr WWW-Authenticate "
-                     f"'Bearer realm=\"beamctl\"' unless {known}")
-        for d in here:
-            lines.append(f"    http-request return status 401 {_error(401)} hdr WWW-Authenticate "
-                         f"'Bearer realm=\"beamctl\"' if app_{_id(d.app)} "
-                         f"!{{ var(txn.token),sha2(256),hex,lower -m str {d.digest} }}")
-        for d in here:
-            lines.append(f"    use_backend app_{_id(d.app)} if app_{_id(d.app)}")
-    for d in all_doors:
-        lines += ["", f"backend app_{_id(d.app)}", "    balance leastconn", "    option httpchk GET /health",
-                  "    http-check expect status 200"]
-        if not d.servers:
-            lines.append(f"    http-request return status 503 content-type application/json string "
-                         f"{_quote(json.dumps({'error': f'{d.app} is stopped: beamctl deploy starts it'}))}")
-        for name, address in d.servers:
-            lines.append(f"    server {_id(name)} {_server_address(address)}")
-    return "\n".join(lines) + "\n"
-
-
-def _id(name: str) -> str:  # an app or host name as an HAProxy identifier (letters, digits, - _ . :)
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def binary() -> str | None:
@@ -346,7 +234,7 @@ def status(data_dir: Path) -> dict[str, Any]:
     state = servers_state(data_dir)
     return {"running": bool(pids(data_dir)), "pid": newest_pid(data_dir),
             "apps": [{"app": d.app, "port": d.port, "tls": d.tls, "bind": d.bind,
-                      "servers": [{"host": n, "address": a, "state": state.get(_id(d.app), {}).get(_id(n), "unknown")}
+                      "servers": [{"host": n, "address": a, "state": state.get(ident(d.app), {}).get(ident(n), "unknown")}
                                   for n, a in d.servers]} for d in doors(data_dir)]}
 
 
@@ -360,12 +248,3 @@ def _signal(pid: int, sig: int) -> None:
 def _tail(text: str, lines: int = 6) -> str:
     kept = [ln for ln in text.strip().splitlines() if "[NOTICE]" not in ln][-lines:]
     return " | ".join(kept) or "(no output)"
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not Path(f"/proc/{pid}").exists():
-            return True
-        time.sleep(0.05)
-    return False
