@@ -33,6 +33,7 @@ __all__ = ["Door", "render", "set_door", "remove_door", "apply", "start", "heal"
 FOLDER = "gateway"
 CARRIED = "/opt/beamctl/haproxy/haproxy"  # hosts/haproxy.py puts it there on a host without HAProxy
 START_TIMEOUT_S = 20
+SBIN = ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
 
 
 def folder(data_dir: Path) -> Path:
@@ -51,7 +52,10 @@ def doors(data_dir: Path) -> list[Door]:
 
 def binary() -> str | None:
     """HAProxy: the one hosts/haproxy.py carried here, else the host's own."""
-    return CARRIED if os.access(CARRIED, os.X_OK) else shutil.which("haproxy")
+    if os.access(CARRIED, os.X_OK):
+        return CARRIED
+    found = shutil.which("haproxy")  # Debian puts it in /usr/sbin, which a service's PATH may lack
+    return found or next((p for p in SBIN if os.access(p, os.X_OK)), None)
 
 
 def _user() -> tuple[str, str] | None:

@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -26,6 +25,7 @@ import pytest
 from beamctl.agent import gateway, http_api, tokens
 from beamctl.agent.exposure import Exposure
 from beamctl.protocol.errors import AgentError
+from tests.integration.conftest import need
 
 TOKEN = "d" * 43
 
@@ -70,7 +70,8 @@ def backends():
 
 @pytest.fixture
 def data_dir(tmp_path):
-    assert shutil.which("haproxy"), "HAProxy is not installed: run ./scripts/setup.sh"
+    need("haproxy")  # /usr/sbin/haproxy also when CI's PATH has no sbin folder
+    assert gateway.binary(), "the agent would not find the HAProxy that is installed"
     d = tmp_path / "agent"
     d.mkdir(mode=0o700)
     yield d
