@@ -118,11 +118,10 @@ def gateway_address(hosts: list[Any], app: str) -> tuple[str, str]:
     """The app's front door (its hosts' word) and its token: (url, token)."""
     from beamctl.errors import BeamctlError
     from beamctl.fleet.gateway import gateway_of
+    from beamctl.fleet.rollout import app_token
 
     replies = ask_all(hosts, "status", app=app)
-    where = gateway_of(replies, app)
-    token = next((a.get("token") for r in replies if r.ok for a in (r.result or {}).get("apps", [])
-                  if a.get("app") == app and a.get("token")), None)
+    where, token = gateway_of(replies, app), app_token(replies, app)
     if where is None or not token:
         errors = error_lines(replies)
         raise BeamctlError(f"{app} has no gateway" + (f" (no answer from: {'; '.join(errors)})" if errors else ""),

@@ -132,6 +132,7 @@ def follow_deploy(app: str, config: Any, hosts: list[Any], entries: list[Any], p
 def route(app: str, config: Any, hosts: list[Any], entries: list[Any], progress: Callable[[str], None],
           open_host: Callable[[Any], Any] | None = None) -> Routed:
     """Point the app's front door at the hosts that serve it (after a deploy)."""
+    from beamctl.fleet.rollout import app_token
     from beamctl.hosts import haproxy
     from beamctl.hosts.inventory import find
 
@@ -143,8 +144,7 @@ def route(app: str, config: Any, hosts: list[Any], entries: list[Any], progress:
         gw_address = address_of(find(config.host), gw_host) if not gw_host.local else "127.0.0.1"
         url = url_of(config, gw_address)
         statuses = {r.host: r for r in ask_all(hosts, "status", app=app)}
-        token = next((a.get("token") for r in statuses.values() if r.ok for a in (r.result or {}).get("apps", [])
-                      if a.get("app") == app and a.get("token")), None)
+        token = app_token(list(statuses.values()), app)
         if token is None:
             raise BeamctlError(f"no host of {app} told its endpoint token; the gateway was left as it was")
         servers, unexposed = _expose(app, hosts, entries, statuses, gw_host, gw_address, url, config.host)
