@@ -265,6 +265,43 @@ def test_a_killed_haproxy_comes_back_and_a_killed_agent_leaves_the_door_serving(
     assert [door.post()[0] for _ in range(5)] == [200] * 5  # HAProxy outlives the agent, as containers do
 
 
+def test_a_backend_agent_killed_comes_back_on_its_private_address_and_rejoins(cli, three, app_dir, deployed,
+                                                                             monkeypatch):
+    """kill -9 of testhost-2's agent: the door takes it out, its restart loop starts it again, the agent
+    listens for the gateway again from DATA/exposed.json, the door takes it back; tasks meanwhile go to the
+    others and no task runs twice."""
+    three.apply_env(monkeypatch)
+    door = Door(three, app_dir, token_of(cli))
+    began = time.time()
+    agent_pid = lambda: json.loads(three[1].exec(["cat", "/var/lib/beamctl/agent.json"]).stdout)["pid"]  # noqa: E731
+    before = agent_pid()
+    three[1].exec(["sh", "-c", "kill -9 $(python3 -c 'import json; print(json.load(open("
+                               "\"/var/lib/beamctl/agent.json\"))[\"pid\"])')"])
+    got, seen = [], set()
+    with Rotation() as rotation:
+        deadline = time.time() + 30
+        while True:
+            got.append(door.post())
+            seen.add(rotation()["testhost-2"].split()[0])
+            if "DOWN" in seen and rotation()["testhost-2"].startswith("UP"):
+                break
+            assert time.time() < deadline, f"testhost-2 not back in the rotation: {rotation()}"
+            time.sleep(0.05)
+    after = time.time()
+    while not ids_on(cli, "testhost-2", after):  # it serves through the door again
+        got.append(door.post())
+        assert time.time() < after + 15, "no task reached testhost-2 after it came back"
+    assert agent_pid() != before  # a new agent, not the old one that never died
+    failed = [c for c, _ in got if c != 200]
+    assert len(failed) <= 1 and set(failed) <= {502}, failed  # at most the one in flight at the kill
+    ran = [t for h in HOSTS for t in tasks_on(cli, h, began)]
+    assert len(ran) == len({t["task_id"] for t in ran}) <= len(got)  # none twice
+
+
+def ids_on(cli, host: str, since: float) -> set[str]:
+    return {t["task_id"] for t in tasks_on(cli, host, since)}
+
+
 def test_a_second_app_on_other_hosts_shares_the_gateway_on_its_own_port(cli, three, app_dir, deployed, monkeypatch,
                                                                           tmp_path):
     three.apply_env(monkeypatch)
