@@ -7,11 +7,13 @@ share it (deploy -> restore -> agent restart -> corrupt -> key change -> capture
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import shutil
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,19 @@ def locked_bytes(pid: int) -> int:
     return int(re.search(r"^VmLck:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M).group(1)) * 1024
 
 
+def cpu_quota(pid: int) -> tuple[int, int]:
+    """(quota, period) in µs of the process's CPU cgroup, cgroup v1 or v2 (found through /proc/PID/cgroup)."""
+    lines = [line.split(":", 2) for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()]
+    for _, controllers, path in lines:  # v1 (or hybrid): the cpu controller's own hierarchy
+        if "cpu" in controllers.split(","):
+            folder = next(Path(f, path.lstrip("/")) for f in glob.glob("/sys/fs/cgroup/cpu*/")
+                          if Path(f, path.lstrip("/"), "cpu.cfs_quota_us").exists())
+            return int((folder / "cpu.cfs_quota_us").read_text()), int((folder / "cpu.cfs_period_us").read_text())
+    path = next(path for _, controllers, path in lines if controllers == "")  # v2: one hierarchy
+    quota, period = (Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.max").read_text().split()
+    return (-1 if quota == "max" else int(quota)), int(period)
+
+
 def events(host: Host, name: str) -> str:
     return host.ok("logs", name, "-n", "500").out + host.ok("logs", name, "-n", "500").err
 
@@ -138,6 +153,48 @@ def test_scale_to_zero_then_a_cold_start_restores(host: Host, app: tuple[str, Pa
     assert "checkpoint restore" in host.ok("profile", task["task_id"]).out
     warm = host.call(name, {"x": 8})
     assert warm["start"] == "warm" and warm["result"]["sum"] == EXPECTED_SUM
+
+
+def test_a_restore_runs_with_the_hosts_cpus_and_the_app_serves_under_its_own_limit(host: Host,
+                                                                                    app: tuple[str, Path]) -> None:
+    """The app's CPU limit (cpu: 1, the default) would throttle CRIU's copy of its memory inside the container's
+    cgroup: the restore runs with all the engine's CPUs, and the limit is back before the container serves."""
+    import docker
+
+    name, _ = app
+    client = docker.from_env()
+    cores = int(client.info()["NCPU"])
+    host.wait_scaled_to_zero(name)
+    seen: dict[str, set[int]] = {}
+    done = threading.Event()
+
+    def watch() -> None:  # the engine's view of every container of the app while the call runs
+        while not done.is_set():
+            for c in client.api.containers(all=True, filters={"label": f"dev.beamctl.app={name}"}):
+                try:
+                    nano = client.api.inspect_container(c["Id"])["HostConfig"]["NanoCpus"]
+                except docker.errors.NotFound:
+                    continue
+                seen.setdefault(c["Id"], set()).add(int(nano))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        task = cold_call(host, name, 11)
+    finally:
+        done.set()
+        watcher.join()
+    assert task["start"] == "restored"
+    (cid,) = [c["Id"] for c in client.api.containers(filters={"label": f"dev.beamctl.app={name}"})]  # from zero
+    info = client.api.inspect_container(cid)
+    assert info["HostConfig"]["NanoCpus"] == 10**9  # its own limit, as it serves
+    quota, period = cpu_quota(int(info["State"]["Pid"]))
+    assert quota == period  # the kernel's, not only the engine's record: one CPU
+    if cores > 1:
+        assert cores * 10**9 in seen[cid], seen[cid]  # lifted while it restored
+    else:
+        assert seen[cid] == {10**9}  # nothing above one CPU to lift to
 
 
 def test_restore_after_an_agent_restart(host: Host, app: tuple[str, Path]) -> None:

@@ -214,6 +214,9 @@ def test_the_agent_killed_mid_restore(host, app):
     assert (after["status"], after["start"], after["result"]) == \
         ("succeeded", "restored", {"boot": count, "intact": True}), after
     assert on_start_count(host, name) == count  # no boot ran on_start
+    # the cut-off restore ran with the host's CPUs (containers.py); what serves now has the app's own limit
+    assert [json.loads(docker("inspect", "-f", "{{json .HostConfig.NanoCpus}}", c)) for c in containers_of(name)] \
+        == [10**9]
     nothing_left(host, name)
     assert (host.volume(name) / "keep.txt").read_text() == "the user's data\n"
 
