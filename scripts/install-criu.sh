@@ -112,6 +112,17 @@ EOF
     chmod 755 "$WRAPPER"
 }
 
+# Bind mounts that config.json does not list (an OCI prestart hook's, as NVIDIA's mounts libcuda and
+# /dev/nvidia*) fail runc's dump ("doesn't have a proper root mount"): CRIU takes them as external mounts and
+# binds them from the same host paths on restore (beamctl/agent/mountpoints.py makes their mountpoints).
+external_mounts() {
+    local conf=${BEAMCTL_CRIU_RUNC_CONF:-/etc/criu/runc.conf}
+    mkdir -p "$(dirname "$conf")"
+    if grep -qE '^[[:space:]]*external[[:space:]]+mnt\[\]' "$conf" 2>/dev/null; then return; fi
+    printf '# Added by beamctl scripts/install-criu.sh: mounts outside config.json (an OCI hook'"'"'s) are external\nexternal mnt[]\n' >>"$conf"
+    say "$conf: external mnt[] (an OCI hook's mounts)"
+}
+
 # runc hands CRIU the options in /etc/criu/runc.conf. CRIU's default network lock (iptables) runs
 # iptables-restore around every checkpoint and restore of a container: 70-85 ms of a 0.3-0.6 s capture or
 # restore here (docs/BENCHMARKS.md). `network-lock nftables` locks the same way through libnftables, in
@@ -170,3 +181,4 @@ check_criu
 say "criu check: Looks good"
 configure_runc_conf
 no_plugins
+external_mounts

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Protocol
 
 from beamctl.agent.container_args import (GPU_FILE, HARDENING, LABEL_AGENT, LABEL_APP, LABEL_SPARE, LABEL_VERSION,
                                           RUNTIME_PORT, STOP_TIMEOUT_S, death_reason)
-from beamctl.agent import app_users, seal
+from beamctl.agent import app_users, mountpoints, seal
 from beamctl.agent.sandboxes import LABEL_SANDBOX, Sandboxes
 
 @dataclass(frozen=True)
@@ -42,6 +42,32 @@ class Containers(Protocol):
     # restore does that when the snapshot holds GPU_FILE
     def capture(self, container_id: str, folder: Path, timeout_s: float, gpu: bool = False) -> Any: ...
     def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any: ...  # RestoreResult
+
+
+def _make_mountpoints(info: dict[str, Any], folder: Path) -> list[mountpoints.Mountpoint]:
+    """The snapshot's recorded mountpoints, those the new (inspected, created) container lacks made in its
+    overlay's upper layer; RestoreFailed when the record is damaged."""
+    from beamctl.agent import checkpoint
+
+    try:
+        wanted = mountpoints.recorded(folder)
+    except (ValueError, KeyError, TypeError) as e:  # json's errors are ValueErrors
+        raise checkpoint.RestoreFailed(f"damaged: {mountpoints.MOUNTPOINTS} ({e})") from None
+    driver = info.get("GraphDriver") or {}
+    if wanted and driver.get("Name") in ("overlay2", "overlay") and driver.get("Data", {}).get("UpperDir"):
+        data = driver["Data"]
+        lowers = [Path(p) for p in (data.get("LowerDir") or "").split(":") if p]
+        mountpoints.make(Path(data["UpperDir"]), lowers, wanted)
+    return wanted
+
+
+def _lost_mounts(pid: int, wanted: list[mountpoints.Mountpoint]) -> list[str]:
+    if not wanted:
+        return []
+    try:
+        return mountpoints.missing(Path(f"/proc/{pid}/mountinfo").read_text(), wanted)
+    except OSError:
+        return [m.path for m in wanted]  # the restored process is gone: nothing of it is mounted
 
 
 QUIESCE_LOCK_MS = 5_000  # a restored CUDA process's running kernels finish before its stop
@@ -79,7 +105,13 @@ class DockerContainers:
         app = args["labels"][LABEL_APP]
         network = self.sandboxes.network_mode(app, args["image"], args["labels"][LABEL_AGENT])
         limits = {k: args.pop(k) for k in ("nano_cpus", "mem_limit", "tmpfs", *HARDENING) if k in args}
-        host_config = self.api.create_host_config(binds=binds, device_requests=_gpus(args.pop("gpus", 0)),
+        gpus, restore_target = args.pop("gpus", 0), args.pop("restore_target", False)
+        if gpus and restore_target:  # no `--gpus` hook: it would run again in runc's restore (mountpoints.py);
+            from beamctl.agent.gpus import host_device_rules  # CRIU brings back its mounts, these its access
+
+            limits["device_cgroup_rules"] = host_device_rules()
+            gpus = 0
+        host_config = self.api.create_host_config(binds=binds, device_requests=_gpus(gpus),
                                                   network_mode=network, **limits)
         try:
             cid = self.api.create_container(host_config=host_config, volumes=[b["bind"] for b in binds.values()],
@@ -105,17 +137,17 @@ class DockerContainers:
         from beamctl.agent import checkpoint
 
         cid = self._full_id(container_id)
-        if not gpu:
-            return checkpoint.capture(cid, folder, timeout_s)
-        from beamctl.agent import gpu_snapshots
-
-        from beamctl.agent import usage
-
         pid = self._pid(cid)
-        held = gpu_snapshots.device_memory(pid, usage._smi)  # before the driver moves it to host memory
-        result = gpu_snapshots.capture(self._cuda(checkpoint.CheckpointFailed), pid,
-                                       lambda: checkpoint.capture(cid, folder, timeout_s))
-        gpu_snapshots.record_memory(folder, held)
+        if not gpu:
+            result = checkpoint.capture(cid, folder, timeout_s)
+        else:
+            from beamctl.agent import gpu_snapshots, usage
+
+            held = gpu_snapshots.device_memory(pid, usage._smi)  # before the driver moves it to host memory
+            result = gpu_snapshots.capture(self._cuda(checkpoint.CheckpointFailed), pid,
+                                           lambda: checkpoint.capture(cid, folder, timeout_s))
+            gpu_snapshots.record_memory(folder, held)
+        mountpoints.record(pid, folder)  # it runs on (--leave-running): what a restore must mount onto
         return result
 
     def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any:
@@ -137,14 +169,22 @@ class DockerContainers:
         # (bench/autoscale.py). The restore runs with the host's CPUs; the limit is back before the runtime is
         # released (pool.py), so the app never serves above it; an agent killed in between leaves a runtime
         # that was never released, which the next agent removes rather than adopts (housekeeping.py).
-        limit = self._lift_cpu_limit(cid)
+        info = self.api.inspect_container(cid)
+        wanted = _make_mountpoints(info, folder)  # an OCI hook's mounts come back onto them (mountpoints.py)
+        limit = self._lift_cpu_limit(info)
         result = checkpoint.restore(self.client, cid, folder, "beamctl", docker_root=self._docker_root,
                                     timeout_s=timeout_s)
+        pid = self._pid(cid)
+        lost = _lost_mounts(pid, wanted)
+        if lost:
+            self.api.kill(cid)
+            raise checkpoint.RestoreFailed(f"the restored container lacks the mount at {lost[0]} (an OCI hook's, "
+                                           f"as the captured one had{f'; {len(lost) - 1} more' if len(lost) > 1 else ''})")
         if gpu:
             from beamctl.agent import gpu_snapshots
 
             self._gpu_restored.add(cid)
-            gpu_snapshots.after_restore(self._cuda(checkpoint.RestoreFailed), self._pid(cid))
+            gpu_snapshots.after_restore(self._cuda(checkpoint.RestoreFailed), pid)
         if limit:
             try:
                 self._set_cpus(cid, limit)
@@ -153,14 +193,14 @@ class DockerContainers:
                 raise checkpoint.RestoreFailed(f"could not put the CPU limit back after the restore: {e}") from None
         return result
 
-    def _lift_cpu_limit(self, container_id: str) -> int:
-        """The created container's CPU limit (NanoCpus), raised to all the host's CPUs for its restore; 0 when it
-        has none to lift."""
-        limit = int(self.api.inspect_container(container_id)["HostConfig"].get("NanoCpus") or 0)
+    def _lift_cpu_limit(self, info: dict[str, Any]) -> int:
+        """The created container's (inspected) CPU limit (NanoCpus), raised to all the host's CPUs for its
+        restore; 0 when it has none to lift."""
+        limit = int(info["HostConfig"].get("NanoCpus") or 0)
         everything = self._host_cpus * 10**9
         if not 0 < limit < everything:
             return 0
-        self._set_cpus(container_id, everything)
+        self._set_cpus(info["Id"], everything)
         return limit
 
     def _set_cpus(self, container_id: str, nano_cpus: int) -> None:

@@ -42,3 +42,27 @@ def clash(pinned: list[int], taken: dict[int, str]) -> str | None:
     """Why a version pinned to these GPUs cannot start again now (others hold some), or None."""
     held = sorted({taken[i] for i in pinned if i in taken})
     return f"used GPU(s) {', '.join(map(str, pinned))}, now held by {', '.join(held)}" if held else None
+
+
+def device_rules(proc_devices: str) -> list[str]:
+    """Device cgroup rules for the NVIDIA driver's character devices (/dev/nvidia*, nvidia-uvm, nvidia-caps),
+    by their majors in /proc/devices' text: what a GPU container restored without the `--gpus` hook is let
+    open (the hook allows them at a cold start; the restored /dev holds only the captured container's nodes)."""
+    rules, section = [], ""
+    for line in proc_devices.splitlines():
+        if line.endswith(":"):
+            section = line
+            continue
+        parts = line.split()
+        if section.startswith("Character") and len(parts) == 2 and parts[0].isdigit() and \
+                parts[1].startswith("nvidia"):
+            rules.append(f"c {parts[0]}:* rwm")
+    return sorted(set(rules), key=lambda r: int(r.split()[1].split(":")[0]))
+
+
+def host_device_rules() -> list[str]:
+    try:
+        with open("/proc/devices") as f:
+            return device_rules(f.read())
+    except OSError:
+        return []

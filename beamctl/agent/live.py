@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from beamctl.agent.profile import ContainerTimeline
 from beamctl.protocol.spec import KEY_HEADER
@@ -37,6 +38,7 @@ class Live:
     restoring: bool = False  # starting from its version's snapshot (status says "restoring")
     gpus: tuple[str, ...] = ()  # the GPU device ids it was given
     spare: bool = False  # a GPU app's container on GPUs other than its version's pinned ones: no snapshot
+    restore_from: tuple[Any, float] | None = None  # (snapshot folder, restore timeout): created to restore it
     _conns: list[http.client.HTTPConnection] = field(default_factory=list)
     _in_use: set[http.client.HTTPConnection] = field(default_factory=set)
     _conn_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -78,7 +78,13 @@ class Pool:
         args = self.make_args(live.version)
         live.spare = bool(args.pop("spare", False))  # on GPUs not its version's: no snapshot (state.py)
         self.containers.has_image(args["image"])  # the image is on this host (image load, measured)
-        live.id, live.args_hash, live.key = self.containers.create(args), args_hash(args), args.get("runtime_key")
+        live.args_hash, live.key = args_hash(args), args.get("runtime_key")
+        live.restore_from = None  # a spare's GPUs are not the snapshot's
+        if self.snapshots is not None and not live.spare:
+            live.restore_from = self.snapshots.restorable(live.version, live.args_hash)
+        if live.restore_from is not None and args.get("gpus"):
+            args["restore_target"] = True  # a GPU restore's container runs without the --gpus hook (mountpoints.py)
+        live.id = self.containers.create(args)
         gpus = args.get("gpus")
         live.gpus = tuple(str(g) for g in gpus) if isinstance(gpus, list) else ()
 
@@ -160,12 +166,9 @@ class Pool:
     def _restore(self, live: Live) -> bool:
         """Start the created container from its version's snapshot, if there is a usable one. On a failed
         restore the container is replaced by a fresh one (a cold boot follows) and False is returned."""
-        if self.snapshots is None or live.spare:  # a spare's GPUs are not the snapshot's
+        if self.snapshots is None or live.restore_from is None:  # none to restore (asked at its create)
             return False
-        found = self.snapshots.restorable(live.version, live.args_hash)
-        if found is None:
-            return False
-        folder, timeout_s = found
+        folder, timeout_s = live.restore_from
         began, live.restoring = time.monotonic(), True
         try:
             self.snapshots.verify(live.version)  # digests (issue 13): a damaged file is never restored
@@ -178,7 +181,7 @@ class Pool:
             live.close()
             self.containers.stop(live.id)
             self.containers.remove(live.id)
-            live.restoring = False
+            live.restoring, live.gpus = False, ()  # its GPUs go to the container that replaces it
             with self.placing(live.version):
                 self._create_into(live)
             return False

@@ -10,7 +10,10 @@ yet: nftables where a trial dump works (in process: 70-85 ms less per capture an
 default, which runs iptables-restore), else iptables written down, so the trial is not repeated.
 `libdir` in RUNC_CONF names an empty folder, so CRIU loads no plugin: a host's CRIU with NVIDIA's CUDA
 plugin would restore and unlock a GPU container's processes itself, behind the agent's back (the agent
-does those steps: agent/gpu_snapshots.py). Nothing here fails an agent install: a host without a usable
+does those steps: agent/gpu_snapshots.py). `external mnt[]` makes CRIU take the bind mounts that config.json
+does not list (the NVIDIA prestart hook's: libcuda, /dev/nvidia*; runc names only config.json's) as external
+ones, bound from the same host paths on restore, instead of failing the dump ("doesn't have a proper root
+mount"; agent/mountpoints.py has the rest). Nothing here fails an agent install: a host without a usable
 CRIU gets the agent and boots cold.
 """
 
@@ -84,6 +87,9 @@ if ! grep -qE '^[[:space:]]*libdir' "$C" 2>/dev/null; then  # one owner of a GPU
     N=$(dirname "$P")/criu-no-plugins; mkdir -p "$N" "$(dirname "$C")"
     printf '# beamctl hosts install: no CRIU plugins: the agent drives the CUDA steps (agent/gpu_snapshots.py)\nlibdir %s\n' \
         "$N" >>"$C"
+fi
+if ! grep -qE '^[[:space:]]*external[[:space:]]+mnt\[\]' "$C" 2>/dev/null; then  # an OCI hook's mounts (NVIDIA's)
+    printf '# beamctl hosts install: mounts outside config.json (an OCI hook'"'"'s) are external: bound from the host again on restore\nexternal mnt[]\n' >>"$C"
 fi
 echo "lock $(sed -n 's/^[[:space:]]*network-lock[[:space:]]*//p' "$C" | head -n1)"
 """

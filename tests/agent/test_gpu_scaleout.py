@@ -160,3 +160,48 @@ def test_a_restarted_agent_adopts_spares_with_the_gpus_they_hold(tmp_path):
     assert sorted(live.gpus for live in adopted) == held and sum(live.spare for live in adopted) == 2
     got = again.state.gpu_set("chat", 1, (0,))
     assert got[1] is True and got[0][0] not in {int(g) for gpus in held for g in gpus} | {3}
+
+
+def test_a_gpu_container_made_to_restore_has_no_gpus_hook_and_a_cold_one_has_it(tmp_path):
+    """Docker's --gpus hook would run again inside runc's restore and lose the mounts CRIU brings back
+    (mountpoints.py): the container a GPU snapshot is restored into is created without it (`restore_target`:
+    containers.py gives it the driver's device rules instead). When that restore fails, the container that
+    replaces it boots cold, with the hook; a spare never restores, so it has the hook too."""
+    from beamctl.agent.checkpoint import RestoreFailed
+
+    agent, containers = agent_with_gpu_app(tmp_path, max_containers=2)
+    chat = agent.state.pool("chat")
+    failed: list[str] = []
+
+    class Snaps:
+        def restorable(self, version, args_hash):
+            return None if failed else (tmp_path, 10.0)
+
+        def wants_capture(self, version):
+            return False
+
+        def verify(self, version):
+            pass
+
+        def restore_failed(self, version, reason):
+            failed.append(reason)
+
+    def restore(cid, folder, timeout_s):
+        raise RestoreFailed("the restored container lacks the mount at /usr/lib/libcuda.so.1")
+
+    chat.snapshots, containers.restore = Snaps(), restore
+    hold(chat, 4, 0.3)
+    made = [containers.args[c] for c in containers.created if containers.args[c]["labels"]["dev.beamctl.app"] == "chat"]
+    assert made[0]["gpus"] == ["0"] and made[0].get("restore_target") is True
+    assert failed == ["the restored container lacks the mount at /usr/lib/libcuda.so.1"]
+    assert len(made) == 3 and not any(a.get("restore_target") for a in made[1:])  # the cold one, the spare
+    assert [a["gpus"] for a in made[1:]].count(["0"]) == 1
+
+
+def test_the_driver_s_device_rules_come_from_proc_devices():
+    from beamctl.agent.gpus import device_rules
+
+    text = ("Character devices:\n  1 mem\n195 nvidia-frontend\n 10 misc\n508 nvidia-uvm\n509 nvidia-caps\n"
+            "\nBlock devices:\n195 nvidia-not-a-char\n  8 sd\n")
+    assert device_rules(text) == ["c 195:* rwm", "c 508:* rwm", "c 509:* rwm"]
+    assert device_rules("Character devices:\n  1 mem\n") == []  # no driver: none

@@ -110,6 +110,7 @@ def test_the_carried_prefix_runs_checks_and_picks_the_network_lock(tmp_path):
     no_plugins = tmp_path / "opt/criu-no-plugins"  # CRIU loads no plugin: the agent owns the CUDA steps
     assert [ln for ln in lines if ln.startswith("libdir")] == [f"libdir {no_plugins}"] and not any(no_plugins.iterdir())
     assert sorted(p.name for p in (tmp_path / "opt").iterdir()) == ["criu", "criu-no-plugins"]
+    assert [ln for ln in lines if ln.startswith("external")] == ["external mnt[]"]  # an OCI hook's mounts, once
 
 
 @pytest.mark.integration
