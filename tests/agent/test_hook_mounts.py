@@ -156,3 +156,29 @@ def test_a_damaged_mountpoint_record_is_refused_before_criu(hooked: Engine, tmp_
     with pytest.raises(cp.RestoreFailed, match="damaged: mountpoints.json"):
         containers.restore(new, snap, 60)
     assert hooked.api.inspect_container(new)["State"]["Status"] == "created"  # CRIU never ran
+
+
+def test_a_gpu_restore_target_asks_the_engine_for_device_rules_not_the_gpus_hook(monkeypatch) -> None:
+    """The container a GPU snapshot is restored into (pool.py: restore_target) gets no device request, so
+    Docker puts no NVIDIA hook into its spec, and the driver's device rules instead; any other GPU container
+    asks for its GPUs (which this engine, with no NVIDIA driver, refuses at start)."""
+    import docker
+
+    from beamctl.agent import gpus
+    from tests.agent.test_sandboxes import Host
+
+    host = Host()
+    monkeypatch.setattr(gpus, "host_device_rules", lambda: ["c 195:* rwm", "c 508:* rwm"])
+    try:
+        cid = host.dc.create(host.args("gpuapp", "restored", gpus=["GPU-5f1e0c2a"], restore_target=True))
+        config = host.api.inspect_container(cid)["HostConfig"]
+        assert not config.get("DeviceRequests") and config["DeviceCgroupRules"] == ["c 195:* rwm", "c 508:* rwm"]
+        cold = host.dc.create(host.args("gpuapp", "cold", gpus=["GPU-5f1e0c2a"]))
+        config = host.api.inspect_container(cold)["HostConfig"]
+        assert [r["DeviceIDs"] for r in config["DeviceRequests"]] == [["GPU-5f1e0c2a"]]
+        assert not config.get("DeviceCgroupRules")
+        if shutil.which("nvidia-container-runtime-hook") is None:  # how dockerd finds its NVIDIA driver
+            with pytest.raises(docker.errors.APIError, match="device driver"):
+                host.api.start(cold)  # the request is made (and refused here: no NVIDIA driver)
+    finally:
+        host.cleanup()
