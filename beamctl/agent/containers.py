@@ -44,32 +44,6 @@ class Containers(Protocol):
     def restore(self, container_id: str, folder: Path, timeout_s: float) -> Any: ...  # RestoreResult
 
 
-def _make_mountpoints(info: dict[str, Any], folder: Path) -> list[mountpoints.Mountpoint]:
-    """The snapshot's recorded mountpoints, those the new (inspected, created) container lacks made in its
-    overlay's upper layer; RestoreFailed when the record is damaged."""
-    from beamctl.agent import checkpoint
-
-    try:
-        wanted = mountpoints.recorded(folder)
-    except (ValueError, KeyError, TypeError) as e:  # json's errors are ValueErrors
-        raise checkpoint.RestoreFailed(f"damaged: {mountpoints.MOUNTPOINTS} ({e})") from None
-    driver = info.get("GraphDriver") or {}
-    if wanted and driver.get("Name") in ("overlay2", "overlay") and driver.get("Data", {}).get("UpperDir"):
-        data = driver["Data"]
-        lowers = [Path(p) for p in (data.get("LowerDir") or "").split(":") if p]
-        mountpoints.make(Path(data["UpperDir"]), lowers, wanted)
-    return wanted
-
-
-def _lost_mounts(pid: int, wanted: list[mountpoints.Mountpoint]) -> list[str]:
-    if not wanted:
-        return []
-    try:
-        return mountpoints.missing(Path(f"/proc/{pid}/mountinfo").read_text(), wanted)
-    except OSError:
-        return [m.path for m in wanted]  # the restored process is gone: nothing of it is mounted
-
-
 QUIESCE_LOCK_MS = 5_000  # a restored CUDA process's running kernels finish before its stop
 
 
@@ -170,12 +144,12 @@ class DockerContainers:
         # released (pool.py), so the app never serves above it; an agent killed in between leaves a runtime
         # that was never released, which the next agent removes rather than adopts (housekeeping.py).
         info = self.api.inspect_container(cid)
-        wanted = _make_mountpoints(info, folder)  # an OCI hook's mounts come back onto them (mountpoints.py)
+        wanted = mountpoints.prepare(info, folder)  # an OCI hook's mounts come back onto them
         limit = self._lift_cpu_limit(info)
         result = checkpoint.restore(self.client, cid, folder, "beamctl", docker_root=self._docker_root,
                                     timeout_s=timeout_s)
         pid = self._pid(cid)
-        lost = _lost_mounts(pid, wanted)
+        lost = mountpoints.lost(pid, wanted)
         if lost:
             self.api.kill(cid)
             raise checkpoint.RestoreFailed(f"the restored container lacks the mount at {lost[0]} (an OCI hook's, "

@@ -20,6 +20,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MOUNTPOINTS = "mountpoints.json"
 
@@ -114,3 +115,29 @@ def missing(mountinfo: str, wanted: list[Mountpoint]) -> list[str]:
     """The wanted mountpoints that the restored container's mountinfo does not have."""
     have = mounted(mountinfo)
     return [m.path for m in wanted if m.path not in have]
+
+
+def prepare(info: dict[str, Any], folder: Path) -> list[Mountpoint]:
+    """The snapshot's recorded mountpoints, those the new container (the engine's inspect of it, created)
+    lacks made in its overlay's upper layer. checkpoint.RestoreFailed when the record is damaged."""
+    from beamctl.agent.checkpoint import RestoreFailed
+
+    try:
+        wanted = recorded(folder)
+    except (ValueError, KeyError, TypeError) as e:  # json's errors are ValueErrors
+        raise RestoreFailed(f"damaged: {MOUNTPOINTS} ({e})") from None
+    driver = info.get("GraphDriver") or {}
+    data = driver.get("Data") or {}
+    if wanted and driver.get("Name") in ("overlay2", "overlay") and data.get("UpperDir"):
+        make(Path(data["UpperDir"]), [Path(p) for p in (data.get("LowerDir") or "").split(":") if p], wanted)
+    return wanted
+
+
+def lost(pid: int, wanted: list[Mountpoint], proc: Path = Path("/proc")) -> list[str]:
+    """The wanted mountpoints the restored container (pid: its init) lacks; all of them when it is gone."""
+    if not wanted:
+        return []
+    try:
+        return missing((proc / str(pid) / "mountinfo").read_text(), wanted)
+    except OSError:
+        return [m.path for m in wanted]

@@ -73,3 +73,12 @@ def test_make_only_what_no_layer_has_and_never_over_a_symlink(tmp_path: Path) ->
 def test_missing_names_what_the_restore_lacks() -> None:
     wanted = [mp.Mountpoint("/etc/resolv.conf", False), mp.Mountpoint("/etc/hooked.txt", False)]
     assert mp.missing(MOUNTINFO, wanted) == ["/etc/hooked.txt"]
+
+
+def test_lost_reads_the_restored_process_and_a_gone_one_has_lost_everything(tmp_path: Path) -> None:
+    wanted = [mp.Mountpoint("/etc/resolv.conf", False), mp.Mountpoint("/etc/hooked.txt", False)]
+    (tmp_path / "9").mkdir()
+    (tmp_path / "9/mountinfo").write_text(MOUNTINFO)
+    assert mp.lost(9, wanted, proc=tmp_path) == ["/etc/hooked.txt"]
+    assert mp.lost(10, wanted, proc=tmp_path) == ["/etc/resolv.conf", "/etc/hooked.txt"]
+    assert mp.lost(10, [], proc=tmp_path) == []  # a snapshot from before the record: nothing to check
