@@ -45,6 +45,7 @@ ROWS = 16384  # every weight is ROWS x cols fp16; the app multiplies a 64 x ROWS
 GIB = 1 << 30
 PR_SET_CHILD_SUBREAPER = 36
 VARIANTS = ("disk_cold", "held", "tmpfs", "disk_warm")  # held: as the agent keeps a snapshot (resident.py)
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 
@@ -59,6 +60,7 @@ class Bench:
         self.out = Path(args.out)
         self.cuda = None
         self.started = time.monotonic()
+        self.thp_before = THP.read_text().split("[", 1)[1].split("]")[0] if args.thp_ab else ""
         self.live: dict[int, subprocess.Popen | None] = {}  # app processes to kill however the run ends
         self.res: dict = {"mode": self.mode, "config": {"tensors": args.tensors, "tensor_mib": args.tensor_mib,
                                                         "work": str(self.work), "criu": args.criu},
@@ -79,11 +81,15 @@ class Bench:
             same = cold["ready"]["digest"] == self.reference
             self.res["steps"]["cold_starts_agree"] = same
             self.snapshot(app)
-            for variant in VARIANTS:
+            for variant, key, thp in self.plan_restores():
                 if self.left() < 60:
-                    self.res["restores"][variant] = {"skipped": f"under 60 s of the {self.args.budget_s} s budget left"}
+                    self.res["restores"][key] = {"skipped": f"under 60 s of the {self.args.budget_s} s budget left"}
                     continue
-                self.restore(variant)
+                if thp:
+                    THP.write_text(thp + "\n")
+                self.restore(variant, key)
+                if thp:
+                    self.res["restores"][key]["thp"] = thp
             self.summarise()
             ok = all(r.get("output_identical") for r in self.res["restores"].values() if "skipped" not in r)
             return 0 if ok and not self.res["errors"] else 1
@@ -92,10 +98,19 @@ class Bench:
             say(f"FAILED: {type(e).__name__}: {e}")
             return 1
         finally:
+            if self.thp_before:
+                THP.write_text(self.thp_before + "\n")
             for pid, proc in list(self.live.items()):
                 self.stop(pid, proc)
             shutil.rmtree(self.shm, ignore_errors=True)
             self.save()
+
+    def plan_restores(self) -> list[tuple[str, str, str | None]]:
+        """(variant, result key, THP setting or None): each variant once, or with --thp-ab N the agent's
+        way (held) N times under each of the kernel's transparent huge page settings, alternating."""
+        if not self.args.thp_ab:
+            return [(v, v, None) for v in VARIANTS]
+        return [("held", f"held_thp-{thp}_{i + 1}", thp) for i in range(self.args.thp_ab) for thp in ("madvise", "always")]
 
     def prepare_weights(self) -> None:
         want = {"tensors": self.args.tensors, "tensor_mib": self.args.tensor_mib, "mode": self.mode}
@@ -159,7 +174,7 @@ class Bench:
             + ", ".join(f"{k} {v:.2f}" for k, v in d.breakdown.items()) + ")")
         self.save()
 
-    def restore(self, variant: str) -> None:
+    def restore(self, variant: str, key: str) -> None:
         images, prep, held = self.images, {}, None
         if variant == "disk_cold":
             prep["page_cache_dropped"] = drop_caches()
@@ -197,8 +212,8 @@ class Bench:
         out = {**r.breakdown, "restore_s": r.seconds,
                "first_result_s": first, "restored_start_s": total, "output_identical": got["digest"] == self.reference,
                "compute_s": got["compute_s"], **prep}
-        self.res["restores"][variant] = out
-        say(f"restore {variant}: {total:.2f} s to the first result (" + ", ".join(
+        self.res["restores"][key] = out
+        say(f"restore {key}: {total:.2f} s to the first result (" + ", ".join(
             f"{k} {v:.2f}" for k, v in r.breakdown.items()) + f", result {first:.2f}); output "
             + ("identical" if out["output_identical"] else "DIFFERENT"))
         self.stop(r.pid, None)
@@ -349,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tensor-mib", type=int, default=1024, help="size of each in MiB (default 1024)")
     p.add_argument("--criu", default=os.environ.get("BEAMCTL_CRIU", "criu"), help="CRIU binary or wrapper")
     p.add_argument("--budget-s", type=int, default=450, help="stop restoring when this is nearly spent")
+    p.add_argument("--thp-ab", type=int, default=0, metavar="N",
+                   help="instead of the four variants: N held restores under THP madvise and N under always, "
+                        "alternating (sets the host's THP; puts it back)")
     p.add_argument("--dry-run", action="store_true", help="check prerequisites, print the plan, run nothing")
     p.add_argument("--cpu-rehearsal", action="store_true",
                    help="run the whole sequence with a CPU stand-in app (no torch, no GPU, no CUDA steps)")
