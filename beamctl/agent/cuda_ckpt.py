@@ -223,9 +223,12 @@ def _rollback(cuda: CudaCheckpoint, done: list[int], locked: list[int]) -> list[
 
 def cuda_processes(cuda: CudaCheckpoint, pid: int, proc: Path = Path("/proc")) -> dict[int, str]:
     """The processes of the tree rooted at pid that the CUDA driver knows, with their state: it answers
-    `cuCheckpointProcessGetState` for a process with a CUDA context and refuses it for any other (as CRIU's
-    CUDA plugin and NVIDIA's Dynamo find them). An open /dev/nvidia* file says less: NVML-only processes
-    (nvidia-smi, a metrics exporter) have one and no CUDA context, and a forked child inherits the fds."""
+    `cuCheckpointProcessGetState` for a process that opened the driver itself (as CRIU's CUDA plugin and
+    NVIDIA's Dynamo find them) and refuses any other. Seen on an H200 (driver 580, docs/h200/): a CUDA
+    context, a bare cuInit and NVML alone all count, and each can be locked and checkpointed, which
+    releases its /dev/nvidia* files; a child forked from a CUDA process holds the inherited files but is
+    refused (CUDA_ERROR_NOT_INITIALIZED), as is a process that never opened the driver; a gone pid gets
+    CUDA_ERROR_OPERATING_SYSTEM. So an open /dev/nvidia* file says less than the driver does."""
     found = {}
     for p in process_tree(pid, proc):
         try:

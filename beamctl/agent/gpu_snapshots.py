@@ -6,8 +6,10 @@ handles are released); CRIU then sees plain processes, and the app goes on after
 unlock), with --leave-running. After `docker start --checkpoint`, the restored processes are still in
 the driver's `checkpointed` state: they are restored and unlocked before the runtime is released.
 
-EXPERIMENTAL: tested against a fake driver only; no GPU has been lent to this project yet. The agent
-uses it only with BEAMCTL_GPU_CHECKPOINTS=1 in its environment (snapshot_compat.refuse says so otherwise).
+EXPERIMENTAL: capture and after_restore ran on an H200 (driver 580) against a live CUDA process, the
+driver steps around CRIU in bench/gpu_snapshot.py; inside a container only against a fake driver (that
+machine had no Docker). The agent uses it only with BEAMCTL_GPU_CHECKPOINTS=1 in its environment
+(snapshot_compat.refuse says so otherwise).
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ def enabled(env: dict[str, str] | None = None) -> bool:
 def capture(cuda: cuda_ckpt.CudaCheckpoint, root_pid: int, run_capture: Callable[[], T],
             proc: Path = Path("/proc")) -> T:
     """suspend the container's CUDA processes, run_capture() (runc checkpoint --leave-running), resume.
-    The CUDA processes are those the driver knows (cuda_ckpt.cuda_processes); once they are checkpointed,
-    a process of the container still holding /dev/nvidia* (an NVML-only one) fails the capture by name
-    before CRIU runs: CRIU could not dump it."""
+    The CUDA processes are those the driver knows (cuda_ckpt.cuda_processes: an NVML-only one too, whose
+    files the checkpoint releases as well, as seen on an H200); once they are checkpointed, a process of
+    the container still holding /dev/nvidia* (a child forked from a CUDA process) fails the capture by
+    name before CRIU runs: CRIU could not dump it."""
     known = cuda_ckpt.cuda_processes(cuda, root_pid, proc)
     if not known:
         raise CheckpointFailed("no process of the container is known to the CUDA driver: nothing for it to "
@@ -55,10 +58,7 @@ def capture(cuda: cuda_ckpt.CudaCheckpoint, root_pid: int, run_capture: Callable
     holders = cuda_ckpt.gpu_holders(cuda_ckpt.process_tree(root_pid, proc), proc)
     try:
         if holders:
-            raise CheckpointFailed("after the CUDA checkpoint, " + ", ".join(
-                f"process {p} ({name})" for p, name in sorted(holders.items()))
-                + " still holds /dev/nvidia*: CRIU cannot dump it (an NVML-only process? it has no CUDA "
-                  "context for the driver to release); run it outside the app's container")
+            raise CheckpointFailed(_holders_reason(holders, known))
         result = run_capture()
     except CheckpointFailed as e:
         failure = e
@@ -70,6 +70,23 @@ def capture(cuda: cuda_ckpt.CudaCheckpoint, root_pid: int, run_capture: Callable
     if failure is not None:
         raise failure
     return result
+
+
+def _holders_reason(holders: dict[int, str], known: dict[int, str]) -> str:
+    """Why CRIU cannot dump the container: processes still holding /dev/nvidia* after the checkpoint."""
+    forked = {p: n for p, n in holders.items() if p not in known}
+    released_not = {p: n for p, n in holders.items() if p in known}
+    parts = []
+    if forked:
+        parts.append(", ".join(f"process {p} ({n})" for p, n in sorted(forked.items()))
+                     + " still holds /dev/nvidia* without the CUDA driver knowing it: a child forked from a CUDA "
+                       "process (a DataLoader or multiprocessing worker started with fork) inherits the GPU's "
+                       "files but not the driver's state, so the checkpoint cannot release them; start such "
+                       "workers with the 'spawn' method, or before the app first uses CUDA")
+    if released_not:
+        parts.append(", ".join(f"process {p} ({n})" for p, n in sorted(released_not.items()))
+                     + " still holds /dev/nvidia* after the driver's checkpoint")
+    return "after the CUDA checkpoint, " + "; ".join(parts) + ": CRIU cannot dump the container"
 
 
 def after_restore(cuda: cuda_ckpt.CudaCheckpoint, root_pid: int, proc: Path = Path("/proc")) -> list[int]:

@@ -20,7 +20,7 @@ EXPERIMENTAL_FIX = ('for checkpoints: add "experimental": true to /etc/docker/da
 
 @dataclass(frozen=True)
 class Prereq:
-    name: str  # docker, runc, criu, decompressor, disk, nvidia
+    name: str  # docker, runc, criu, decompressor, disk, supervisor, nvidia, hugepages
     ok: bool
     found: str  # what the host has, in words
     fix: str | None = None  # one step that makes it right (also for an ok part that could be better)
@@ -55,6 +55,8 @@ def prerequisites(f: HostFacts, host: str) -> list[Prereq]:
         parts.append(_supervisor(f, install))
     if f.gpus:
         parts.append(_nvidia(f))
+        if f.thp is not None:
+            parts.append(_hugepages(f))
     return parts
 
 
@@ -120,6 +122,20 @@ def _disk(f: HostFacts) -> Prereq:
         return Prereq("disk", False, f"{found}, less than {DOCKER_FREE_MIN_BYTES // GIB} GiB",
                       f"free space under {disk.path} (docker image prune -a removes unused images)")
     return Prereq("disk", True, found)
+
+
+THP_FIX = ("if the host's other work allows it: echo always > /sys/kernel/mm/transparent_hugepage/enabled "
+           "(and transparent_hugepage=always on the kernel command line, to keep it after a reboot)")
+
+
+def _hugepages(f: HostFacts) -> Prereq:
+    """Advice, never missing: CRIU writes a restored process's memory one page fault at a time, and on an
+    H200 a GPU snapshot's CRIU restore ran 1.5x faster with THP `always` (docs/BENCHMARKS.md). Host-wide,
+    so beamctl says so and does not set it."""
+    if f.thp == "always":
+        return Prereq("hugepages", True, "transparent huge pages: always")
+    return Prereq("hugepages", True, f"transparent huge pages: {f.thp}: a GPU snapshot's memory is restored in "
+                  "4 KiB pages, about 1.5x slower than with always", THP_FIX)
 
 
 def _nvidia(f: HostFacts) -> Prereq:

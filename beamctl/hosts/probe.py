@@ -18,6 +18,7 @@ _SCRIPT = r"""PATH="$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin"
 s() { printf '\n@@beamctl %s\n' "$1"; }
 s system; uname -nrm; nproc 2>/dev/null; grep -m1 '^MemTotal:' /proc/meminfo 2>/dev/null
 [ -d /run/systemd/system ] && echo "@@systemd yes" || echo "@@systemd no"
+echo "@@thp $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
 s docker; out=$(docker info --format '@@{{.ServerVersion}}|{{.DockerRootDir}}|{{range $k, $v := .Runtimes}}{{$k}},{{end}}|{{.ExperimentalBuild}}' 2>&1); rc=$?
 printf '%s\n@@rc %s\n' "$out" "$rc"
 root=$(printf '%s\n' "$out" | sed -n 's/^@@[^|]*|\([^|]*\).*/\1/p' | head -n1)
@@ -60,6 +61,7 @@ class HostFacts:
     docker_runtimes: tuple[str, ...] | None = None  # as `docker info` lists them (None: not asked)
     systemd: bool | None = None  # runs the agent's unit (back after a reboot); None: not probed
     docker_experimental: bool | None = None  # restores use `docker start --checkpoint`: experimental only
+    thp: str | None = None  # transparent huge pages: always, madvise or never (None: the kernel has none)
     gpus: tuple[Gpu, ...] = ()
     gpu_note: str | None = None  # why there are none: no nvidia-smi, or what it said
     criu_version: str | None = None
@@ -120,6 +122,8 @@ def _system(lines: list[str], rc: int | None) -> dict[str, Any]:
             out["memory_bytes"] = int(line.split()[1]) * 1024
         elif line.startswith("@@systemd "):
             out["systemd"] = line.split()[1] == "yes"
+        elif line.startswith("@@thp ") and "[" in line:  # "always [madvise] never": the chosen one
+            out["thp"] = line.split("[", 1)[1].split("]", 1)[0]
     return out
 
 

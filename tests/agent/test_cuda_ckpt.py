@@ -14,22 +14,27 @@ from beamctl.agent import cuda_ckpt as cc
 
 gpu = pytest.mark.skipif(not Path("/dev/nvidia0").exists(), reason="needs an NVIDIA GPU (/dev/nvidia0)")
 
-NAMES = {1: b"CUDA_ERROR_INVALID_VALUE", 401: b"CUDA_ERROR_ILLEGAL_STATE", 500: b"CUDA_ERROR_NOT_FOUND",
-         801: b"CUDA_ERROR_NOT_SUPPORTED", 909: b"CUDA_ERROR_TIMEOUT"}
+NAMES = {1: b"CUDA_ERROR_INVALID_VALUE", 3: b"CUDA_ERROR_NOT_INITIALIZED", 304: b"CUDA_ERROR_OPERATING_SYSTEM",
+         401: b"CUDA_ERROR_ILLEGAL_STATE", 801: b"CUDA_ERROR_NOT_SUPPORTED", 909: b"CUDA_ERROR_TIMEOUT"}
 RUNNING, LOCKED, CHECKPOINTED = 0, 1, 2
 
 
-NOT_FOUND = 500  # CUDA_ERROR_NOT_FOUND: what the driver answers for a process it has no CUDA context of
+# What the real driver answered on an H200 (driver 580.159.04; bench/gpu_driver_probe.py, docs/h200/):
+NOT_INITIALIZED = 3  # a process that never opened the driver, and a child forked from a CUDA process
+GONE = 304  # CUDA_ERROR_OPERATING_SYSTEM: a pid with no process
 
 
 class FakeDriver:
-    """libcuda's checkpoint calls as a state machine per pid; records (call, pid) in order. As strict as
-    the real driver: only the processes in `cuda` have a CUDA context; any call about another one fails
-    (NOT_FOUND), GetState too. fail: {(call, pid): CUresult} makes that call fail without changing state."""
+    """libcuda's checkpoint calls as a state machine per pid; records (call, pid) in order. As the real
+    driver answers: the processes in `cuda` are those that opened the driver in their own right (a CUDA
+    context, a bare cuInit, or NVML alone: the driver knows all three, and its checkpoint releases their
+    /dev/nvidia* files); any call about another process fails with NOT_INITIALIZED (a forked child that
+    only inherited the files too), about a pid in `gone` with GONE; a step out of order with
+    ILLEGAL_STATE. fail: {(call, pid): CUresult} makes that call fail without changing state."""
 
     def __init__(self, cuda: set[int] | tuple[int, ...] = (), fail: dict[tuple[str, int], int] | None = None,
-                 version: int = 13000, proc: Path | None = None) -> None:
-        self.cuda, self.proc = set(cuda), proc  # proc: a fake /proc whose /dev/nvidia* fds checkpoint releases
+                 version: int = 13000, proc: Path | None = None, gone: set[int] | tuple[int, ...] = ()) -> None:
+        self.cuda, self.proc, self.gone = set(cuda), proc, set(gone)  # proc: a fake /proc (fds released)
         self.fail, self.version = dict(fail or {}), version
         self.calls: list[tuple[str, int]] = []
         self.states: dict[int, int] = {}
@@ -40,7 +45,7 @@ class FakeDriver:
         if (call, pid) in self.fail:
             return self.fail[(call, pid)]
         if pid not in self.cuda:
-            return NOT_FOUND
+            return self.unknown(pid)
         if self.states.get(pid, RUNNING) != source:
             return 401  # CUDA_ERROR_ILLEGAL_STATE, as the driver answers a step out of order
         self.states[pid] = target
@@ -83,15 +88,18 @@ class FakeDriver:
     def cuCheckpointProcessUnlock(self, pid: int, args) -> int:
         return self._step("unlock", pid, LOCKED, RUNNING)
 
+    def unknown(self, pid: int) -> int:
+        return GONE if pid in self.gone else NOT_INITIALIZED
+
     def cuCheckpointProcessGetState(self, pid: int, out) -> int:
         if pid not in self.cuda:
-            return NOT_FOUND
+            return self.unknown(pid)
         out.contents.value = self.states.get(pid, RUNNING)
         return 0
 
     def cuCheckpointProcessGetRestoreThreadId(self, pid: int, out) -> int:
         if pid not in self.cuda:
-            return NOT_FOUND
+            return self.unknown(pid)
         out.contents.value = pid + 1
         return 0
 
@@ -127,9 +135,9 @@ def test_single_calls_states_and_error_names() -> None:
     assert cuda.error_name(909) == "CUDA_ERROR_TIMEOUT"  # from the driver
     assert cuda.error_name(100) == "CUDA_ERROR_NO_DEVICE"  # the driver has no name for it here: our table
     assert cuda.error_name(12345) == "CUresult 12345"
-    with pytest.raises(cc.CudaCheckpointError, match="get state of process 8 failed: CUDA_ERROR_NOT_FOUND"):
-        cuda.state(8)  # no CUDA context: the driver knows no state of it (the fake is as strict)
-    with pytest.raises(cc.CudaCheckpointError, match="lock process 8 failed: CUDA_ERROR_NOT_FOUND"):
+    with pytest.raises(cc.CudaCheckpointError, match="get state of process 8 failed: CUDA_ERROR_NOT_INITIALIZED"):
+        cuda.state(8)  # never opened the driver: it knows no state of it (the fake is as strict)
+    with pytest.raises(cc.CudaCheckpointError, match="lock process 8 failed: CUDA_ERROR_NOT_INITIALIZED"):
         cuda.lock(8, 100)
     lock_fails, _ = fake(cuda={7}, fail={("lock", 7): 909})
     with pytest.raises(cc.CudaCheckpointError) as e:
@@ -238,23 +246,28 @@ def test_resume_refuses_a_failed_process_and_touches_nothing() -> None:
         cc.resume(cuda, [11, 12])
 
 
-def test_the_driver_says_which_processes_are_cuda_ones(tmp_path: Path) -> None:
+def test_the_driver_says_which_processes_are_its_own(tmp_path: Path) -> None:
+    """On the H200 the driver answered GetState for a CUDA process, a bare cuInit and an NVML-only one
+    (`running`, each lockable, and its checkpoint released their /dev/nvidia* files), and refused a
+    child forked from the CUDA process (NOT_INITIALIZED) though it holds the inherited files."""
     _proc(tmp_path, 100, 1, "python3", ["/dev/nvidiactl", "/dev/nvidia0"])  # CUDA
-    _proc(tmp_path, 101, 100, "nvidia-smi", ["/dev/nvidiactl"])  # NVML only: the device open, no context
-    _proc(tmp_path, 102, 100, "forked", ["/dev/nvidia0"])  # a fork: the fds, not the context
+    _proc(tmp_path, 101, 100, "nvidia-smi", ["/dev/nvidiactl"])  # NVML only: known to the driver all the same
+    _proc(tmp_path, 102, 100, "forked", ["/dev/nvidia0"])  # a fork: the fds, not the driver's attention
     _proc(tmp_path, 103, 100, "mapped", [])  # a context reached through mappings only: no fd
-    cuda, drv = fake(cuda={100, 103})
+    cuda, drv = fake(cuda={100, 101, 103})
     drv.states[103] = LOCKED
-    assert cc.cuda_processes(cuda, 100, tmp_path) == {100: "running", 103: "locked"}
+    assert cc.cuda_processes(cuda, 100, tmp_path) == {100: "running", 101: "running", 103: "locked"}
     assert cc.cuda_pids(100, proc=tmp_path) == [100, 101, 102]  # what open files alone would have said
     assert cc.gpu_holders([100, 101, 103], tmp_path) == {100: "python3", 101: "nvidia-smi"}
+    with pytest.raises(cc.CudaCheckpointError, match="process 102 failed: CUDA_ERROR_NOT_INITIALIZED"):
+        cuda.state(102)
 
 
 def test_a_restored_process_is_locked_and_checkpointed_before_it_is_killed() -> None:
-    cuda, drv = fake(cuda={11, 12, 13})
+    cuda, drv = fake(cuda={11, 12, 13}, gone={99})
     drv.states[12] = LOCKED
     assert cc.quiesce(cuda, [11, 12, 13, 99], timeout_ms=500) == [
-        "CUDA get state of process 99 failed: CUDA_ERROR_NOT_FOUND"]
+        "CUDA get state of process 99 failed: CUDA_ERROR_OPERATING_SYSTEM"]
     assert drv.states == {11: CHECKPOINTED, 12: CHECKPOINTED, 13: CHECKPOINTED}
     assert drv.calls == [("lock", 11), ("checkpoint", 11), ("checkpoint", 12), ("lock", 13), ("checkpoint", 13)]
 
@@ -276,7 +289,8 @@ def test_the_real_driver_has_the_checkpoint_api() -> None:
     assert cuda.driver_version() >= cc.MIN_DRIVER_API
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
-        with pytest.raises(cc.CudaCheckpointError):  # no CUDA process: the driver knows no state of it
+        # never opened the driver: refused, with the code FakeDriver gives (seen on an H200, driver 580)
+        with pytest.raises(cc.CudaCheckpointError, match="CUDA_ERROR_NOT_INITIALIZED"):
             cuda.state(sleeper.pid)
     finally:
         sleeper.kill()

@@ -115,13 +115,37 @@ def test_a_failed_process_or_a_missing_device_fails_the_restore(tree: Path) -> N
         gs.after_restore(cuda, 100, tree)
 
 
-def test_a_process_still_holding_the_gpu_after_the_checkpoint_fails_the_capture_by_name(tree: Path) -> None:
-    _proc(tree, 103, 100, "nvidia-smi", ["/dev/nvidiactl"])  # NVML only: the driver knows no context of it
+def test_an_nvml_only_process_is_checkpointed_with_the_app(tree: Path) -> None:
+    """On the H200 the driver knew an NVML-only process (GetState `running`) and its checkpoint released
+    that process's /dev/nvidia* files: the capture goes on, with it suspended beside the app."""
+    _proc(tree, 103, 100, "nvidia-smi", ["/dev/nvidiactl"])
+    cuda, drv = driver(tree, cuda={100, 102, 103, 7})
+    seen = []
+    assert gs.capture(cuda, 100, lambda: seen.append(dict(drv.states)) or "images", tree) == "images"
+    assert seen == [{100: CHECKPOINTED, 102: CHECKPOINTED, 103: CHECKPOINTED}]
+    assert drv.states == {100: 0, 102: 0, 103: 0}
+
+
+def test_a_forked_child_still_holding_the_gpu_fails_the_capture_by_name(tree: Path) -> None:
+    """A child forked from the CUDA process inherits its /dev/nvidia* files; the driver refuses it
+    (NOT_INITIALIZED on the H200) and its files outlive the checkpoint: CRIU could not dump it."""
+    _proc(tree, 103, 100, "pt_data_worker", ["/dev/nvidiactl", "/dev/nvidia0"])
     cuda, drv = driver(tree)
     ran = []
-    with pytest.raises(CheckpointFailed, match=r"process 103 \(nvidia-smi\) still holds /dev/nvidia\*"):
+    with pytest.raises(CheckpointFailed) as e:
         gs.capture(cuda, 100, lambda: ran.append(1), tree)
+    assert e.value.reason.startswith("after the CUDA checkpoint, process 103 (pt_data_worker) still holds "
+                                     "/dev/nvidia* without the CUDA driver knowing it: a child forked")
+    assert "'spawn' method" in e.value.reason and "NVML" not in e.value.reason
     assert ran == [] and drv.states == {100: 0, 102: 0}  # CRIU never ran; the app runs on
+
+
+def test_a_known_process_the_checkpoint_did_not_release_is_named_too(tree: Path) -> None:
+    cuda, drv = driver(None)  # no fake /proc to move fds in: the checkpoint leaves them all open
+    with pytest.raises(CheckpointFailed, match=r"process 100 \(python3\), process 102 \(worker\) still holds "
+                                               r"/dev/nvidia\* after the driver's checkpoint: CRIU cannot dump"):
+        gs.capture(cuda, 100, lambda: "images", tree)
+    assert drv.states == {100: 0, 102: 0}
 
 
 def test_single_gpu_checkpoints_are_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,6 +103,21 @@ def test_every_part_s_fix():
     assert prerequisites(replace(READY, gpus=(), systemd=True), "h")[-1].fix is None
 
 
+def test_a_gpu_host_hears_about_transparent_huge_pages():
+    def line(**changes):
+        return [p for p in prerequisites(replace(READY, **changes), "h") if p.name == "hugepages"]
+
+    assert line() == [] and line(thp="madvise", gpus=()) == []  # not probed; a CPU host: no advice
+    (advice,) = line(thp="madvise")
+    assert advice.ok and advice.found.startswith("transparent huge pages: madvise: a GPU snapshot's memory")
+    assert advice.fix.startswith("if the host's other work allows it: echo always > /sys/kernel/mm/")
+    assert line(thp="always") == [Prereq("hugepages", True, "transparent huge pages: always")]
+    text = "\n@@beamctl system\ngpu1 6.1.0 x86_64\n@@systemd yes\n@@thp always [madvise] never\n@@rc 0\n"
+    from beamctl.hosts.probe import parse_probe
+    assert parse_probe(text).thp == "madvise"
+    assert parse_probe(text.replace("@@thp always [madvise] never", "@@thp ")).thp is None
+
+
 def test_the_probe_says_whether_the_host_runs_systemd():
     from beamctl.hosts.probe import parse_probe
 

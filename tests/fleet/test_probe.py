@@ -154,3 +154,5 @@ def test_the_probe_runs_here_and_reads_back(tmp_path):
     assert f.criu_network_lock == want
     assert f.runc_version and f.runc_error is None and "runc" in (f.docker_runtimes or ())
     assert f.criu_version and f.criu_check_error is None  # `criu check` passes here (scripts/setup.sh)
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    assert f.thp == (thp.read_text().split("[", 1)[1].split("]", 1)[0] if thp.exists() else None)
