@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from beamctl.agent import cuda_ckpt  # noqa: E402
+from beamctl.agent import cuda_ckpt, gpu_snapshots, usage  # noqa: E402
 import process_snapshot as ps  # noqa: E402  bench/process_snapshot.py (scripts run from bench/)
 from beamctl.agent.resident import Resident  # noqa: E402
 
@@ -163,13 +163,14 @@ class Bench:
         if self.cuda and not gpu:
             raise RuntimeError(f"the app (pid {proc.pid}) has no /dev/nvidia* open: nothing for the driver to checkpoint")
         shutil.rmtree(self.images, ignore_errors=True)
+        held = gpu_snapshots.device_memory(proc.pid, usage._smi) if self.cuda else None  # what CUDA moves
         d = ps.dump(proc.pid, self.images, criu=self.args.criu, timeout_s=max(self.left(), 1), cuda=self.cuda,
                     cuda_pids=gpu)
         proc.wait(timeout=30)  # CRIU killed it; reaped, so its PID is free for the restores
         self.live.pop(proc.pid, None)
         self.log_size = (self.work / "app.log").stat().st_size
         self.res["steps"]["snapshot"] = {"seconds": d.seconds, "size_bytes": d.size_bytes, "cuda_pids": d.cuda_pids,
-                                         **d.breakdown}
+                                         "gpu_memory_bytes": held, **d.breakdown}
         say(f"snapshot: {d.seconds:.2f} s, {d.size_bytes / 1e9:.2f} GB ("
             + ", ".join(f"{k} {v:.2f}" for k, v in d.breakdown.items()) + ")")
         self.save()
