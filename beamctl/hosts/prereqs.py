@@ -124,18 +124,19 @@ def _disk(f: HostFacts) -> Prereq:
     return Prereq("disk", True, found)
 
 
-THP_FIX = ("if the host's other work allows it: echo always > /sys/kernel/mm/transparent_hugepage/enabled "
-           "(and transparent_hugepage=always on the kernel command line, to keep it after a reboot)")
+THP_FIX = ("to try it: echo always > /sys/kernel/mm/transparent_hugepage/enabled, then compare a restored "
+           "start's profile (beamctl profile); echo madvise puts it back")
 
 
 def _hugepages(f: HostFacts) -> Prereq:
-    """Advice, never missing: CRIU writes a restored process's memory one page fault at a time, and on an
-    H200 a GPU snapshot's CRIU restore ran 1.5x faster with THP `always` (docs/BENCHMARKS.md). Host-wide,
-    so beamctl says so and does not set it."""
+    """Advice, never missing. CRIU writes a restored process's memory one page fault at a time: on an H200
+    a 10.9 GB GPU snapshot's CRIU restore ran 1.5x faster with THP `always`, while on a 2-core VM a 0.6 GB
+    restore ran 3-7x slower with it (docs/BENCHMARKS.md). It depends on the host and is host-wide, so
+    beamctl shows it and leaves it."""
     if f.thp == "always":
         return Prereq("hugepages", True, "transparent huge pages: always")
-    return Prereq("hugepages", True, f"transparent huge pages: {f.thp}: a GPU snapshot's memory is restored in "
-                  "4 KiB pages, about 1.5x slower than with always", THP_FIX)
+    return Prereq("hugepages", True, f"transparent huge pages: {f.thp}; with always, a GPU snapshot's restore ran "
+                  "1.5x faster on an H200 (and a small one 3-7x slower on a 2-core VM): measure", THP_FIX)
 
 
 def _nvidia(f: HostFacts) -> Prereq:

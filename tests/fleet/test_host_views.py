@@ -109,8 +109,9 @@ def test_a_gpu_host_hears_about_transparent_huge_pages():
 
     assert line() == [] and line(thp="madvise", gpus=()) == []  # not probed; a CPU host: no advice
     (advice,) = line(thp="madvise")
-    assert advice.ok and advice.found.startswith("transparent huge pages: madvise: a GPU snapshot's memory")
-    assert advice.fix.startswith("if the host's other work allows it: echo always > /sys/kernel/mm/")
+    assert advice.ok and advice.found.startswith("transparent huge pages: madvise; with always, a GPU snapshot's")
+    assert advice.found.endswith(": measure") and "echo madvise puts it back" in advice.fix
+    assert advice.fix.startswith("to try it: echo always > /sys/kernel/mm/transparent_hugepage/enabled")
     assert line(thp="always") == [Prereq("hugepages", True, "transparent huge pages: always")]
     text = "\n@@beamctl system\ngpu1 6.1.0 x86_64\n@@systemd yes\n@@thp always [madvise] never\n@@rc 0\n"
     from beamctl.hosts.probe import parse_probe
