@@ -110,7 +110,8 @@ class Bench:
         way (held) N times under each of the kernel's transparent huge page settings, alternating."""
         if not self.args.thp_ab:
             return [(v, v, None) for v in VARIANTS]
-        return [("held", f"held_thp-{thp}_{i + 1}", thp) for i in range(self.args.thp_ab) for thp in ("madvise", "always")]
+        return [("held", f"held_thp-{thp}_{i + 1}", thp)
+                for i in range(self.args.thp_ab) for thp in ("madvise", "always")]
 
     def prepare_weights(self) -> None:
         want = {"tensors": self.args.tensors, "tensor_mib": self.args.tensor_mib, "mode": self.mode}
@@ -163,14 +164,14 @@ class Bench:
         if self.cuda and not gpu:
             raise RuntimeError(f"the app (pid {proc.pid}) has no /dev/nvidia* open: nothing for the driver to checkpoint")
         shutil.rmtree(self.images, ignore_errors=True)
-        held = gpu_snapshots.device_memory(proc.pid, usage._smi) if self.cuda else None  # what CUDA moves
+        gpu_bytes = gpu_snapshots.device_memory(proc.pid, usage._smi) if self.cuda else None  # what CUDA moves
         d = ps.dump(proc.pid, self.images, criu=self.args.criu, timeout_s=max(self.left(), 1), cuda=self.cuda,
                     cuda_pids=gpu)
         proc.wait(timeout=30)  # CRIU killed it; reaped, so its PID is free for the restores
         self.live.pop(proc.pid, None)
         self.log_size = (self.work / "app.log").stat().st_size
         self.res["steps"]["snapshot"] = {"seconds": d.seconds, "size_bytes": d.size_bytes, "cuda_pids": d.cuda_pids,
-                                         "gpu_memory_bytes": held, **d.breakdown}
+                                         "gpu_memory_bytes": gpu_bytes, **d.breakdown}
         say(f"snapshot: {d.seconds:.2f} s, {d.size_bytes / 1e9:.2f} GB ("
             + ", ".join(f"{k} {v:.2f}" for k, v in d.breakdown.items()) + ")")
         self.save()
@@ -393,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"NO GPU: {line}")
         return 3
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # `timeout` stops us: finally puts THP back, kills apps
     shutil.copy(REPO / "bench" / "gpu_app.py", Path(args.work) / "app.py")
     for line in plan(args):
         say(line)
